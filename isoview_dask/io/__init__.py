@@ -1,0 +1,1 @@
+"""Lazy readers and atomic writers, one module per file format."""
