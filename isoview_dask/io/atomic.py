@@ -53,6 +53,41 @@ def check_output(final: str | os.PathLike, overwrite: bool) -> Path:
     return final
 
 
+def reserve_temporary(final: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check ``final`` may be written and return a fresh temporary sibling path.
+
+    Leftovers of earlier interrupted writes of ``final`` are removed. The
+    returned path does not exist yet; publish it with :func:`commit_temporary`.
+
+    Raises
+    ------
+    OutputExistsError
+        ``final`` exists and ``overwrite`` is false.
+    """
+    final = check_output(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in partial_paths(final):
+        log.info("removing leftover of an interrupted write: %s", stale)
+        remove_path(stale)
+    return final.with_name(f".{final.name}{PARTIAL_MARK}{uuid.uuid4().hex[:12]}")
+
+
+def commit_temporary(tmp: str | os.PathLike, final: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Rename a finished temporary output to its final name (atomic on one filesystem)."""
+    tmp, final = Path(tmp), check_output(final, overwrite)
+    if not tmp.exists():
+        raise RuntimeError(f"{final}: the writer produced nothing at {tmp}")
+    if final.exists():
+        old = final.with_name(f".{final.name}.replaced-{uuid.uuid4().hex[:12]}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        remove_path(old)
+    else:
+        os.replace(tmp, final)
+    log.debug("wrote %s", final)
+    return final
+
+
 @contextlib.contextmanager
 def atomic_output(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Context manager yielding a temporary path that becomes ``final`` on success.
@@ -72,24 +107,10 @@ def atomic_output(final: str | os.PathLike, overwrite: bool = False) -> Iterator
         If the block raises, the temporary path is removed and ``final`` is
         left exactly as it was.
     """
-    final = check_output(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in partial_paths(final):
-        log.info("removing leftover of an interrupted write: %s", stale)
-        remove_path(stale)
-    tmp = final.with_name(f".{final.name}{PARTIAL_MARK}{uuid.uuid4().hex[:12]}")
+    tmp = reserve_temporary(final, overwrite)
     try:
         yield tmp
     except BaseException:
         remove_path(tmp)
         raise
-    if not tmp.exists():
-        raise RuntimeError(f"{final}: the writer produced nothing at {tmp}")
-    if final.exists():
-        old = final.with_name(f".{final.name}.replaced-{uuid.uuid4().hex[:12]}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        remove_path(old)
-    else:
-        os.replace(tmp, final)
-    log.debug("wrote %s", final)
+    commit_temporary(tmp, final, overwrite)

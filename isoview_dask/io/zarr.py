@@ -1,0 +1,355 @@
+"""Sharded zarr v3 volumes with OME-NGFF 0.5 metadata.
+
+The package's default output. A volume is written as an OME-NGFF 0.5
+multiscale group: array ``0`` holds full resolution, optional arrays ``1``,
+``2``... hold downsampled levels. Each array is sharded (large shard files of
+small inner chunks) and compressed with a codec chosen by name and level
+(:class:`CodecSpec`). Before writing, the dask array is rechunked so that one
+dask chunk is exactly one shard: no two tasks ever write into one shard.
+Writes go to a hidden temporary directory renamed when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+import zarr.codecs as zcodecs
+
+from ..errors import CodecError, InputNotFoundError
+from .atomic import commit_temporary, remove_path, reserve_temporary
+from .chunking import fit_chunks, write_chunks
+
+log = logging.getLogger(__name__)
+
+#: Canonical codec names and their accepted aliases.
+CODEC_ALIASES = {
+    "blosc-zstd": "blosc-zstd", "blosc_zstd": "blosc-zstd",
+    "blosc-lz4": "blosc-lz4", "blosc_lz4": "blosc-lz4", "lz4": "blosc-lz4",
+    "blosc-lz4hc": "blosc-lz4hc", "blosc_lz4hc": "blosc-lz4hc", "lz4hc": "blosc-lz4hc",
+    "blosc-zlib": "blosc-zlib", "blosc_zlib": "blosc-zlib",
+    "blosc-blosclz": "blosc-blosclz", "blosclz": "blosc-blosclz",
+    "zstd": "zstd",
+    "gzip": "gzip", "zlib": "gzip",
+    "bzip2": "bzip2", "bz2": "bzip2",
+    "none": "none", "raw": "none", "uncompressed": "none",
+}
+
+#: Allowed (min, max, default) level per canonical codec.
+CODEC_LEVELS = {
+    "blosc-zstd": (0, 9, 5), "blosc-lz4": (0, 9, 5), "blosc-lz4hc": (0, 9, 5),
+    "blosc-zlib": (0, 9, 5), "blosc-blosclz": (0, 9, 5),
+    "zstd": (1, 22, 3), "gzip": (0, 9, 6), "bzip2": (1, 9, 9), "none": (0, 0, 0),
+}
+
+SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
+
+OME_VERSION = "0.5"
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """A compression codec chosen by name and level.
+
+    Parameters
+    ----------
+    name : str
+        One of ``blosc-zstd``, ``blosc-lz4``, ``blosc-lz4hc``, ``blosc-zlib``,
+        ``blosc-blosclz``, ``zstd``, ``gzip``, ``bzip2``, ``none`` (aliases
+        such as ``lz4``, ``lz4hc``, ``bz2`` accepted).
+    level : int, optional
+        Compression level; the codec's default when omitted.
+    shuffle : {'shuffle', 'bitshuffle', 'noshuffle'}
+        Byte or bit shuffle filter, blosc codecs only.
+    """
+
+    name: str = "blosc-zstd"
+    level: int | None = None
+    shuffle: str = "shuffle"
+
+    def __post_init__(self):
+        canonical = CODEC_ALIASES.get(str(self.name).lower())
+        if canonical is None:
+            raise CodecError(
+                f"unknown codec {self.name!r}; choose one of {', '.join(sorted(set(CODEC_ALIASES.values())))}")
+        object.__setattr__(self, "name", canonical)
+        lo, hi, default = CODEC_LEVELS[canonical]
+        level = default if self.level is None else self.level
+        if not isinstance(level, (int, np.integer)) or isinstance(level, bool) or not lo <= level <= hi:
+            raise CodecError(f"codec {canonical!r}: level {self.level!r} is outside {lo}..{hi}")
+        object.__setattr__(self, "level", int(level))
+        if self.shuffle not in SHUFFLES:
+            raise CodecError(f"codec {canonical!r}: shuffle {self.shuffle!r} is not one of {SHUFFLES}")
+
+    @classmethod
+    def parse(cls, text: str | "CodecSpec", level: int | None = None, shuffle: str | None = None) -> "CodecSpec":
+        """Build from text such as ``"blosc-zstd"``, ``"blosc-zstd:9"``, ``"gzip-6"`` or ``"lz4hc:9:bitshuffle"``.
+
+        An explicit ``level``/``shuffle`` argument wins over one in the text.
+        """
+        if isinstance(text, CodecSpec):
+            spec = text
+            return cls(spec.name, spec.level if level is None else level, shuffle or spec.shuffle)
+        parts = str(text).strip().split(":")
+        name, text_level, text_shuffle = parts[0], None, None
+        m = re.match(r"^(.*?)[-_](\d+)$", name)
+        if m and m.group(1).lower() in CODEC_ALIASES:
+            name, text_level = m.group(1), int(m.group(2))
+        for extra in parts[1:]:
+            if extra.isdigit():
+                text_level = int(extra)
+            elif extra:
+                text_shuffle = extra
+        return cls(name, level if level is not None else text_level, shuffle or text_shuffle or "shuffle")
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. ``blosc-zstd-5`` or ``blosc-lz4-9-bitshuffle``."""
+        if self.name == "none":
+            return "none"
+        label = f"{self.name}-{self.level}"
+        if self.name.startswith("blosc") and self.shuffle != "shuffle":
+            label += f"-{self.shuffle}"
+        return label
+
+    def zarr_compressors(self, itemsize: int) -> list:
+        """The zarr v3 codec objects for this spec (empty list for ``none``)."""
+        if self.name == "none":
+            return []
+        if self.name.startswith("blosc-"):
+            return [zcodecs.BloscCodec(cname=self.name.split("-", 1)[1], clevel=self.level,
+                                       shuffle=self.shuffle, typesize=itemsize)]
+        if self.name == "zstd":
+            return [zcodecs.ZstdCodec(level=self.level)]
+        if self.name == "gzip":
+            return [zcodecs.GzipCodec(level=self.level)]
+        if self.name == "bzip2":
+            import warnings
+            from zarr.codecs.numcodecs import BZ2
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return [BZ2(level=self.level)]
+        raise CodecError(f"codec {self.name!r} has no zarr implementation")  # pragma: no cover
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "level": self.level, "shuffle": self.shuffle}
+
+
+def ome_multiscales(voxel_size_zyx: Sequence[float] | None, level_factors: Sequence[Sequence[int]],
+                    name: str = "") -> dict:
+    """OME-NGFF 0.5 ``ome`` attribute for a (Z, Y, X) multiscale group.
+
+    Parameters
+    ----------
+    voxel_size_zyx : (z, y, x) in µm, or None for unit scale
+    level_factors : list of (fz, fy, fx)
+        Cumulative downsampling factor of each level (level 0 is (1, 1, 1)).
+    """
+    base = [float(v) for v in (voxel_size_zyx or (1.0, 1.0, 1.0))]
+    unit = "micrometer" if voxel_size_zyx is not None else None
+    axes = []
+    for axis in "zyx":
+        entry: dict[str, Any] = {"name": axis, "type": "space"}
+        if unit:
+            entry["unit"] = unit
+        axes.append(entry)
+    datasets = [
+        {"path": str(i), "coordinateTransformations": [
+            {"type": "scale", "scale": [b * f for b, f in zip(base, factors)]}]}
+        for i, factors in enumerate(level_factors)
+    ]
+    return {"version": OME_VERSION, "multiscales": [{"name": name, "axes": axes, "datasets": datasets}]}
+
+
+def pyramid_factors(voxel_size_zyx: Sequence[float] | None, levels: int) -> list[tuple[int, int, int]]:
+    """Cumulative (fz, fy, fx) downsampling per pyramid level.
+
+    Y and X halve at every level; Z halves only once the lateral spacing has
+    caught up with the axial one, so levels move towards isotropic voxels.
+    """
+    dz, dy, _ = voxel_size_zyx or (1.0, 1.0, 1.0)
+    factors = [(1, 1, 1)]
+    fz = fy = 1
+    for _ in range(levels):
+        fy *= 2
+        if dz * fz * 2 <= dy * fy * 1.5:
+            fz *= 2
+        factors.append((fz, fy, fy))
+    return factors
+
+
+def _downsample(arr: da.Array, step: Sequence[int]) -> da.Array:
+    """Mean-downsample by integer steps per axis (trailing remainder dropped), keeping dtype."""
+    if all(s == 1 for s in step):
+        return arr
+    trimmed = arr[tuple(slice(0, (n // s) * s) for n, s in zip(arr.shape, step))]
+    chunks = tuple(max(s, (c // s) * s) for c, s in zip(trimmed.chunksize, step))
+    trimmed = trimmed.rechunk(chunks)
+    out = da.coarsen(np.mean, trimmed, {i: s for i, s in enumerate(step)}, trim_excess=True)
+    if np.issubdtype(arr.dtype, np.integer):
+        out = da.round(out)
+    return out.astype(arr.dtype)
+
+
+class PendingZarrWrite:
+    """A zarr volume being written: the lazy store graph plus commit/abort.
+
+    Build with :func:`prepare_zarr`; compute :attr:`delayed` (possibly
+    together with other pending writes, on any cluster), then call
+    :meth:`commit` to rename the temporary directory to its final name.
+    """
+
+    def __init__(self, final: Path, tmp: Path, delayed, overwrite: bool):
+        self.final, self.tmp, self.delayed, self.overwrite = final, tmp, delayed, overwrite
+
+    def commit(self) -> Path:
+        """Rename the finished temporary directory to the final path."""
+        return commit_temporary(self.tmp, self.final, self.overwrite)
+
+    def abort(self) -> None:
+        """Remove the temporary directory; the final path is untouched."""
+        remove_path(self.tmp)
+
+
+def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "blosc-zstd",
+                 level: int | None = None, shuffle: str | None = None,
+                 chunks: Sequence[int] | None = None, shards: Sequence[int] | None = None,
+                 voxel_size_zyx: Sequence[float] | None = None, pyramid_levels: int = 0,
+                 overwrite: bool = False, attributes: dict | None = None, name: str = "") -> PendingZarrWrite:
+    """Create the zarr group under a temporary name and build the lazy write graph.
+
+    Parameters are those of :func:`write_zarr`. Nothing is computed; the
+    returned object's ``delayed`` writes every shard, ``commit()`` publishes.
+    """
+    spec = CodecSpec.parse(codec, level, shuffle)
+    final = Path(path)
+    arr = da.asarray(array)
+    if arr.ndim != 3:
+        raise ValueError(f"{final}: expected a (Z, Y, X) volume, got shape {arr.shape}")
+    tmp = reserve_temporary(final, overwrite)
+    factors = pyramid_factors(voxel_size_zyx, pyramid_levels)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    attrs = {"ome": ome_multiscales(voxel_size_zyx, factors, name)}
+    attrs["isoview_dask"] = {"codec": spec.to_dict(), **(attributes or {})}
+    group.attrs.update(attrs)
+    stores = []
+    level_arr = arr
+    previous = (1, 1, 1)
+    for index, factor in enumerate(factors):
+        step = tuple(f // p for f, p in zip(factor, previous))
+        level_arr = _downsample(level_arr, step)
+        previous = factor
+        inner, shard = fit_chunks(level_arr.shape, chunks, shards)
+        target = group.create_array(
+            str(index), shape=level_arr.shape, dtype=level_arr.dtype, chunks=inner, shards=shard,
+            compressors=spec.zarr_compressors(np.dtype(level_arr.dtype).itemsize),
+            dimension_names=("z", "y", "x"), fill_value=0)
+        aligned = level_arr.rechunk(write_chunks(inner, shard))
+        stores.append(da.store(aligned, target, lock=False, compute=False))
+        level_arr = aligned
+    return PendingZarrWrite(final, tmp, dask.delayed(_all_done)(*stores), overwrite)
+
+
+def _all_done(*_):
+    return None
+
+
+def write_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "blosc-zstd", level: int | None = None,
+               shuffle: str | None = None, chunks: Sequence[int] | None = None,
+               shards: Sequence[int] | None = None, voxel_size_zyx: Sequence[float] | None = None,
+               pyramid_levels: int = 0, overwrite: bool = False, attributes: dict | None = None,
+               name: str = "") -> Path:
+    """Write a (Z, Y, X) volume as a sharded OME-NGFF 0.5 zarr v3 group, atomically.
+
+    Parameters
+    ----------
+    array : numpy or dask array, (Z, Y, X)
+        The volume; a dask array is written shard by shard in parallel on
+        the current scheduler, memory bounded by a few shards.
+    path : path
+        Destination directory (``*.zarr``); must not exist unless ``overwrite``.
+    codec, level, shuffle
+        Compression, see :class:`CodecSpec` (e.g. ``"blosc-zstd"``, level 5).
+    chunks : (Z, Y, X), optional
+        Inner chunk shape; default (8, 256, 256) clipped to the volume.
+    shards : (Z, Y, X) or (), optional
+        Shard shape (multiple of the inner chunk); default (32, 1024, 1024)
+        clipped to the volume; ``()`` writes an unsharded array.
+    voxel_size_zyx : (z, y, x) in µm, optional
+        Physical voxel size recorded as the OME-NGFF scale.
+    pyramid_levels : int
+        Number of additional downsampled levels (arrays ``1``, ``2``, ...).
+    overwrite : bool
+        Replace an existing output.
+    attributes : dict, optional
+        Extra JSON attributes stored under ``isoview_dask`` in the group.
+
+    Returns
+    -------
+    pathlib.Path
+        The final path.
+    """
+    pending = prepare_zarr(array, path, codec=codec, level=level, shuffle=shuffle, chunks=chunks, shards=shards,
+                           voxel_size_zyx=voxel_size_zyx, pyramid_levels=pyramid_levels, overwrite=overwrite,
+                           attributes=attributes, name=name)
+    try:
+        pending.delayed.compute()
+    except BaseException:
+        pending.abort()
+        raise
+    return pending.commit()
+
+
+def _open_array(path: Path, level: int):
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: zarr store does not exist")
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node, None
+    ome = node.attrs.get("ome") or {}
+    multiscales = ome.get("multiscales") or node.attrs.get("multiscales")
+    if multiscales:
+        datasets = multiscales[0]["datasets"]
+        if not 0 <= level < len(datasets):
+            raise ValueError(f"{path}: has {len(datasets)} pyramid levels, asked for level {level}")
+        scale = None
+        for t in datasets[level].get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                scale = tuple(float(v) for v in t["scale"])
+        return node[datasets[level]["path"]], scale
+    if "0" in node:
+        return node["0"], None
+    raise ValueError(f"{path}: zarr group holds no OME-NGFF multiscales and no array '0'")
+
+
+def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | None = None) -> da.Array:
+    """Open a zarr volume (an OME-NGFF group or a bare array) lazily as dask.
+
+    Parameters
+    ----------
+    path : path
+        The ``.zarr`` directory.
+    level : int
+        Pyramid level (0 = full resolution).
+    chunks : (Z, Y, X), optional
+        Dask chunk shape; default one shard (or one inner chunk) per task.
+    """
+    path = Path(path)
+    arr, _ = _open_array(path, level)
+    if chunks is None:
+        chunks = arr.shards or arr.chunks
+    return da.from_zarr(arr, chunks=tuple(chunks))
+
+
+def zarr_voxel_size(path: str | os.PathLike, level: int = 0) -> tuple[float, float, float] | None:
+    """Voxel size (z, y, x) in µm recorded in an OME-NGFF group, or None."""
+    _, scale = _open_array(Path(path), level)
+    return scale

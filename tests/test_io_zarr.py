@@ -1,0 +1,138 @@
+"""Sharded zarr v3 writer: exact round trips per codec and chunking, shards, OME-NGFF, atomicity."""
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from isoview_dask.errors import CodecError, InputNotFoundError, OutputExistsError
+from isoview_dask.io.chunking import fit_chunks
+from isoview_dask.io.zarr import CodecSpec, open_zarr, prepare_zarr, write_zarr, zarr_voxel_size
+
+CODECS = ["blosc-zstd", "blosc-zstd:9:bitshuffle", "blosc-lz4:3", "lz4hc-9", "blosc-zlib", "zstd-6",
+          "gzip-9", "bzip2-9", "none"]
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(3)
+    base = rng.poisson(200, (21, 45, 67)).astype(np.uint16)
+    base[5:15, 10:30, 20:50] += 3000
+    return base
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_round_trip_every_codec(tmp_path, volume, codec):
+    path = write_zarr(da.from_array(volume, chunks=(4, 45, 67)), tmp_path / "v.zarr", codec=codec,
+                      chunks=(4, 16, 32), shards=(8, 32, 64), voxel_size_zyx=(2.0, 0.4, 0.4))
+    np.testing.assert_array_equal(open_zarr(path).compute(), volume)
+    meta = json.loads((path / "0" / "zarr.json").read_text())
+    assert meta["codecs"][0]["name"] == "sharding_indexed"
+    expected = CodecSpec.parse(codec).name
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    if expected == "none":
+        assert [c["name"] for c in inner] == ["bytes"]
+    else:
+        assert len(inner) == 2
+
+
+@pytest.mark.parametrize("dask_chunks", [(21, 45, 67), (1, 7, 9), (5, 20, 30), ((3, 10, 8), (40, 5), (17, 50))])
+@pytest.mark.parametrize("shards", [None, (), (8, 32, 64)])
+def test_round_trip_over_chunkings(tmp_path, volume, dask_chunks, shards):
+    arr = da.from_array(volume, chunks=dask_chunks)
+    path = write_zarr(arr, tmp_path / "v.zarr", chunks=(4, 16, 16), shards=shards)
+    np.testing.assert_array_equal(open_zarr(path).compute(), volume)
+    np.testing.assert_array_equal(open_zarr(path, chunks=(3, 11, 13))[2:19, 1:44, 60].compute(),
+                                  volume[2:19, 1:44, 60])
+
+
+def test_shards_on_disk_and_one_task_per_shard(tmp_path, volume):
+    pending = prepare_zarr(da.from_array(volume, chunks=(2, 45, 67)), tmp_path / "v.zarr",
+                           chunks=(4, 16, 32), shards=(8, 32, 64))
+    # every store task writes exactly one shard-aligned region
+    arr = zarr.open_array(str(pending.tmp / "0"))
+    assert arr.shards == (8, 32, 64) and arr.chunks == (4, 16, 32)
+    pending.delayed.compute()
+    pending.commit()
+    shard_files = [p for p in (tmp_path / "v.zarr" / "0" / "c").rglob("*") if p.is_file()]
+    assert len(shard_files) == 3 * 2 * 2  # ceil(21/8) x ceil(45/32) x ceil(67/64)
+
+
+def test_ome_ngff_metadata_and_pyramid(tmp_path, volume):
+    path = write_zarr(volume, tmp_path / "v.zarr", voxel_size_zyx=(2.0, 0.5, 0.5), pyramid_levels=2)
+    ome = json.loads((path / "zarr.json").read_text())["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    ms = ome["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert all(a["unit"] == "micrometer" for a in ms["axes"])
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert scales == [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    assert zarr_voxel_size(path, 1) == (2.0, 1.0, 1.0)
+    level1 = open_zarr(path, level=1).compute()
+    expected = volume[:, :44, :66].reshape(21, 22, 2, 33, 2).mean(axis=(2, 4))
+    np.testing.assert_array_equal(level1, np.round(expected).astype(np.uint16))
+    assert open_zarr(path, level=2).shape == (21, 11, 16)  # z halves only once near-isotropic
+
+
+def test_codec_parsing_and_errors():
+    assert CodecSpec.parse("blosc-zstd:9").level == 9
+    assert CodecSpec.parse("gzip-6") == CodecSpec("gzip", 6)
+    assert CodecSpec.parse("lz4hc").name == "blosc-lz4hc"
+    assert CodecSpec.parse("bz2").level == 9
+    assert CodecSpec.parse("lz4:3:bitshuffle").label == "blosc-lz4-3-bitshuffle"
+    with pytest.raises(CodecError, match="unknown codec 'snappy9'"):
+        CodecSpec.parse("snappy9")
+    with pytest.raises(CodecError, match="level 12"):
+        CodecSpec("gzip", 12)
+    with pytest.raises(CodecError, match="shuffle"):
+        CodecSpec("blosc-zstd", 5, "byteshuffle")
+
+
+def test_unknown_codec_writes_nothing(tmp_path, volume):
+    with pytest.raises(CodecError, match="unknown codec"):
+        write_zarr(volume, tmp_path / "v.zarr", codec="snappy")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_and_atomicity(tmp_path, volume):
+    path = write_zarr(volume, tmp_path / "v.zarr")
+    with pytest.raises(OutputExistsError, match="v.zarr"):
+        write_zarr(volume, path)
+    # a failing computation leaves the old output intact and no temporary behind
+    bad = da.from_array(volume, chunks=(4, 45, 67)).map_blocks(_explode, dtype=volume.dtype)
+    with pytest.raises(RuntimeError, match="boom"):
+        write_zarr(bad, path, overwrite=True)
+    np.testing.assert_array_equal(open_zarr(path).compute(), volume)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.zarr"]
+    write_zarr(volume[::-1], path, overwrite=True)
+    np.testing.assert_array_equal(open_zarr(path).compute(), volume[::-1])
+
+
+def _explode(block, block_info=None):
+    if block_info[0]["chunk-location"][0] == 2:
+        raise RuntimeError("boom")
+    return block
+
+
+def test_leftover_partial_is_removed_on_next_write(tmp_path, volume):
+    stale = tmp_path / ".v.zarr.partial-deadbeef0000"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    write_zarr(volume, tmp_path / "v.zarr")
+    assert not stale.exists()
+
+
+def test_open_missing(tmp_path):
+    with pytest.raises(InputNotFoundError, match="missing.zarr"):
+        open_zarr(tmp_path / "missing.zarr")
+
+
+def test_fit_chunks():
+    assert fit_chunks((21, 45, 67), (8, 256, 256), (32, 1024, 1024)) == ((8, 45, 67), (24, 45, 67))
+    assert fit_chunks((100, 2048, 2048), None, None) == ((8, 256, 256), (32, 1024, 1024))
+    assert fit_chunks((10, 10, 10), (4, 4, 4), (6, 6, 6)) == ((4, 4, 4), (4, 4, 4))
+    assert fit_chunks((10, 10, 10), (4, 4, 4), ()) == ((4, 4, 4), None)
+    with pytest.raises(ValueError):
+        fit_chunks((10, 10, 10), (0, 4, 4), None)
