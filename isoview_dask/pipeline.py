@@ -1,0 +1,166 @@
+"""Wiring algorithms to files: output names, per-volume graphs, atomic commits.
+
+This is where paths live. Each stage builds one lazy graph per output volume
+(read -> process -> sharded write into a temporary name), computes the graphs
+together on the active cluster with a progress bar, and renames each output
+when its graph has finished. The first stage is the plain conversion of raw
+volumes into sharded zarr (or KLB/TIFF); later stages (correction, fusion)
+reuse the same machinery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .dataset import CameraView, Dataset, open_dataset
+from .errors import IsoviewError, OutputExistsError
+from .io import write_volume
+from .io.zarr import CodecSpec, prepare_zarr
+
+log = logging.getLogger(__name__)
+
+SUFFIX = {"zarr": ".zarr", "klb": ".klb", "tif": ".tif"}
+
+
+def volume_stem(specimen: int, timepoint: int, cameras: int | Sequence[int], channel: int) -> str:
+    """MATLAB-compatible base name, e.g. ``SPM00_TM000000_CM00_CHN00`` or ``..._CM00_CM01_CHN00``."""
+    cams = [cameras] if isinstance(cameras, int) else list(cameras)
+    cam_part = "_".join(f"CM{c:02d}" for c in cams)
+    return f"SPM{specimen:02d}_TM{timepoint:06d}_{cam_part}_CHN{channel:02d}"
+
+
+def timepoint_dir(out: str | Path, specimen: int, timepoint: int) -> Path:
+    """``<out>/SPM##/TM######``: one folder per timepoint, as the MATLAB outputs."""
+    return Path(out) / f"SPM{specimen:02d}" / f"TM{timepoint:06d}"
+
+
+def output_path(out: str | Path, specimen: int, timepoint: int, cameras: int | Sequence[int], channel: int,
+                kind: str = "", fmt: str = "zarr") -> Path:
+    """Path of one output volume or file.
+
+    Parameters
+    ----------
+    kind : str
+        ``""`` for the corrected volume, else e.g. ``"segmentationMask"``,
+        ``"xyProjection"``, ``"fusedStack"``.
+    fmt : {'zarr', 'klb', 'tif', 'json', ...}
+        File format (suffix).
+    """
+    stem = volume_stem(specimen, timepoint, cameras, channel)
+    name = f"{stem}.{kind}" if kind else stem
+    return timepoint_dir(out, specimen, timepoint) / f"{name}{SUFFIX.get(fmt, '.' + fmt)}"
+
+
+@dataclass
+class StageSummary:
+    """What a stage did: volumes written, skipped and failed, bytes and time."""
+
+    stage: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    input_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def report(self) -> str:
+        lines = [f"{self.stage}: {len(self.written)} written, {len(self.skipped)} skipped, "
+                 f"{len(self.failed)} failed; {self.input_bytes / 1e6:.1f} MB of input in {self.seconds:.1f} s "
+                 f"({self.mb_per_s:.1f} MB/s)"]
+        lines += [f"  wrote   {p}" for p in self.written]
+        lines += [f"  skipped {p} (exists)" for p in self.skipped]
+        lines += [f"  FAILED  {p}: {why}" for p, why in self.failed.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "written": self.written, "skipped": self.skipped, "failed": self.failed,
+                "input_bytes": self.input_bytes, "seconds": self.seconds, "mb_per_s": self.mb_per_s}
+
+
+def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str = "zarr",
+                    codec: str | CodecSpec = "blosc-zstd", level: int | None = None,
+                    chunks: Sequence[int] | None = None, shards: Sequence[int] | None = None,
+                    pyramid_levels: int = 0, timepoints: Iterable[int] | None = None,
+                    cameras: Iterable[int] | None = None, channels: Iterable[int] | None = None,
+                    specimens: Iterable[int] | None = None, overwrite: bool = False, skip_existing: bool = False,
+                    progress: bool = True) -> StageSummary:
+    """Convert raw camera volumes to sharded zarr (or KLB/TIFF), one output per view.
+
+    Parameters
+    ----------
+    source : path or Dataset
+        A raw recording (either layout).
+    out : path
+        Output root; files go to ``<out>/SPM##/TM######/SPM##_TM######_CM##_CHN##.<fmt>``.
+    fmt : {'zarr', 'klb', 'tif'}
+    codec, level, chunks, shards, pyramid_levels
+        zarr options (see :func:`isoview_dask.io.zarr.write_zarr`).
+    overwrite : bool
+        Replace existing outputs; otherwise an existing output is an error
+        unless ``skip_existing`` (then it is left alone and reported).
+
+    Returns
+    -------
+    StageSummary
+        Unreadable views are reported as failed; the others are written.
+    """
+    from .cluster import compute
+
+    dataset = source if isinstance(source, Dataset) else open_dataset(source)
+    if fmt not in SUFFIX:
+        raise ValueError(f"unknown output format {fmt!r}; choose zarr, klb or tif")
+    spec = CodecSpec.parse(codec, level) if fmt == "zarr" else None
+    summary = StageSummary("convert")
+    start = time.perf_counter()
+    pending = []
+    views = dataset.select(specimens=specimens, timepoints=timepoints, cameras=cameras, channels=channels)
+    for view in views:
+        target = output_path(out, view.specimen, view.timepoint, view.camera, view.channel, fmt=fmt)
+        if target.exists() and not overwrite:
+            if skip_existing:
+                summary.skipped.append(str(target))
+                continue
+            raise OutputExistsError(f"{target}: output already exists; use overwrite (--overwrite) to replace it")
+        try:
+            volume = view.open()
+        except IsoviewError as exc:
+            summary.failed[str(view.path)] = str(exc)
+            log.error("skipping %s: %s", view.path, exc)
+            continue
+        summary.input_bytes += view.nbytes
+        if fmt == "zarr":
+            pending.append(prepare_zarr(volume, target, codec=spec, chunks=chunks, shards=shards,
+                                        voxel_size_zyx=view.voxel_size_um, pyramid_levels=pyramid_levels,
+                                        overwrite=overwrite, name=target.stem,
+                                        attributes={"source": str(view.path), "view": view.to_dict()}))
+        else:
+            write_volume(volume, target, voxel_size_zyx=view.voxel_size_um, overwrite=overwrite,
+                         codec=None if fmt != "klb" else "bzip2")
+            summary.written.append(str(target))
+    if pending:
+        try:
+            compute(*[p.delayed for p in pending], progress=progress, label=f"writing {len(pending)} volumes")
+        except BaseException:
+            for p in pending:
+                p.abort()
+            raise
+        for p in pending:
+            summary.written.append(str(p.commit()))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def write_json(path: str | Path, payload: dict, overwrite: bool = True) -> Path:
+    """Write a small JSON record atomically."""
+    from .io.atomic import atomic_output
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+    return Path(path)
