@@ -4,54 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import tifffile
 
 from isoview_dask.dataset import open_dataset
 from isoview_dask.errors import DatasetError, InputNotFoundError, MetadataError, StackSizeError
 from isoview_dask.metadata import read_push_config, write_push_config
 
-FRAMES = {0: (30, 40), 1: (30, 40), 2: (24, 36), 3: (24, 36)}  # camera -> (Y, X); 2/3 differ on purpose
-DEPTH = 6
-
-
-def _stack(path, camera, tp):
-    y, x = FRAMES[camera]
-    data = (np.arange(DEPTH * y * x, dtype=np.uint16).reshape(DEPTH, y, x) + 1000 * camera + tp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.astype("<u2").tofile(path)
-    return data
-
-
-def _xml(path, channel, cameras):
-    dims = ",".join(f"{FRAMES[c][1]}x{FRAMES[c][0]}x{DEPTH}" for c in cameras)
-    write_push_config(path, {"dimensions": dims, "camera_index": ",".join(map(str, cameras)),
-                             "z_step": 2.5, "detection_objective": "Nikon 16x/0.8 W", "wavelength": 488 + channel})
-
-
-def _name(tp, cam, ch):
-    return f"SPC00_TM{tp:05d}_ANG000_CM{cam}_CHN{ch:02d}_PH0.stack"
-
-
-def make_keller(root, timepoints=(0, 1)):
-    spm = root / "SPM00"
-    for tp in timepoints:
-        tm = spm / f"TM{tp:05d}"
-        _xml(tm / "ch0.xml", 0, [0, 1])
-        _xml(tm / "ch1.xml", 1, [2, 3])
-        for cam, ch in ((0, 0), (1, 0), (2, 1), (3, 1)):
-            _stack(tm / "ANG000" / _name(tp, cam, ch), cam, tp)
-    for cam in FRAMES:
-        tifffile.imwrite(spm / f"Background_{cam}.tif", np.full(FRAMES[cam], 100 + cam, np.uint16))
-    return root
-
-
-def make_flat(root, timepoints=(0, 1, 2)):
-    root.mkdir(parents=True, exist_ok=True)
-    _xml(root / "ch0_spec00.xml", 0, [0, 1])
-    for tp in timepoints:
-        for cam in (0, 1):
-            _stack(root / _name(tp, cam, 0), cam, tp)
-    return root
+from conftest import DEPTH, FRAMES, make_flat, make_keller, raw_name, write_raw_stack
 
 
 def test_keller_layout(tmp_path):
@@ -65,7 +23,7 @@ def test_keller_layout(tmp_path):
     assert v.voxel_size_um == pytest.approx((2.5, 6.5 / 16, 6.5 / 16))
     assert v.background_path.name == "Background_2.tif"
     assert v.open_background()[0, 0] == 102
-    np.testing.assert_array_equal(v.open().compute()[2, 3], _stack(tmp_path / "x.stack", 2, 1)[2, 3])
+    np.testing.assert_array_equal(v.open().compute()[2, 3], write_raw_stack(tmp_path / "x.stack", 2, 1)[2, 3])
     assert v.metadata.wavelength_nm == 489
     # a single SPM folder works too
     assert len(open_dataset(tmp_path / "rec" / "SPM00").views) == 8
@@ -89,7 +47,7 @@ def test_info_table_and_json(tmp_path):
 
 def test_truncated_stack_is_reported_not_fatal(tmp_path):
     root = make_flat(tmp_path / "flat")
-    bad = root / _name(1, 0, 0)
+    bad = root / raw_name(1, 0, 0)
     bad.write_bytes(bad.read_bytes()[:-7])
     ds = open_dataset(root)
     assert [v.path.name for v in ds.problems] == [bad.name]

@@ -1,0 +1,68 @@
+"""Shared test fixtures: small hand-built raw recordings in both layouts."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from isoview_dask.metadata import write_push_config
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+FRAMES = {0: (30, 40), 1: (30, 40), 2: (24, 36), 3: (24, 36)}  # camera -> (Y, X); 2/3 differ on purpose
+DEPTH = 6
+
+
+def write_raw_stack(path, camera, tp):
+    y, x = FRAMES[camera]
+    data = (np.arange(DEPTH * y * x, dtype=np.uint16).reshape(DEPTH, y, x) + 1000 * camera + tp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.astype("<u2").tofile(path)
+    return data
+
+
+def write_channel_xml(path, channel, cameras):
+    dims = ",".join(f"{FRAMES[c][1]}x{FRAMES[c][0]}x{DEPTH}" for c in cameras)
+    write_push_config(path, {"dimensions": dims, "camera_index": ",".join(map(str, cameras)),
+                             "z_step": 2.5, "detection_objective": "Nikon 16x/0.8 W", "wavelength": 488 + channel})
+
+
+def raw_name(tp, cam, ch):
+    return f"SPC00_TM{tp:05d}_ANG000_CM{cam}_CHN{ch:02d}_PH0.stack"
+
+
+def make_keller(root, timepoints=(0, 1)):
+    spm = root / "SPM00"
+    for tp in timepoints:
+        tm = spm / f"TM{tp:05d}"
+        write_channel_xml(tm / "ch0.xml", 0, [0, 1])
+        write_channel_xml(tm / "ch1.xml", 1, [2, 3])
+        for cam, ch in ((0, 0), (1, 0), (2, 1), (3, 1)):
+            write_raw_stack(tm / "ANG000" / raw_name(tp, cam, ch), cam, tp)
+    for cam in FRAMES:
+        tifffile.imwrite(spm / f"Background_{cam}.tif", np.full(FRAMES[cam], 100 + cam, np.uint16))
+    return root
+
+
+def make_flat(root, timepoints=(0, 1, 2)):
+    root.mkdir(parents=True, exist_ok=True)
+    write_channel_xml(root / "ch0_spec00.xml", 0, [0, 1])
+    for tp in timepoints:
+        for cam in (0, 1):
+            write_raw_stack(root / raw_name(tp, cam, 0), cam, tp)
+    return root
+
+
+
+@pytest.fixture
+def keller_root(tmp_path):
+    """A two-timepoint, four-camera Keller-layout recording (cameras 2/3 with a smaller frame)."""
+    return make_keller(tmp_path / "rec")
+
+
+@pytest.fixture
+def flat_root(tmp_path):
+    """A three-timepoint, two-camera flat-layout recording without dark frames."""
+    return make_flat(tmp_path / "flat")
