@@ -1,0 +1,347 @@
+"""One validated processing configuration (``ProcessingConfig``).
+
+Every option of the MATLAB ``clusterPT`` / ``clusterMF`` scripts lives here
+under a recognisable name, grouped in sections (``input``, ``correction``,
+``fusion``, ``output``). A flat flag name is ``<section>_<key>``, e.g.
+``fusion_blending_range`` is ``[fusion] blending_range`` in TOML and
+``--fusion-blending-range`` on the command line. Configurations validate on
+construction (types, ranges, consistency; unknown keys are rejected with the
+key's name), round-trip losslessly through TOML and JSON, and are recorded
+with every output for provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import IsoviewError
+
+
+class ConfigError(IsoviewError, ValueError):
+    """An invalid configuration value or an unknown key (the message names it)."""
+
+
+def opt(default, help: str, *, choices=None, lo=None, hi=None, matlab: str | None = None, **kw):
+    """A config field with its help text, allowed values and MATLAB name."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "matlab": matlab}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _coerce(section: str, name: str, hint, value):
+    """Convert a TOML/JSON/CLI value to the field's declared type, or raise ConfigError."""
+    where = f"{section}.{name}"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _coerce(section, name, args[0], value)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(section, name, item, v) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(section, name, a, v) for a, v in zip(args, value))
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            try:
+                key = key_type(k)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: key {k!r} is not a {key_type.__name__}") from exc
+            out[key] = value_type.from_dict(v, f"{where}.{k}") if isinstance(value_type, type) and \
+                issubclass(value_type, Section) else _coerce(section, f"{name}.{k}", value_type, v)
+        return out
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from exc
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from exc
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Section:
+    """Base of config sections: coercion, range checks, dict round trip."""
+
+    _name: typing.ClassVar[str] = ""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = _coerce(self._name, f.name, hints[f.name], getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+            meta = f.metadata
+            items = value if isinstance(value, tuple) else (value,)
+            for item in items:
+                if item is None or isinstance(item, (dict, Section)):
+                    continue
+                if meta.get("choices") and item not in meta["choices"]:
+                    raise ConfigError(f"{self._name}.{f.name}: {item!r} is not one of {list(meta['choices'])}")
+                if meta.get("lo") is not None and item < meta["lo"]:
+                    raise ConfigError(f"{self._name}.{f.name}: {item!r} is below the minimum {meta['lo']}")
+                if meta.get("hi") is not None and item > meta["hi"]:
+                    raise ConfigError(f"{self._name}.{f.name}: {item!r} is above the maximum {meta['hi']}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; overridden by sections that need them."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str | None = None):
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where or cls._name}: unknown key {unknown[0]!r}"
+                              f" (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue  # TOML has no null: absent means default None
+            if isinstance(value, dict):
+                value = {str(k): (v.to_dict() if isinstance(v, Section) else v) for k, v in value.items()}
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class CameraOptions(Section):
+    """Per-camera view options applied right after reading (the MATLAB rotation/flip/crop)."""
+
+    _name: typing.ClassVar[str] = "correction.camera"
+    rotation: int = opt(0, "in-plane rotation in degrees, counter-clockwise", choices=(0, 90, 180, 270))
+    flip_h: bool = opt(False, "mirror left-right (x)")
+    flip_v: bool = opt(False, "mirror up-down (y)")
+    crop: tuple[int, int, int, int] | None = opt(None, "crop y0, y1, x0, x1 in pixels (after rotation/flips)",
+                                                 lo=0)
+
+
+@dataclass(frozen=True)
+class InputConfig(Section):
+    """What to read."""
+
+    _name: typing.ClassVar[str] = "input"
+    specimens: tuple[int, ...] | None = opt(None, "specimens to process (default all)", lo=0, matlab="specimen")
+    timepoints: tuple[int, ...] | None = opt(None, "timepoints to process (default all)", lo=0, matlab="timepoints")
+    cameras: tuple[int, ...] | None = opt(None, "cameras to process (default all)", lo=0, hi=15, matlab="cameras")
+    channels: tuple[int, ...] | None = opt(None, "channels to process (default all)", lo=0, matlab="channels")
+    input_type: str = opt("auto", "raw file type", choices=("auto", "stack", "klb", "tif"))
+    allow_truncated: bool = opt(False, "use the whole planes of truncated .stack files instead of failing")
+
+
+@dataclass(frozen=True)
+class CorrectionConfig(Section):
+    """Dead pixels, background, segmentation (the MATLAB clusterPT)."""
+
+    _name: typing.ClassVar[str] = "correction"
+    dead_pixel_correction: bool = opt(True, "detect and replace dead (hot/stuck) pixels")
+    dead_pixel_kernel: int = opt(3, "median kernel for dead-pixel detection and replacement, px", lo=3, hi=9)
+    dead_pixel_min_zscore: float = opt(8.0, "statistical floor: robust z-score a dead pixel must exceed", lo=0.0)
+    background_percentile: float = opt(5.0, "percentile of non-zero voxels used as background when there is "
+                                       "no dark frame", lo=0.0, hi=100.0)
+    use_dark_frame: bool = opt(True, "subtract Background_<camera>.tif when present")
+    segment: bool = opt(True, "compute foreground masks")
+    segment_sigma_lateral: float = opt(2.0, "lateral Gaussian sigma for segmentation, px", lo=0.0)
+    segment_sigma_axial: float | None = opt(None, "axial sigma in planes (default lateral / spacing ratio)", lo=0.0)
+    segment_threshold: float = opt(0.4, "adaptive threshold fraction t of minI + (meanI - minI) * t", lo=0.0,
+                                   hi=1.0)
+    mask_percentile: float = opt(1.0, "percentile of the smoothed volume taken as minI", lo=0.0, hi=100.0)
+    precise_gauss: bool = opt(True, "exact Gaussian (else a faster truncated one)", matlab="preciseGauss")
+    camera: dict[int, CameraOptions] = opt({}, "per-camera rotation/flip/crop, e.g. [correction.camera.1]")
+
+
+@dataclass(frozen=True)
+class OutputConfig(Section):
+    """Where and how to write."""
+
+    _name: typing.ClassVar[str] = "output"
+    format: str = opt("zarr", "volume format", choices=("zarr", "klb", "tif"))
+    codec: str = opt("blosc-zstd", "zarr codec name (blosc-zstd, blosc-lz4, blosc-lz4hc, zstd, gzip, bzip2, none)")
+    level: int | None = opt(None, "codec level (default: the codec's)", lo=0, hi=22)
+    shuffle: str = opt("shuffle", "blosc shuffle filter", choices=("shuffle", "bitshuffle", "noshuffle"))
+    chunks: tuple[int, int, int] = opt((8, 256, 256), "inner zarr chunk (Z, Y, X)", lo=1)
+    shards: tuple[int, ...] = opt((32, 1024, 1024), "zarr shard (Z, Y, X); empty list for unsharded", lo=1)
+    pyramid_levels: int = opt(0, "downsampled pyramid levels", lo=0, hi=8)
+    projections: bool = opt(True, "write xy/xz/yz max projections (TIFF)")
+    overwrite: bool = opt(False, "replace existing outputs")
+
+    def validate(self):
+        from .io.zarr import CodecSpec
+        try:
+            CodecSpec.parse(self.codec, self.level, self.shuffle)
+        except IsoviewError as exc:
+            raise ConfigError(f"output.codec: {exc}") from exc
+        if self.shards and len(self.shards) != 3:
+            raise ConfigError(f"output.shards: expected 3 values or none, got {list(self.shards)}")
+
+
+SECTIONS = {"input": InputConfig, "correction": CorrectionConfig, "output": OutputConfig}
+
+
+@dataclass(frozen=True)
+class ProcessingConfig:
+    """The whole configuration: one validated object, sections as attributes.
+
+    Build with keyword sections (``ProcessingConfig(correction={"segment_threshold": 0.3})``),
+    from flat flags (:meth:`from_flags`, e.g. ``correction_segment_threshold=0.3``),
+    or from a file (:meth:`load`).
+    """
+
+    input: InputConfig = field(default_factory=InputConfig)
+    correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        for name, cls in SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping) or value is None:
+                object.__setattr__(self, name, cls.from_dict(value))
+            elif not isinstance(value, cls):
+                raise ConfigError(f"{name}: expected a table, got {value!r}")
+        cams = self.input.cameras
+        if cams is not None:
+            for cam in self.correction.camera:
+                if cam not in cams:
+                    raise ConfigError(f"correction.camera.{cam}: camera {cam} is not among input.cameras {list(cams)}")
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "ProcessingConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+        return cls(**{k: SECTIONS[k].from_dict(v) for k, v in data.items()})
+
+    @classmethod
+    def from_flags(cls, base: "ProcessingConfig | None" = None, **flags) -> "ProcessingConfig":
+        """Override ``base`` with flat flags ``<section>_<key>=value`` (None values are ignored)."""
+        data = (base or cls()).to_dict()
+        for flag, value in flags.items():
+            if value is None:
+                continue
+            section, key = _split_flag(flag)
+            data.setdefault(section, {})[key] = value
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProcessingConfig":
+        """Read a TOML (``.toml``) or JSON (``.json``) file."""
+        path = Path(path)
+        if not path.is_file():
+            from .errors import InputNotFoundError
+            raise InputNotFoundError(f"{path}: configuration file does not exist")
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(path.read_text())
+            else:
+                data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot parse ({exc})") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    # -- output -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    def to_toml(self) -> str:
+        import tomli_w
+        return tomli_w.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() if path.suffix.lower() == ".json" else self.to_toml())
+        return path
+
+    def replace(self, **flags) -> "ProcessingConfig":
+        """A copy with flat flags overridden, e.g. ``cfg.replace(output_codec="gzip")``."""
+        return ProcessingConfig.from_flags(self, **flags)
+
+    def camera_options(self, camera: int) -> CameraOptions:
+        return self.correction.camera.get(camera, CameraOptions())
+
+
+def _split_flag(flag: str) -> tuple[str, str]:
+    for section in SECTIONS:
+        if flag.startswith(section + "_"):
+            return section, flag[len(section) + 1:]
+    raise ConfigError(f"unknown option {flag!r}: flags start with one of {', '.join(s + '_' for s in SECTIONS)}")
+
+
+def all_flags() -> list[tuple[str, dataclasses.Field, type]]:
+    """Every flat flag: (flag name, field, section class)."""
+    return [(f"{name}_{f.name}", f, cls) for name, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def template() -> str:
+    """A commented TOML template with every option at its default."""
+    lines = ["# isoview-dask processing configuration. Every option with its default.",
+             "# Flag names on the command line are --<section>-<key>, e.g. --correction-segment-threshold.", ""]
+    defaults = ProcessingConfig().to_dict()
+    import tomli_w
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in fields(cls):
+            meta = f.metadata
+            note = meta["help"] + (f" (MATLAB: {meta['matlab']})" if meta.get("matlab") else "")
+            if meta.get("choices"):
+                note += f"; one of {list(meta['choices'])}"
+            lines.append(f"# {note}")
+            if f.name in defaults[name] and not isinstance(defaults[name][f.name], dict):
+                lines.append(tomli_w.dumps({f.name: defaults[name][f.name]}).strip())
+            elif f.name == "camera":
+                lines.append("# [correction.camera.1]\n# rotation = 0\n# flip_h = true")
+            else:
+                lines.append(f"# {f.name} = ...   (default: not set)")
+        lines.append("")
+    return "\n".join(lines)
