@@ -1,0 +1,203 @@
+"""Foreground (specimen) segmentation and the coordinate masks derived from it.
+
+The specimen is separated from the background by smoothing the stack with
+an anisotropic Gaussian and thresholding it at a level between a low
+percentile and the mean of the brighter voxels (the MATLAB ``clusterPT``
+rule). The 3D mask is then reduced to two small 2D "coordinate masks", the
+mean depth of the specimen per pixel, which drive adaptive blending of
+opposing cameras later on. All volume-sized steps are blockwise or dask
+reductions; the level itself is estimated from a subsample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+from dask_image.ndfilters import gaussian_filter
+
+from ._arrays import as_dask, require_ndim
+from ._sampling import DEFAULT_SAMPLE_PLANES, sample_voxels
+
+#: Gaussian truncation (in sigmas) of the precise and of the fast smoothing.
+PRECISE_TRUNCATE = 4.0
+FAST_TRUNCATE = 2.0
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    """Intensity levels of :func:`threshold_level` (units of the smoothed volume).
+
+    Attributes
+    ----------
+    min_intensity : float
+        Low percentile of the smoothed volume (``minI``).
+    mean_intensity : float
+        Mean of the voxels strictly above ``min_intensity`` (``meanI``).
+    level : float
+        Foreground threshold, ``minI + (meanI - minI) * t``.
+    """
+
+    min_intensity: float
+    mean_intensity: float
+    level: float
+
+
+def smooth(
+    volume,
+    sigma_lateral_px: float = 2.0,
+    sigma_axial_px: float | None = None,
+    *,
+    spacing_ratio: float | None = None,
+    precise: bool = True,
+) -> da.Array:
+    """Anisotropic Gaussian smoothing of a (Z, Y, X) stack, as float32.
+
+    Parameters
+    ----------
+    volume : dask or numpy array, shape (Z, Y, X)
+        The stack (any numeric dtype).
+    sigma_lateral_px : float
+        Gaussian sigma along y and x, in pixels.
+    sigma_axial_px : float, optional
+        Gaussian sigma along z, in planes. Default:
+        ``sigma_lateral_px / spacing_ratio``.
+    spacing_ratio : float, optional
+        Plane spacing over lateral pixel size, ``z_step_um / pixel_size_um``
+        (e.g. 2.0 µm / 0.406 µm = 4.9). Used only when ``sigma_axial_px``
+        is not given; ``None`` means 1 (isotropic in voxel units).
+    precise : bool
+        True: kernel truncated at 4 sigma (as scipy's default). False: at
+        2 sigma, which halves the halo and the kernel length (about half
+        the work). The truncated kernel is renormalised, so it is slightly
+        narrower (its standard deviation is about 0.88 sigma); on the test
+        stacks the foreground masks from it differed from the precise ones
+        in about 1% of the mask's voxels, all next to its boundary.
+
+    Returns
+    -------
+    dask.array.Array, float32, shape (Z, Y, X)
+
+    Notes
+    -----
+    The default axial sigma makes the kernel isotropic in physical units:
+    with planes ``spacing_ratio`` pixels apart, a physical width of
+    ``sigma_lateral_px`` pixels spans ``sigma_lateral_px / spacing_ratio``
+    planes, so the sigma counted in planes is smaller when planes are
+    farther apart. Implemented with :func:`dask_image.ndfilters.gaussian_filter`
+    (``map_overlap`` with ``boundary='none'``, scipy's ``'reflect'`` mode at
+    the true edges of the stack), so chunk borders leave no trace.
+    """
+    volume = as_dask(volume)
+    require_ndim(volume, 3, "volume")
+    if sigma_axial_px is None:
+        ratio = 1.0 if spacing_ratio is None else float(spacing_ratio)
+        if ratio <= 0:
+            raise ValueError(f"spacing_ratio must be positive, got {spacing_ratio}")
+        sigma_axial_px = sigma_lateral_px / ratio
+    if sigma_lateral_px < 0 or sigma_axial_px < 0:
+        raise ValueError(
+            f"sigmas must be non-negative, got lateral {sigma_lateral_px}, axial {sigma_axial_px}"
+        )
+    truncate = PRECISE_TRUNCATE if precise else FAST_TRUNCATE
+    sigma = (float(sigma_axial_px), float(sigma_lateral_px), float(sigma_lateral_px))
+    return gaussian_filter(volume.astype(np.float32), sigma=sigma, mode="reflect", truncate=truncate)
+
+
+def threshold_level(
+    smoothed,
+    t: float = 0.4,
+    min_percentile: float = 1.0,
+    *,
+    max_samples: int = 2_000_000,
+    seed: int = 0,
+    n_planes: int = DEFAULT_SAMPLE_PLANES,
+) -> ThresholdResult:
+    """Foreground threshold ``minI + (meanI - minI) * t`` of a smoothed stack.
+
+    Parameters
+    ----------
+    smoothed : dask or numpy array, shape (Z, Y, X)
+        Output of :func:`smooth`.
+    t : float
+        Position of the level between ``minI`` (0) and ``meanI`` (1).
+    min_percentile : float
+        Percentile (0-100) giving ``minI``, taken on a deterministic
+        subsample of at most ``max_samples`` voxels from ``n_planes``
+        evenly spaced planes (see ``estimate_background_level``).
+    max_samples, seed, n_planes
+        Subsample size, seed and number of planes for ``minI``.
+
+    Returns
+    -------
+    ThresholdResult
+        ``minI``, ``meanI`` (mean of all voxels strictly above ``minI``, a
+        dask reduction over the whole stack) and the level. If no voxel
+        exceeds ``minI``, ``meanI = minI``.
+
+    Notes
+    -----
+    This function computes (two small results). ``minI`` comes from the
+    subsample so that only ``meanI`` needs a pass over the stack. A lazy
+    ``smoothed`` is evaluated again by every computation that uses it
+    (here and in :func:`foreground_mask`); persist it or read it back from
+    storage when smoothing is the expensive part.
+    """
+    if not 0.0 <= min_percentile <= 100.0:
+        raise ValueError(f"min_percentile must lie in [0, 100], got {min_percentile}")
+    smoothed = as_dask(smoothed)
+    sample = sample_voxels(smoothed, max_samples, seed=seed, n_planes=n_planes)
+    min_intensity = float(np.percentile(sample.astype(np.float64), min_percentile))
+    above = smoothed > min_intensity
+    total = da.where(above, smoothed, 0).sum(dtype=np.float64)
+    count = above.sum()
+    total, count = da.compute(total, count)
+    mean_intensity = float(total) / int(count) if count else min_intensity
+    level = min_intensity + (mean_intensity - min_intensity) * t
+    return ThresholdResult(min_intensity, mean_intensity, level)
+
+
+def foreground_mask(smoothed, level: float) -> da.Array:
+    """Boolean (Z, Y, X) mask of the voxels of ``smoothed`` strictly above ``level``."""
+    return as_dask(smoothed) > level
+
+
+def coordinate_masks(mask) -> tuple[da.Array, da.Array]:
+    """Mean depth of the foreground per pixel (xy) and mean x per (z, y) (xz).
+
+    Parameters
+    ----------
+    mask : dask or numpy array of bool, shape (Z, Y, X)
+        Foreground mask.
+
+    Returns
+    -------
+    xy_coordinate_mask : dask.array.Array, float32, shape (Y, X)
+        For each pixel (y, x), the mean z index (in planes, 0-based) of its
+        foreground voxels.
+    xz_coordinate_mask : dask.array.Array, float32, shape (Z, Y)
+        For each plane and row (z, y), the mean x index (in pixels,
+        0-based) of its foreground voxels.
+
+    Both are NaN where the column or row holds no foreground at all (use
+    ``numpy.isnan`` to find them). They are lazy dask reductions of
+    integer sums (index times mask, and counts), so they are exact and
+    work on stacks larger than memory; compute them together to read the
+    mask once.
+    """
+    mask = as_dask(mask).astype(bool)
+    require_ndim(mask, 3, "mask")
+    z_index = da.arange(mask.shape[0], chunks=mask.chunks[0], dtype=np.int64)[:, None, None]
+    x_index = da.arange(mask.shape[2], chunks=mask.chunks[2], dtype=np.int64)[None, None, :]
+    xy = _mean_index(mask, z_index, axis=0)
+    xz = _mean_index(mask, x_index, axis=2)
+    return xy, xz
+
+
+def _mean_index(mask: da.Array, index: da.Array, axis: int) -> da.Array:
+    """Mean of ``index`` over the True voxels of ``mask`` along ``axis`` (NaN if none)."""
+    weighted = da.where(mask, index, 0).sum(axis=axis, dtype=np.int64)
+    count = mask.sum(axis=axis, dtype=np.int64)
+    mean = weighted.astype(np.float64) / da.maximum(count, 1)
+    return da.where(count > 0, mean, np.nan).astype(np.float32)

@@ -1,0 +1,134 @@
+"""Unit behaviour of ``isoview_dask.correct``: the knee, the dead-pixel test
+on large statistic images, edge cases and input validation."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from isoview_dask.correct import (
+    correct_dead_pixels,
+    dead_pixel_mask,
+    estimate_background_level,
+    knee_threshold,
+    pixel_statistics,
+    smooth,
+    subtract_background,
+    threshold_level,
+)
+
+
+def test_knee_of_a_two_slope_curve_is_the_corner():
+    gentle = np.linspace(0.0, 9.0, 91)  # slope 0.1 per rank
+    steep = np.linspace(19.0, 100.0, 10)  # slope 9 per rank
+    values = np.random.default_rng(0).permutation(np.concatenate([gentle, steep]))
+    assert knee_threshold(values) == pytest.approx(9.0)
+
+
+def test_knee_edge_cases():
+    assert knee_threshold([5.0, 5.0, 5.0]) == 5.0
+    assert knee_threshold([1.0, np.nan, 3.0]) == 3.0
+    with pytest.raises(ValueError, match="finite"):
+        knee_threshold([np.nan, np.inf])
+
+
+def _statistic_images(rng, shape=(256, 256), planes=40):
+    """Per-pixel mean and std of a stack, simulated directly: a dark level
+    with a fixed pattern, a bright specimen with a sharp blurred edge and
+    texture, and the sampling noise of a ``planes``-plane stack."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    specimen = ((yy - 120) / 90.0) ** 2 + ((xx - 140) / 70.0) ** 2 <= 1.0
+    signal = ndi.gaussian_filter(specimen * (800.0 + 600.0 * np.sin(xx / 9.0) * np.cos(yy / 13.0)), 1.0)
+    dark = 100.0 + rng.normal(0.0, 2.0, shape)
+    sigma = np.sqrt(signal + 4.0)
+    mean = dark + signal + rng.normal(0.0, 1.0, shape) * sigma / np.sqrt(planes)
+    std = sigma * (1.0 + rng.normal(0.0, 1.0, shape) / np.sqrt(2 * (planes - 1)))
+    return mean, std
+
+
+def test_no_false_positives_on_a_large_clean_frame_and_defects_found():
+    rng = np.random.default_rng(11)
+    mean, std = _statistic_images(rng)
+    clean = dead_pixel_mask(mean, std)
+    assert clean.count == 0
+
+    rows = rng.choice(256, 30, replace=False)
+    cols = rng.choice(256, 30, replace=False)
+    mean[rows[:15], cols[:15]] += rng.uniform(200.0, 1500.0, 15)  # hot
+    std[rows[15:], cols[15:]] = 0.0  # stuck
+    mean[rows[15:], cols[15:]] = rng.uniform(0.0, 3000.0, 15)
+    found = dead_pixel_mask(mean, std)
+    truth = np.zeros(mean.shape, bool)
+    truth[rows, cols] = True
+    assert np.array_equal(found.mask, truth)
+    assert found.summary()["count"] == 30
+
+
+def test_knee_alone_would_flag_clean_pixels():
+    mean, std = _statistic_images(np.random.default_rng(12))
+    knee_only = dead_pixel_mask(mean, std, z_floor=0.0)
+    assert knee_only.count > 100  # the pitfall the statistical floor removes
+    assert dead_pixel_mask(mean, std).count == 0
+
+
+def test_dead_pixel_mask_validates_inputs():
+    with pytest.raises(ValueError, match="same shape"):
+        dead_pixel_mask(np.ones((8, 8)), np.ones((8, 9)))
+    with pytest.raises(ValueError, match="kernel"):
+        dead_pixel_mask(np.ones((8, 8)), np.ones((8, 8)), kernel=4)
+    with pytest.raises(ValueError, match=r"\(Y, X\)"):
+        dead_pixel_mask(np.ones((2, 8, 8)), np.ones((2, 8, 8)))
+
+
+def test_repair_with_empty_mask_is_identity_and_shape_is_checked():
+    volume = np.arange(2 * 5 * 6, dtype=np.uint16).reshape(2, 5, 6)
+    np.testing.assert_array_equal(correct_dead_pixels(volume, np.zeros((5, 6), bool)).compute(), volume)
+    with pytest.raises(ValueError, match="frame shape"):
+        correct_dead_pixels(volume, np.zeros((6, 5), bool))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.float32, np.int32])
+def test_pixel_statistics_for_every_dtype(dtype):
+    rng = np.random.default_rng(4)
+    volume = rng.integers(-200 if dtype in (np.int16, np.int32) else 0, 250, (9, 5, 6)).astype(dtype)
+    volume[:, 2, 3] = 17  # a stuck pixel: exactly zero spread
+    mean_yx, std_yx = dask.compute(*pixel_statistics(da.from_array(volume, chunks=(4, 3, 4))))
+    assert mean_yx.shape == std_yx.shape == (5, 6)
+    assert mean_yx.dtype == std_yx.dtype == np.float64
+    np.testing.assert_allclose(mean_yx, volume.astype(np.float64).mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(std_yx, volume.astype(np.float64).std(axis=0), rtol=1e-6, atol=1e-9)
+    if np.issubdtype(dtype, np.integer) and np.dtype(dtype).itemsize <= 2:
+        assert std_yx[2, 3] == 0.0
+
+
+def test_subtract_background_float_input_and_validation():
+    volume = da.from_array(np.full((2, 3, 4), 10.25, np.float32), chunks=(1, 3, 2))
+    result = subtract_background(volume, 10.0).compute()
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, 0.25)
+    assert (subtract_background(volume, 50.0).compute() == 0).all()
+    with pytest.raises(ValueError, match="dark frame shape"):
+        subtract_background(volume, np.zeros((4, 3)))
+
+
+def test_background_level_of_an_empty_volume_is_zero():
+    assert estimate_background_level(np.zeros((3, 4, 5), np.uint16)) == 0.0
+    with pytest.raises(ValueError, match="percentile"):
+        estimate_background_level(np.zeros((3, 4, 5), np.uint16), percentile=150.0)
+
+
+def test_axial_sigma_follows_the_spacing_ratio():
+    volume = np.random.default_rng(1).random((12, 16, 16)).astype(np.float32)
+    from_ratio = smooth(volume, 2.0, spacing_ratio=4.0).compute()
+    explicit = smooth(volume, 2.0, 0.5).compute()
+    np.testing.assert_array_equal(from_ratio, explicit)
+    with pytest.raises(ValueError, match="spacing_ratio"):
+        smooth(volume, 2.0, spacing_ratio=0.0)
+
+
+def test_threshold_of_a_flat_volume_is_its_value():
+    result = threshold_level(np.full((4, 4, 4), 7.0, np.float32))
+    assert result.min_intensity == result.mean_intensity == result.level == 7.0
