@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .dataset import CameraView, Dataset, open_dataset
-from .errors import IsoviewError, OutputExistsError
-from .io import write_volume
-from .io.zarr import CodecSpec, prepare_zarr
+from ..dataset import CameraView, Dataset, open_dataset
+from ..errors import IsoviewError, OutputExistsError
+from ..io import write_volume
+from ..io.zarr import CodecSpec, prepare_zarr
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
     StageSummary
         Unreadable views are reported as failed; the others are written.
     """
-    from .cluster import compute
+    from ..cluster import compute
 
     dataset = source if isinstance(source, Dataset) else open_dataset(source)
     if fmt not in SUFFIX:
@@ -160,7 +160,38 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
 
 def write_json(path: str | Path, payload: dict, overwrite: bool = True) -> Path:
     """Write a small JSON record atomically."""
-    from .io.atomic import atomic_output
+    from ..io.atomic import atomic_output
     with atomic_output(path, overwrite) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
     return Path(path)
+
+
+def file_fingerprint(*paths: str | Path | None) -> list[dict]:
+    """Size and modification time of each existing input file (None entries skipped)."""
+    out = []
+    for p in paths:
+        if p is None:
+            continue
+        st = Path(p).stat()
+        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def fingerprint(inputs: list[dict], parameters: dict) -> str:
+    """A short hash of inputs' fingerprints and the parameters that shape an output."""
+    import hashlib
+    text = json.dumps({"inputs": inputs, "parameters": parameters}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def completed(record_path: Path, expected_fingerprint: str) -> bool:
+    """True when a completion record exists, matches the fingerprint and all its outputs exist."""
+    if not record_path.is_file():
+        return False
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if record.get("fingerprint") != expected_fingerprint:
+        return False
+    return all(Path(p).exists() for p in record.get("outputs", []))

@@ -1,0 +1,14 @@
+"""Wiring algorithms to files: output names, per-volume graphs, atomic commits, resumable stages.
+
+Paths live here (and in the CLI), never in the algorithm modules. Each stage
+builds lazy graphs per output volume, computes them on the active cluster
+with a progress bar, renames each output when complete, and writes a
+completion record last, so a rerun skips finished volumes and redoes the rest.
+"""
+
+from .common import (StageSummary, convert_dataset, output_path, timepoint_dir, volume_stem,
+                     write_json)
+from .correct import correct_dataset, correct_view
+
+__all__ = ["StageSummary", "convert_dataset", "correct_dataset", "correct_view", "output_path",
+           "timepoint_dir", "volume_stem", "write_json"]

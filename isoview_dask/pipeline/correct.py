@@ -1,0 +1,244 @@
+"""The correction stage (the MATLAB clusterPT) wired to files.
+
+For every selected (timepoint, camera, channel) view: orient the camera,
+detect dead pixels from per-pixel z statistics, replace them, subtract the
+dark frame (or a percentile background), segment the specimen, and write the
+corrected volume, the 3-D foreground mask, the xy/xz coordinate masks, the
+dead-pixel mask, raw and corrected max projections, and a statistics JSON.
+Three passes over the data, each a dask graph over chunks: (1) per-pixel
+statistics, (2) the segmentation level, (3) everything written at once.
+The statistics JSON is written last and doubles as the completion record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterable
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ..config import ProcessingConfig
+from ..correct import (correct_dead_pixels, coordinate_masks, dead_pixel_mask, estimate_background_level,
+                       foreground_mask, max_projections, pixel_statistics, smooth, subtract_background,
+                       threshold_level)
+from ..correct.orient import orient
+from ..dataset import CameraView, Dataset, open_dataset
+from ..errors import IsoviewError
+from ..io import write_volume
+from ..io.tiff import write_tiff
+from ..io.zarr import CodecSpec, prepare_zarr
+from .common import StageSummary, completed, file_fingerprint, fingerprint, output_path, write_json
+
+log = logging.getLogger(__name__)
+
+PROJECTION_AXES = {"xy": 0, "xz": 1, "yz": 2}
+
+
+class EmptyVolumeError(IsoviewError, ValueError):
+    """A camera volume holds no signal at all (every voxel zero)."""
+
+
+def _check_selection(dataset: Dataset, config: ProcessingConfig) -> list[CameraView]:
+    sel = config.input
+    for name, wanted, present in (("camera", sel.cameras, dataset.cameras),
+                                  ("channel", sel.channels, dataset.channels),
+                                  ("timepoint", sel.timepoints, dataset.timepoints),
+                                  ("specimen", sel.specimens, dataset.specimens)):
+        missing = sorted(set(wanted or ()) - set(present))
+        if missing:
+            raise IsoviewError(f"{dataset.root}: no {name} {missing[0]} in this recording "
+                               f"(it has {name}s {present})")
+    views = dataset.select(specimens=sel.specimens, timepoints=sel.timepoints, cameras=sel.cameras,
+                           channels=sel.channels)
+    cams = set(sel.cameras or dataset.cameras)
+    for tp in sorted({v.timepoint for v in views}):
+        have = {v.camera for v in views if v.timepoint == tp}
+        for cam in sorted(cams - have):
+            log.warning("timepoint %d has no camera %d; continuing without it", tp, cam)
+    return views
+
+
+def _parameters(config: ProcessingConfig, camera: int) -> dict:
+    return {"correction": config.correction.to_dict(), "camera": config.camera_options(camera).to_dict(),
+            "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"}}
+
+
+def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | None = None,
+                 *, progress: bool = True) -> dict:
+    """Correct one camera view and write all its outputs; returns its statistics record.
+
+    Parameters
+    ----------
+    view : CameraView
+        The raw view (from :func:`isoview_dask.dataset.open_dataset`).
+    out : path
+        Output root; files go to ``<out>/SPM##/TM######/``.
+    config : ProcessingConfig
+        Correction and output options (default: all defaults).
+
+    Returns
+    -------
+    dict
+        The statistics record also written as ``<stem>.correction.json``.
+    """
+    from ..cluster import compute
+
+    config = config or ProcessingConfig()
+    cc, oc = config.correction, config.output
+    opts = config.camera_options(view.camera)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def name(kind: str, fmt: str) -> Path:
+        return output_path(out, view.specimen, view.timepoint, view.camera, view.channel, kind, fmt)
+
+    raw = orient(view.open(), opts.rotation, opts.flip_h, opts.flip_v, opts.crop)
+    voxel = view.voxel_size_um
+    record: dict = {"view": view.to_dict(), "shape_zyx": list(raw.shape), "voxel_size_um_zyx": voxel}
+
+    # Pass 1: per-pixel statistics over z (dead pixels) and the background.
+    mean_yx, std_yx = pixel_statistics(raw)
+    mean_yx, std_yx, peak = compute(mean_yx, std_yx, raw.max(), progress=progress,
+                                    label=f"{view.path.name}: pixel statistics")
+    if int(peak) == 0:
+        raise EmptyVolumeError(f"{view.path}: every voxel is zero; nothing to correct")
+    if cc.dead_pixel_correction:
+        dead = dead_pixel_mask(mean_yx, std_yx, kernel=cc.dead_pixel_kernel, z_floor=cc.dead_pixel_min_zscore)
+        dead_mask = dead.mask
+        repaired = correct_dead_pixels(raw, dead_mask)
+        record["dead_pixels"] = {**dead.summary(), "positions_yx": np.argwhere(dead_mask).tolist()}
+    else:
+        dead_mask = np.zeros(raw.shape[1:], bool)
+        repaired = raw
+        record["dead_pixels"] = {"count": 0, "disabled": True}
+    dark = view.open_background() if cc.use_dark_frame else None
+    if dark is not None:
+        dark = orient(dark, opts.rotation, opts.flip_h, opts.flip_v, opts.crop)
+        corrected = subtract_background(repaired, dark)
+        record["background"] = {"source": "dark_frame", "path": str(view.background_path),
+                                "mean": float(dark.mean()), "min": float(dark.min()), "max": float(dark.max())}
+    else:
+        level = estimate_background_level(repaired, cc.background_percentile)
+        corrected = subtract_background(repaired, level)
+        record["background"] = {"source": "percentile", "percentile": cc.background_percentile, "level": level}
+    timings["statistics_s"] = time.perf_counter() - t0
+
+    # Pass 2: segmentation level (minI from a subsample, meanI over the smoothed stack).
+    t1 = time.perf_counter()
+    outputs: list[Path] = []
+    pending = []
+    lazy: dict = {}
+    if cc.segment:
+        ratio = voxel[0] / voxel[1] if voxel else 1.0
+        smoothed = smooth(corrected, cc.segment_sigma_lateral, cc.segment_sigma_axial, spacing_ratio=ratio,
+                          precise=cc.precise_gauss)
+        threshold = threshold_level(smoothed, cc.segment_threshold, cc.mask_percentile)
+        record["segmentation"] = {"min_intensity": threshold.min_intensity,
+                                  "mean_intensity": threshold.mean_intensity, "level": threshold.level,
+                                  "threshold_fraction": cc.segment_threshold,
+                                  "sigma_lateral_px": cc.segment_sigma_lateral,
+                                  "sigma_axial_px": cc.segment_sigma_axial or cc.segment_sigma_lateral / ratio}
+        mask = foreground_mask(smoothed, threshold.level)
+        xy_mask, xz_mask = coordinate_masks(mask)
+        lazy.update(xy_mask=xy_mask, xz_mask=xz_mask, foreground=mask.sum())
+    timings["segmentation_level_s"] = time.perf_counter() - t1
+
+    # Pass 3: write volumes and compute every small output in one graph.
+    t2 = time.perf_counter()
+    overwrite = True  # the completion record, not file existence, decides what is done
+    if oc.projections:
+        for kind, axis in PROJECTION_AXES.items():
+            lazy[f"{kind}Projection"] = corrected.max(axis=axis)
+            lazy[f"{kind}ProjectionRaw"] = raw.max(axis=axis)
+    zarr_options = dict(codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
+                        shards=oc.shards or (), voxel_size_zyx=voxel, overwrite=overwrite,
+                        pyramid_levels=oc.pyramid_levels)
+    if oc.format == "zarr":
+        pending.append(prepare_zarr(corrected, name("", "zarr"), name=name("", "zarr").stem, **zarr_options))
+        if cc.segment:
+            pending.append(prepare_zarr(mask.astype(np.uint8), name("segmentationMask", "zarr"),
+                                        name="segmentationMask", **{**zarr_options, "pyramid_levels": 0}))
+    keys = list(lazy)
+    try:
+        results = compute(*[p.delayed for p in pending], *[lazy[k] for k in keys], progress=progress,
+                          label=f"{view.path.name}: correcting and writing")
+    except BaseException:
+        for p in pending:
+            p.abort()
+        raise
+    small = dict(zip(keys, results[len(pending):]))
+    for p in pending:
+        outputs.append(p.commit())
+    if oc.format != "zarr":
+        outputs.append(write_volume(corrected, name("", oc.format), voxel_size_zyx=voxel, overwrite=overwrite))
+        if cc.segment:
+            outputs.append(write_volume(mask.astype(np.uint8), name("segmentationMask", oc.format),
+                                        voxel_size_zyx=voxel, overwrite=overwrite))
+    for kind in [k for k in keys if "Projection" in k]:
+        outputs.append(write_tiff(np.asarray(small[kind]), name(kind, "tif"), overwrite=overwrite))
+    if cc.segment:
+        outputs.append(write_tiff(np.asarray(small["xy_mask"]), name("xyMask", "tif"), overwrite=overwrite))
+        outputs.append(write_tiff(np.asarray(small["xz_mask"]), name("xzMask", "tif"), overwrite=overwrite))
+        record["segmentation"]["foreground_fraction"] = float(small["foreground"]) / float(np.prod(raw.shape))
+    outputs.append(write_tiff(dead_mask.astype(np.uint8), name("deadPixelMask", "tif"), overwrite=overwrite))
+    timings["write_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+    record["timings"] = timings
+    record["input_bytes"] = view.nbytes
+    record["mb_per_s"] = view.nbytes / 1e6 / timings["total_s"]
+    record["outputs"] = [str(p) for p in outputs]
+    record["fingerprint"] = _fingerprint(view, config)
+    write_json(name("correction", "json"), record)
+    return record
+
+
+def _fingerprint(view: CameraView, config: ProcessingConfig) -> str:
+    return fingerprint(file_fingerprint(view.path, view.background_path), _parameters(config, view.camera))
+
+
+def correct_dataset(source: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None,
+                    *, progress: bool = True, **flags) -> StageSummary:
+    """Correct every selected camera view of a recording (resumable).
+
+    Parameters
+    ----------
+    source : path or Dataset
+        Raw recording in either layout.
+    out : path
+        Output root.
+    config : ProcessingConfig, optional
+        Options; ``flags`` (e.g. ``input_cameras=[0, 1]``,
+        ``correction_segment_threshold=0.3``) override it.
+
+    Returns
+    -------
+    StageSummary
+        Views written, skipped (complete, same inputs and parameters) and
+        failed (with the reason); a failing view never stops the others.
+    """
+    config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
+    dataset = source if isinstance(source, Dataset) else open_dataset(
+        source, allow_truncated=config.input.allow_truncated)
+    summary = StageSummary("correct")
+    start = time.perf_counter()
+    for view in _check_selection(dataset, config):
+        record_path = output_path(out, view.specimen, view.timepoint, view.camera, view.channel,
+                                  "correction", "json")
+        if view.ok and not config.output.overwrite and completed(record_path, _fingerprint(view, config)):
+            summary.skipped.append(str(record_path))
+            log.info("complete, skipping: %s", record_path)
+            continue
+        try:
+            record = correct_view(view, out, config, progress=progress)
+        except (IsoviewError, ValueError, OSError) as exc:
+            summary.failed[str(view.path)] = str(exc)
+            log.error("correction of %s failed: %s", view.path, exc)
+            continue
+        summary.written.append(str(record_path))
+        summary.input_bytes += record["input_bytes"]
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,156 @@
+"""Correction stage end to end against the synthetic ground truth, formats, resume, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from isoview_dask.config import ProcessingConfig
+from isoview_dask.dataset import open_dataset
+from isoview_dask.errors import IsoviewError
+from isoview_dask.io import open_volume
+from isoview_dask.pipeline import correct_dataset, output_path
+from isoview_dask.synthetic import generate_dataset
+
+SHAPE = (32, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "data"
+    truth = generate_dataset(root, preset="tiny", shape=SHAPE, seed=7)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def corrected(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("corrected")
+    summary = correct_dataset(synth.raw_dir, out, progress=False,
+                              output_chunks=(8, 32, 32), output_shards=(16, 64, 64))
+    assert not summary.failed and len(summary.written) == 4
+    return out
+
+
+def _path(out, camera, kind="", fmt="zarr"):
+    return output_path(out, 0, 0, camera, 0 if camera < 2 else 1, kind, fmt)
+
+
+@pytest.mark.parametrize("camera", [0, 1, 2, 3])
+def test_dead_pixels_recall_and_false_positives(synth, corrected, camera):
+    truth = synth.dead_pixel_mask(camera)
+    found = tifffile.imread(_path(corrected, camera, "deadPixelMask", "tif")).astype(bool)
+    recall = (found & truth).sum() / truth.sum()
+    false_positive_rate = (found & ~truth).sum() / truth.size
+    assert recall >= 0.95
+    assert false_positive_rate <= 1e-4
+
+
+@pytest.mark.parametrize("camera", [0, 1])
+def test_only_dead_pixels_change_and_they_match_the_clean_level(synth, corrected, camera):
+    raw = synth.raw(camera).astype(np.float64)
+    dark = synth.dark_frame(camera)
+    out = open_volume(_path(corrected, camera)).compute().astype(np.float64)
+    expected = np.clip(np.rint(raw - dark), 0, None)  # background subtraction alone
+    dead = tifffile.imread(_path(corrected, camera, "deadPixelMask", "tif")).astype(bool)
+    changed = np.any(out != expected, axis=0)
+    assert not np.any(changed & ~dead), "a pixel that is not dead was changed"
+    # at each dead pixel the z-averaged corrected value follows the noise-free local level
+    ideal = synth.ideal(camera).astype(np.float64)
+    local = ndi.uniform_filter(ideal, size=(1, 3, 3), mode="nearest")
+    ys, xs = np.nonzero(synth.dead_pixel_mask(camera))
+    got = out[:, ys, xs].mean(axis=0)
+    want = local[:, ys, xs].mean(axis=0)
+    bright = want > 50
+    assert bright.sum() >= 1
+    np.testing.assert_array_less(np.abs(got[bright] - want[bright]) / want[bright], 0.10)
+    np.testing.assert_array_less(np.abs(got[~bright] - want[~bright]), 10.0)
+
+
+@pytest.mark.parametrize("camera", [0, 3])
+def test_background_is_removed(synth, corrected, camera):
+    out = open_volume(_path(corrected, camera)).compute().astype(np.float64)
+    body = synth.body_mask(camera)
+    far_from_body = ~ndi.binary_dilation(body, iterations=6)
+    ideal = synth.ideal(camera)
+    empty = far_from_body & (ideal < 0.5) & ~synth.dead_pixel_mask(camera)[None]
+    assert empty.sum() > 1000
+    assert abs(out[empty].mean()) <= 2.0
+
+
+@pytest.mark.parametrize("camera", [0, 1, 2, 3])
+def test_segmentation_dice(synth, corrected, camera):
+    mask = open_volume(_path(corrected, camera, "segmentationMask")).compute().astype(bool)
+    body = synth.body_mask(camera)
+    dice = 2 * (mask & body).sum() / (mask.sum() + body.sum())
+    assert dice >= 0.85, dice
+
+
+def test_statistics_record_and_small_outputs(synth, corrected):
+    record = json.loads(_path(corrected, 1, "correction", "json").read_text())
+    assert record["background"]["source"] == "dark_frame"
+    assert record["dead_pixels"]["count"] == len(record["dead_pixels"]["positions_yx"])
+    seg = record["segmentation"]
+    assert seg["min_intensity"] < seg["level"] < seg["mean_intensity"]
+    assert 0.02 < seg["foreground_fraction"] < 0.6
+    assert set(record["timings"]) >= {"statistics_s", "segmentation_level_s", "write_s", "total_s"}
+    xy = tifffile.imread(_path(corrected, 1, "xyMask", "tif"))
+    assert xy.shape == SHAPE[1:] and np.nanmax(xy) < SHAPE[0]
+    assert tifffile.imread(_path(corrected, 1, "xzMask", "tif")).shape == (SHAPE[0], SHAPE[1])
+    raw = synth.raw(1)
+    np.testing.assert_array_equal(tifffile.imread(_path(corrected, 1, "xyProjectionRaw", "tif")), raw.max(0))
+    out = open_volume(_path(corrected, 1)).compute()
+    np.testing.assert_array_equal(tifffile.imread(_path(corrected, 1, "yzProjection", "tif")), out.max(2))
+
+
+def test_formats_hold_identical_values(synth, corrected, tmp_path):
+    for fmt in ("klb", "tif"):
+        summary = correct_dataset(synth.raw_dir, tmp_path / fmt, progress=False, input_cameras=[2],
+                                  output_format=fmt)
+        assert len(summary.written) == 1
+        for kind in ("", "segmentationMask"):
+            a = open_volume(_path(corrected, 2, kind)).compute()
+            b = open_volume(_path(tmp_path / fmt, 2, kind, fmt)).compute()
+            np.testing.assert_array_equal(a, b)
+
+
+def test_rerun_skips_complete_and_redoes_changed(synth, corrected, tmp_path):
+    out = tmp_path / "o"
+    first = correct_dataset(synth.raw_dir, out, progress=False, input_cameras=[0, 1])
+    assert len(first.written) == 2
+    again = correct_dataset(synth.raw_dir, out, progress=False, input_cameras=[0, 1])
+    assert len(again.skipped) == 2 and not again.written
+    # a killed run: one record missing -> only that view is redone
+    _path(out, 1, "correction", "json").unlink()
+    rerun = correct_dataset(synth.raw_dir, out, progress=False, input_cameras=[0, 1])
+    assert len(rerun.skipped) == 1 and len(rerun.written) == 1
+    # changed parameters -> redone
+    changed = correct_dataset(synth.raw_dir, out, progress=False, input_cameras=[0, 1],
+                              correction_segment_threshold=0.5)
+    assert len(changed.written) == 2
+
+
+def test_camera_orientation_options(synth, tmp_path):
+    cfg = ProcessingConfig(input={"cameras": [1]},
+                           correction={"camera": {1: {"flip_h": True, "crop": [10, 100, 20, 120]}}})
+    correct_dataset(synth.raw_dir, tmp_path, cfg, progress=False)
+    proj = tifffile.imread(_path(tmp_path, 1, "xyProjectionRaw", "tif"))
+    np.testing.assert_array_equal(proj, synth.raw(1)[:, :, ::-1][:, 10:100, 20:120].max(0))
+
+
+def test_bad_inputs_are_reported_and_others_complete(synth, tmp_path):
+    import shutil
+    raw = tmp_path / "raw"
+    shutil.copytree(synth.raw_dir, raw)
+    ds = open_dataset(raw)
+    # camera 1: dark frame of the wrong shape; camera 2: all zeros
+    tifffile.imwrite(ds.view(0, 1).background_path, np.zeros((10, 10), np.uint16))
+    ds.view(0, 2).path.write_bytes(b"\x00" * ds.view(0, 2).path.stat().st_size)
+    summary = correct_dataset(raw, tmp_path / "out", progress=False)
+    assert len(summary.written) == 2
+    failures = " | ".join(summary.failed.values())
+    assert "Background_1.tif" in failures and "10x10" in failures
+    assert "every voxel is zero" in failures
+    with pytest.raises(IsoviewError, match="no camera 7"):
+        correct_dataset(raw, tmp_path / "out2", progress=False, input_cameras=[7])
