@@ -77,6 +77,34 @@ def _add_zarr_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-existing", action="store_true", help="leave existing outputs alone")
 
 
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--<section>-<key>`` option per configuration field (see ``isoview-dask init``)."""
+    from .config import all_flags
+    p.add_argument("--config", help="TOML or JSON configuration file (options below override it)")
+    groups = {}
+    for flag, f, cls in all_flags():
+        if f.name == "camera":
+            continue  # per-camera tables only from the configuration file
+        section = flag.split("_", 1)[0]
+        group = groups.setdefault(section, p.add_argument_group(f"[{section}] options"))
+        hint = f.metadata.get("help", "")
+        group.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar="VALUE", help=hint)
+
+
+def _config_from_args(args):
+    from .config import ProcessingConfig
+    base = ProcessingConfig.load(args.config) if getattr(args, "config", None) else ProcessingConfig()
+    from .config import all_flags
+    flags = {flag: getattr(args, flag) for flag, f, _ in all_flags() if getattr(args, flag, None) is not None}
+    for short in ("specimens", "timepoints", "cameras", "channels"):
+        value = getattr(args, short, None)
+        if value is not None:
+            flags[f"input_{short}"] = parse_index_list(value)
+    if getattr(args, "overwrite", False):
+        flags["output_overwrite"] = True
+    return ProcessingConfig.from_flags(base, **flags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isoview-dask", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -106,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zarr_options(p)
     _add_selection(p)
     _add_cluster_options(p)
+
+    p = sub.add_parser("correct", help="correct raw camera volumes (dead pixels, background, masks)",
+                       description="The MATLAB clusterPT step: for every selected view write the corrected "
+                                   "volume, foreground and coordinate masks, projections and a statistics JSON "
+                                   "under OUT/SPM##/TM######/. Complete outputs are skipped on a rerun.")
+    p.add_argument("input", help="raw recording folder")
+    p.add_argument("--out", required=True, help="output root")
+    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    _add_selection(p)
+    _add_cluster_options(p)
+    _add_config_flags(p)
+
+    p = sub.add_parser("init", help="write a commented configuration template",
+                       description="Write every option with its default and help text as TOML.")
+    p.add_argument("path", nargs="?", default="isoview.toml", help="file to write (default isoview.toml)")
+    p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("demo", help="generate a synthetic recording and process it on a local cluster",
                        description="Generate a small synthetic IsoView recording, start a local dask "
@@ -167,9 +211,30 @@ def cmd_convert(args) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_correct(args) -> int:
+    from .pipeline import correct_dataset
+    config = _config_from_args(args)
+    with _cluster(args):
+        summary = correct_dataset(args.input, args.out, config)
+    print(summary.report())
+    return 1 if summary.failed else 0
+
+
+def cmd_init(args) -> int:
+    from .config import template
+    from .errors import OutputExistsError
+    path = Path(args.path)
+    if path.exists() and not args.overwrite:
+        raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
+    path.write_text(template())
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .dataset import open_dataset
-    from .pipeline import convert_dataset
+    from .config import ProcessingConfig
+    from .pipeline import convert_dataset, correct_dataset
     from .synthetic import generate_dataset
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="isoview-demo-"))
@@ -181,13 +246,18 @@ def cmd_demo(args) -> int:
     print("2. starting the cluster")
     with _cluster(args):
         print("3. converting every camera view to sharded zarr (blosc-zstd)")
-        summary = convert_dataset(dataset, root / "converted", overwrite=args.overwrite, pyramid_levels=1)
-    print(summary.report())
-    print(f"\nDone. Raw data: {truth.raw_dir}\nGround truth: {data / 'truth'}\nOutputs: {root / 'converted'}")
-    return 1 if summary.failed else 0
+        converted = convert_dataset(dataset, root / "converted", overwrite=args.overwrite, pyramid_levels=1)
+        print(converted.report())
+        print("4. correcting every view: dead pixels, dark frame, segmentation, projections")
+        corrected = correct_dataset(dataset, root / "corrected", ProcessingConfig(output={"overwrite": args.overwrite}))
+        print(corrected.report())
+    print(f"\nDone. Raw data: {truth.raw_dir}\nGround truth: {data / 'truth'}\n"
+          f"Converted: {root / 'converted'}\nCorrected: {root / 'corrected'}")
+    return 1 if (converted.failed or corrected.failed) else 0
 
 
-COMMANDS = {"info": cmd_info, "synth": cmd_synth, "convert": cmd_convert, "demo": cmd_demo}
+COMMANDS = {"info": cmd_info, "synth": cmd_synth, "convert": cmd_convert, "correct": cmd_correct,
+            "init": cmd_init, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.verbose < 2:  # distributed logs every worker start and stop at INFO
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.WARNING if args.verbose == 0 else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except IsoviewError as exc:

@@ -85,3 +85,22 @@ def test_parsers():
     assert parse_index_list("0-2,5") == [0, 1, 2, 5]
     assert parse_index_list(None) is None
     assert parse_shape("8,256,256") == (8, 256, 256) and parse_shape("none") == ()
+
+
+def test_cli_correct_flags_config_and_init(keller_root, tmp_path, capsys):
+    from isoview_dask.config import ProcessingConfig
+    cfg_path = tmp_path / "isoview.toml"
+    assert main(["init", str(cfg_path)]) == 0
+    assert ProcessingConfig.load(cfg_path) == ProcessingConfig()
+    assert main(["init", str(cfg_path)]) == 2  # exists
+    cfg_path.write_text(cfg_path.read_text().replace("segment = true", "segment = false"))
+    out = tmp_path / "c"
+    code = main(["correct", str(keller_root), "--out", str(out), "--config", str(cfg_path), "--cameras", "2",
+                 "--timepoints", "0", "--output-projections", "false", "--no-cluster"])
+    assert code == 0, capsys.readouterr()
+    written = sorted(p.name for p in (out / "SPM00" / "TM000000").iterdir())
+    assert written == ["SPM00_TM000000_CM02_CHN01.correction.json", "SPM00_TM000000_CM02_CHN01.deadPixelMask.tif",
+                       "SPM00_TM000000_CM02_CHN01.zarr"]
+    assert main(["correct", str(keller_root), "--out", str(out), "--correction-segment-threshold", "2",
+                 "--no-cluster"]) == 2
+    assert "correction.segment_threshold: 2.0 is above the maximum 1.0" in capsys.readouterr().err
