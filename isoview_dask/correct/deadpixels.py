@@ -135,17 +135,25 @@ def knee_threshold(values) -> float:
         The value at the knee (same units as ``values``). With fewer than
         three finite values, or all of them equal, the largest value.
     """
-    ordered = np.sort(np.asarray(values, dtype=np.float64).ravel())
-    ordered = ordered[np.isfinite(ordered)]
-    if ordered.size == 0:
+    finite = np.asarray(values, dtype=np.float64).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
         raise ValueError("knee_threshold needs at least one finite value")
-    span = ordered[-1] - ordered[0]
-    if ordered.size < 3 or span == 0:
-        return float(ordered[-1])
-    rank = np.linspace(0.0, 1.0, ordered.size)
-    level = (ordered - ordered[0]) / span
+    lowest, highest = finite.min(), finite.max()
+    span = highest - lowest
+    if finite.size < 3 or span == 0:
+        return float(highest)
+    # Score images are mostly at their minimum (0): sort only the rest. The
+    # run of minima is a flat start of the curve whose farthest point from
+    # the chord is its last one, at rank (n_min - 1) / (n - 1).
+    rest = np.sort(finite[finite > lowest])
+    n_min, last = finite.size - rest.size, finite.size - 1
+    rank = (n_min + np.arange(rest.size)) / last
+    level = (rest - lowest) / span
     # Distance to the chord y = x is |x - y| / sqrt(2); the factor is irrelevant.
-    return float(ordered[np.argmax(np.abs(rank - level))])
+    distance = np.abs(rank - level)
+    best = int(np.argmax(distance))
+    return float(lowest) if (n_min - 1) / last >= distance[best] else float(rest[best])
 
 
 def dead_pixel_mask(
@@ -365,15 +373,20 @@ class _OutlierTest:
         steep edge the small-window median of a pixel is pulled to one side
         of the edge; the wider median stays close to the pixel's own level.)
         """
-        neighbours = self.neighbours
+        low, high = self.neighbours[1], self.neighbours[-2]
         if excluded.any():
             reference = self.log_image.copy()
             rows, cols = np.nonzero(excluded)
             reference[rows, cols] = _window_median(self.log_image, rows, cols, self.kernel + 2)
-            neighbours = _sorted_neighbours(reference, self.kernel)
+            # Only pixels within the kernel radius of an excluded one see new neighbours.
+            near = ndi.binary_dilation(excluded, structure=np.ones((self.kernel, self.kernel), bool))
+            rows, cols = np.nonzero(near)
+            local = _neighbours_at(reference, rows, cols, self.kernel)
+            low, high = low.copy(), high.copy()
+            low[rows, cols], high[rows, cols] = local[:, 1], local[:, -2]
         # Distance outside [second-lowest, second-highest] neighbour, in noise sigmas.
-        above = self.log_image - neighbours[-2]
-        below = neighbours[1] - self.log_image
+        above = self.log_image - high
+        below = low - self.log_image
         score = np.maximum(np.maximum(above, below), 0.0) / self.noise
         self.knee = knee_threshold(score)
         self.threshold = max(self.knee, self.z_floor)
@@ -398,6 +411,18 @@ def _sorted_neighbours(image: np.ndarray, kernel: int) -> np.ndarray:
     )
     stack.sort(axis=0)
     return stack
+
+
+def _neighbours_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, kernel: int) -> np.ndarray:
+    """The sorted ``kernel**2 - 1`` neighbours (itself left out, mirrored at
+    the frame's edges as in :func:`_sorted_neighbours`) of the pixels
+    (rows[i], cols[i]), as an array (n_pixels, n_neighbours)."""
+    radius = kernel // 2
+    padded = np.pad(image, radius, mode="reflect")
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy or dx]
+    gathered = np.stack([padded[rows + radius + dy, cols + radius + dx] for dy, dx in offsets], axis=-1)
+    gathered.sort(axis=-1)
+    return gathered
 
 
 def _window_median(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
@@ -430,8 +455,10 @@ def _noise_scale(deviation: np.ndarray, tile: int | None) -> np.ndarray:
     padded = np.full((tiles_y * tile, tiles_x * tile), np.nan)
     padded[:height, :width] = deviation
     grid = padded.reshape(tiles_y, tile, tiles_x, tile).transpose(0, 2, 1, 3).reshape(tiles_y, tiles_x, -1)
-    centre = np.nanmedian(grid, axis=-1, keepdims=True)
-    scale = _MAD_TO_SIGMA * np.nanmedian(np.abs(grid - centre), axis=-1)
+    # nanmedian loops in Python over rows; only edge tiles hold padding NaNs
+    median = np.nanmedian if (height % tile or width % tile) else np.median
+    centre = median(grid, axis=-1, keepdims=True)
+    scale = _MAD_TO_SIGMA * median(np.abs(grid - centre), axis=-1)
     scale = ndi.maximum_filter(scale, size=3, mode="nearest")
     scale = np.maximum(scale, max(1e-3 * float(np.median(scale)), 1e-12))
     return np.kron(scale, np.ones((tile, tile)))[:height, :width]
