@@ -132,3 +132,43 @@ def test_axial_sigma_follows_the_spacing_ratio():
 def test_threshold_of_a_flat_volume_is_its_value():
     result = threshold_level(np.full((4, 4, 4), 7.0, np.float32))
     assert result.min_intensity == result.mean_intensity == result.level == 7.0
+
+
+def test_lateral_downsample_histogram_threshold_against_numpy():
+    import dask.array as da
+    from isoview_dask.correct import (downsample_lateral, intensity_histogram, threshold_from_histogram,
+                                      upsample_lateral)
+
+    rng = np.random.default_rng(11)
+    volume = rng.gamma(2.0, 300.0, (9, 37, 41)).astype(np.float32)
+    expected = volume[:, :36, :40].reshape(9, 18, 2, 20, 2).mean(axis=(2, 4))
+    for chunks in [(9, 37, 41), (2, 7, 9), ((4, 5), (20, 17), (11, 30))]:
+        arr = da.from_array(volume, chunks=chunks)
+        np.testing.assert_allclose(downsample_lateral(arr, 2).compute(), expected, rtol=1e-6)
+        hist = intensity_histogram(arr).compute()
+        np.testing.assert_array_equal(
+            hist, np.bincount(volume.astype(np.uint16).ravel(), minlength=65536))
+    result = threshold_from_histogram(hist, t=0.4, min_percentile=1.0)
+    exact_min = np.percentile(volume, 1.0)
+    exact_mean = volume[volume > exact_min].mean()
+    assert abs(result.min_intensity - exact_min) <= 1.0
+    assert abs(result.mean_intensity - exact_mean) <= 1.0
+    assert result.level == pytest.approx(result.min_intensity + 0.4 * (result.mean_intensity - result.min_intensity))
+    small = expected > 600
+    up = upsample_lateral(da.from_array(small, chunks=(3, 9, 10)), 2, (37, 41)).compute()
+    assert up.shape == (9, 37, 41)
+    np.testing.assert_array_equal(up[:, :36, :40], np.repeat(np.repeat(small, 2, 1), 2, 2))
+    np.testing.assert_array_equal(up[:, 36, :40], up[:, 35, :40])  # dropped row repeats the last block
+
+
+def test_integer_dark_frame_path_equals_float_path():
+    import dask.array as da
+    from isoview_dask.correct import subtract_background
+
+    rng = np.random.default_rng(2)
+    volume = rng.integers(0, 400, (5, 20, 30), dtype=np.uint16)
+    dark = rng.integers(90, 110, (20, 30)).astype(np.float32)
+    fast = subtract_background(da.from_array(volume, chunks=(2, 7, 30)), dark).compute()
+    np.testing.assert_array_equal(fast, np.clip(volume.astype(np.int64) - dark.astype(np.int64), 0, None))
+    slow = subtract_background(da.from_array(volume, chunks=(2, 7, 30)), dark + 0.25).compute()
+    np.testing.assert_array_equal(slow, np.clip(np.rint(volume - (dark + 0.25)), 0, None).astype(np.uint16))

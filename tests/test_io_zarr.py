@@ -11,7 +11,7 @@ from isoview_dask.errors import CodecError, InputNotFoundError, OutputExistsErro
 from isoview_dask.io.chunking import fit_chunks
 from isoview_dask.io.zarr import CodecSpec, open_zarr, prepare_zarr, write_zarr, zarr_voxel_size
 
-CODECS = ["blosc-zstd", "blosc-zstd:9:bitshuffle", "blosc-lz4:3", "lz4hc-9", "blosc-zlib", "zstd-6",
+CODECS = ["blosc-zstd", "blosc-zstd:9:shuffle", "blosc-zstd:1:noshuffle", "blosc-lz4:3", "lz4hc-9", "blosc-zlib", "zstd-6",
           "gzip-9", "bzip2-9", "none"]
 
 
@@ -81,7 +81,8 @@ def test_codec_parsing_and_errors():
     assert CodecSpec.parse("gzip-6") == CodecSpec("gzip", 6)
     assert CodecSpec.parse("lz4hc").name == "blosc-lz4hc"
     assert CodecSpec.parse("bz2").level == 9
-    assert CodecSpec.parse("lz4:3:bitshuffle").label == "blosc-lz4-3-bitshuffle"
+    assert CodecSpec.parse("lz4:3:shuffle").label == "blosc-lz4-3-shuffle"
+    assert CodecSpec.parse("blosc-zstd").label == "blosc-zstd-3"  # bitshuffle is the default
     with pytest.raises(CodecError, match="unknown codec 'snappy9'"):
         CodecSpec.parse("snappy9")
     with pytest.raises(CodecError, match="level 12"):

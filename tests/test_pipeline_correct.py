@@ -96,8 +96,14 @@ def test_statistics_record_and_small_outputs(synth, corrected):
     assert 0.02 < seg["foreground_fraction"] < 0.6
     assert set(record["timings"]) >= {"statistics_s", "segmentation_level_s", "write_s", "total_s"}
     xy = tifffile.imread(_path(corrected, 1, "xyMask", "tif"))
-    assert xy.shape == SHAPE[1:] and np.nanmax(xy) < SHAPE[0]
-    assert tifffile.imread(_path(corrected, 1, "xzMask", "tif")).shape == (SHAPE[0], SHAPE[1])
+    xz = tifffile.imread(_path(corrected, 1, "xzMask", "tif"))
+    assert xy.shape == SHAPE[1:] and np.nanmax(xy) < SHAPE[0] and xz.shape == (SHAPE[0], SHAPE[1])
+    # the coordinate masks (derived from the reduced mask) equal those of the full mask written
+    from isoview_dask.correct import coordinate_masks
+    full_xy, full_xz = (np.asarray(a) for a in coordinate_masks(
+        open_volume(_path(corrected, 1, "segmentationMask")).compute().astype(bool)))
+    np.testing.assert_allclose(xy, full_xy, atol=1e-4)
+    np.testing.assert_allclose(xz, full_xz, atol=1e-4)
     raw = synth.raw(1)
     np.testing.assert_array_equal(tifffile.imread(_path(corrected, 1, "xyProjectionRaw", "tif")), raw.max(0))
     out = open_volume(_path(corrected, 1)).compute()

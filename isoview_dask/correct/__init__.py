@@ -28,9 +28,13 @@ from .projections import max_projections
 from .segmentation import (
     ThresholdResult,
     coordinate_masks,
+    downsample_lateral,
     foreground_mask,
+    intensity_histogram,
     smooth,
+    threshold_from_histogram,
     threshold_level,
+    upsample_lateral,
 )
 
 __all__ = [
@@ -39,6 +43,10 @@ __all__ = [
     "coordinate_masks",
     "correct_dead_pixels",
     "dead_pixel_mask",
+    "downsample_lateral",
+    "intensity_histogram",
+    "threshold_from_histogram",
+    "upsample_lateral",
     "estimate_background_level",
     "foreground_mask",
     "knee_threshold",

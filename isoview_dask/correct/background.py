@@ -38,19 +38,31 @@ def subtract_background(volume, background) -> da.Array:
     Notes
     -----
     Purely elementwise, hence blockwise with the volume's chunks; a dark
-    frame is split along y and x to match them.
+    frame is split along y and x to match them. An integer-valued
+    background on an unsigned integer volume (a dark frame read from its
+    uint16 TIFF, or a whole-count level) takes an exact integer path,
+    ``v - min(v, b)``, several times faster than the float one and equal
+    to it.
     """
     volume = as_dask(volume)
     require_ndim(volume, 3, "volume")
+    if np.ndim(background) != 0 and tuple(background.shape) != tuple(volume.shape[1:]):
+        raise ValueError(
+            f"dark frame shape {tuple(background.shape)} does not match the "
+            f"frame shape {volume.shape[1:]} (Y, X) of the volume"
+        )
+    if np.issubdtype(volume.dtype, np.unsignedinteger) and not isinstance(background, da.Array):
+        values = np.asarray(background, dtype=np.float64)
+        info = np.iinfo(volume.dtype)
+        if np.all(values == np.round(values)) and values.min() >= 0 and values.max() <= info.max:
+            dark = values.astype(volume.dtype)
+            if dark.ndim:
+                dark = da.from_array(dark, chunks=volume.chunks[1:])
+            return volume - da.minimum(volume, dark)
     work_dtype = np.float64 if volume.dtype == np.float64 else np.float32
     if np.ndim(background) == 0:
         dark = float(background)
     else:
-        if tuple(background.shape) != tuple(volume.shape[1:]):
-            raise ValueError(
-                f"dark frame shape {tuple(background.shape)} does not match the "
-                f"frame shape {volume.shape[1:]} (Y, X) of the volume"
-            )
         dark = da.asarray(background).astype(work_dtype).rechunk(volume.chunks[1:])
     difference = volume.astype(work_dtype) - dark
     if np.issubdtype(volume.dtype, np.integer):

@@ -201,3 +201,131 @@ def _mean_index(mask: da.Array, index: da.Array, axis: int) -> da.Array:
     count = mask.sum(axis=axis, dtype=np.int64)
     mean = weighted.astype(np.float64) / da.maximum(count, 1)
     return da.where(count > 0, mean, np.nan).astype(np.float32)
+
+
+#: Bins of :func:`intensity_histogram`: one per integer count of a 16-bit camera.
+HISTOGRAM_BINS = 65536
+
+
+def downsample_lateral(volume, factor: int) -> da.Array:
+    """Mean over ``factor`` x ``factor`` pixel blocks in (Y, X), as float32.
+
+    Segmenting at reduced lateral resolution is how the pipeline keeps the
+    Gaussian smoothing cheap: the smoothing kernel (sigma ~2 px) blurs away
+    the detail the reduction removes. Trailing rows/columns that do not
+    fill a block are dropped (:func:`upsample_lateral` restores the shape).
+
+    Parameters
+    ----------
+    volume : dask or numpy array, shape (Z, Y, X)
+    factor : int
+        Reduction per lateral axis (1 returns the volume as float32).
+
+    Returns
+    -------
+    dask.array.Array, float32, shape (Z, Y // factor, X // factor)
+    """
+    volume = as_dask(volume)
+    require_ndim(volume, 3, "volume")
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor}")
+    if factor == 1:
+        return volume.astype(np.float32)
+    height, width = (volume.shape[1] // factor) * factor, (volume.shape[2] // factor) * factor
+    if height == 0 or width == 0:
+        raise ValueError(f"a {volume.shape[1]}x{volume.shape[2]} frame is smaller than the factor {factor}")
+    trimmed = volume[:, :height, :width]
+    chunks = tuple(max(factor, (c // factor) * factor) for c in trimmed.chunksize[1:])
+    trimmed = trimmed.rechunk({1: chunks[0], 2: chunks[1]})
+    out_chunks = (trimmed.chunks[0],) + tuple(tuple(c // factor for c in axis) for axis in trimmed.chunks[1:])
+    return trimmed.map_blocks(_block_mean, factor, chunks=out_chunks, dtype=np.float32)
+
+
+def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of factor x factor pixel blocks, summing strided views (much faster
+    than a reshaped ``mean`` over two axes)."""
+    total = np.zeros((block.shape[0], block.shape[1] // factor, block.shape[2] // factor), np.float32)
+    for dy in range(factor):
+        for dx in range(factor):
+            total += block[:, dy::factor, dx::factor]
+    total *= np.float32(1.0 / (factor * factor))
+    return total
+
+
+def upsample_lateral(image, factor: int, shape_yx) -> da.Array:
+    """Nearest-neighbour expansion of a reduced (Z, y, x) image back to (Z, Y, X).
+
+    Each value fills its ``factor`` x ``factor`` block; rows/columns that
+    :func:`downsample_lateral` dropped repeat the last block.
+    """
+    image = as_dask(image)
+    factor = int(factor)
+    height, width = (int(v) for v in shape_yx)
+    if factor == 1:
+        return image
+    out = da.repeat(da.repeat(image, factor, axis=1), factor, axis=2)
+    pad_y, pad_x = height - out.shape[1], width - out.shape[2]
+    if pad_y or pad_x:
+        out = da.pad(out, ((0, 0), (0, pad_y), (0, pad_x)), mode="edge")
+    return out
+
+
+def intensity_histogram(volume) -> da.Array:
+    """Histogram of a non-negative volume in unit-wide bins [k, k+1), k = 0..65535.
+
+    Values are clipped into that range. One fast pass (``numpy.bincount``
+    per block, summed); :func:`threshold_from_histogram` turns it into the
+    segmentation level without a second pass over the volume.
+
+    Returns
+    -------
+    dask.array.Array, int64, shape (65536,)
+    """
+    volume = as_dask(volume)
+    counts = volume.map_blocks(_block_histogram, drop_axis=list(range(1, volume.ndim)),
+                               chunks=((HISTOGRAM_BINS,) * volume.numblocks[0],), dtype=np.int64)
+    return counts.reshape(volume.numblocks[0], HISTOGRAM_BINS).sum(axis=0) if volume.numblocks[0] > 1 \
+        else counts
+
+
+def _block_histogram(block: np.ndarray) -> np.ndarray:
+    index = np.clip(block, 0, HISTOGRAM_BINS - 1).astype(np.uint16, copy=False).ravel()
+    return np.bincount(index, minlength=HISTOGRAM_BINS).astype(np.int64)
+
+
+def threshold_from_histogram(histogram, t: float = 0.4, min_percentile: float = 1.0) -> ThresholdResult:
+    """The segmentation level ``minI + (meanI - minI) * t`` from a unit-bin histogram.
+
+    Parameters
+    ----------
+    histogram : array, shape (65536,)
+        From :func:`intensity_histogram` (computed).
+    t : float
+        Position of the level between ``minI`` (0) and ``meanI`` (1).
+    min_percentile : float
+        Percentile (0-100) of all voxels giving ``minI``.
+
+    Returns
+    -------
+    ThresholdResult
+        ``minI`` is the lower edge of the bin holding the percentile;
+        ``meanI`` the mean of the voxels in higher bins, each counted at its
+        bin centre, so both are within one count of the exact values.
+    """
+    if not 0.0 <= min_percentile <= 100.0:
+        raise ValueError(f"min_percentile must lie in [0, 100], got {min_percentile}")
+    counts = np.asarray(histogram, dtype=np.float64)
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("empty histogram: no voxels to threshold")
+    cumulative = np.cumsum(counts)
+    min_bin = int(np.searchsorted(cumulative, total * min_percentile / 100.0, side="left"))
+    min_intensity = float(min_bin)
+    above = counts[min_bin + 1:]
+    if above.sum() > 0:
+        centres = np.arange(min_bin + 1, HISTOGRAM_BINS, dtype=np.float64) + 0.5
+        mean_intensity = float((above * centres).sum() / above.sum())
+    else:
+        mean_intensity = min_intensity
+    return ThresholdResult(min_intensity, mean_intensity, min_intensity + (mean_intensity - min_intensity) * t)

@@ -5,8 +5,10 @@ detect dead pixels from per-pixel z statistics, replace them, subtract the
 dark frame (or a percentile background), segment the specimen, and write the
 corrected volume, the 3-D foreground mask, the xy/xz coordinate masks, the
 dead-pixel mask, raw and corrected max projections, and a statistics JSON.
-Three passes over the data, each a dask graph over chunks: (1) per-pixel
-statistics, (2) the segmentation level, (3) everything written at once.
+Two passes over the data, each a dask graph over chunks: (1) per-pixel
+statistics and the histogram that gives the segmentation level, (2)
+everything written at once. Segmentation runs at reduced lateral resolution
+(``segment_downsample``), where the Gaussian smoothing is cheap.
 The statistics JSON is written last and doubles as the completion record.
 """
 
@@ -22,9 +24,9 @@ import dask.array as da
 import numpy as np
 
 from ..config import ProcessingConfig
-from ..correct import (correct_dead_pixels, coordinate_masks, dead_pixel_mask, estimate_background_level,
-                       foreground_mask, max_projections, pixel_statistics, smooth, subtract_background,
-                       threshold_level)
+from ..correct import (correct_dead_pixels, coordinate_masks, dead_pixel_mask, downsample_lateral,
+                       estimate_background_level, foreground_mask, intensity_histogram, pixel_statistics, smooth,
+                       subtract_background, threshold_from_histogram, upsample_lateral)
 from ..correct.orient import orient
 from ..dataset import CameraView, Dataset, open_dataset
 from ..errors import IsoviewError
@@ -60,6 +62,26 @@ def _check_selection(dataset: Dataset, config: ProcessingConfig) -> list[CameraV
         for cam in sorted(cams - have):
             log.warning("timepoint %d has no camera %d; continuing without it", tp, cam)
     return views
+
+
+def _sample_planes(volume: da.Array, planes: int) -> da.Array:
+    """At most ``planes`` evenly spread planes of a volume (all for 0 or a shallow volume)."""
+    depth = volume.shape[0]
+    if planes <= 0 or depth <= planes:
+        return volume
+    index = np.unique(np.linspace(0, depth - 1, planes).round().astype(int))
+    return volume[index]
+
+
+def _sample_slabs(volume: da.Array, slabs: int) -> da.Array:
+    """At most ``slabs`` evenly spread chunks of planes (whole chunks, so the smoothing
+    computes only what it needs); all of them for 0 or a volume of few chunks."""
+    bounds = np.cumsum((0,) + volume.chunks[0])
+    count = len(volume.chunks[0])
+    if slabs <= 0 or count <= slabs:
+        return volume
+    chosen = np.unique(np.linspace(0, count - 1, slabs).round().astype(int))
+    return da.concatenate([volume[bounds[i]:bounds[i + 1]] for i in chosen], axis=0)
 
 
 def _parameters(config: ProcessingConfig, camera: int) -> dict:
@@ -100,10 +122,35 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     voxel = view.voxel_size_um
     record: dict = {"view": view.to_dict(), "shape_zyx": list(raw.shape), "voxel_size_um_zyx": voxel}
 
-    # Pass 1: per-pixel statistics over z (dead pixels) and the background.
-    mean_yx, std_yx = pixel_statistics(raw)
-    mean_yx, std_yx, peak = compute(mean_yx, std_yx, raw.max(), progress=progress,
-                                    label=f"{view.path.name}: pixel statistics")
+    # Background: the dark frame, or a low percentile of a small voxel sample.
+    dark = view.open_background() if cc.use_dark_frame else None
+    if dark is not None:
+        background = orient(dark, opts.rotation, opts.flip_h, opts.flip_v, opts.crop)
+        record["background"] = {"source": "dark_frame", "path": str(view.background_path),
+                                "mean": float(background.mean()), "min": float(background.min()),
+                                "max": float(background.max())}
+    else:
+        background = estimate_background_level(raw, cc.background_percentile)
+        record["background"] = {"source": "percentile", "percentile": cc.background_percentile,
+                                "level": background}
+    ratio = voxel[0] / voxel[1] if voxel else 1.0
+    factor = cc.segment_downsample
+
+    def segmentation_input(volume):
+        """Smoothed, laterally reduced copy of a background-free volume (cheap to recompute)."""
+        reduced = downsample_lateral(volume, factor)
+        return smooth(reduced, cc.segment_sigma_lateral / factor, cc.segment_sigma_axial, spacing_ratio=ratio / factor,
+                      precise=cc.precise_gauss)
+
+    # Pass 1: per-pixel z statistics (dead pixels) and the histogram of the smoothed volume
+    # (segmentation level), in one read. The few dead pixels do not move the histogram.
+    mean_yx, std_yx = pixel_statistics(_sample_planes(raw, cc.dead_pixel_sample_planes))
+    lazy_stats = [mean_yx, std_yx, raw.max()]
+    if cc.segment:
+        smoothed = segmentation_input(subtract_background(raw, background))
+        lazy_stats.append(intensity_histogram(_sample_slabs(smoothed, cc.segment_sample_slabs)))
+    stats = compute(*lazy_stats, progress=progress, label=f"{view.path.name}: statistics")
+    mean_yx, std_yx, peak = stats[:3]
     if int(peak) == 0:
         raise EmptyVolumeError(f"{view.path}: every voxel is zero; nothing to correct")
     if cc.dead_pixel_correction:
@@ -115,39 +162,33 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
         dead_mask = np.zeros(raw.shape[1:], bool)
         repaired = raw
         record["dead_pixels"] = {"count": 0, "disabled": True}
-    dark = view.open_background() if cc.use_dark_frame else None
-    if dark is not None:
-        dark = orient(dark, opts.rotation, opts.flip_h, opts.flip_v, opts.crop)
-        corrected = subtract_background(repaired, dark)
-        record["background"] = {"source": "dark_frame", "path": str(view.background_path),
-                                "mean": float(dark.mean()), "min": float(dark.min()), "max": float(dark.max())}
-    else:
-        level = estimate_background_level(repaired, cc.background_percentile)
-        corrected = subtract_background(repaired, level)
-        record["background"] = {"source": "percentile", "percentile": cc.background_percentile, "level": level}
+    corrected = subtract_background(repaired, background)
     timings["statistics_s"] = time.perf_counter() - t0
 
-    # Pass 2: segmentation level (minI from a subsample, meanI over the smoothed stack).
     t1 = time.perf_counter()
     outputs: list[Path] = []
     pending = []
     lazy: dict = {}
     if cc.segment:
-        ratio = voxel[0] / voxel[1] if voxel else 1.0
-        smoothed = smooth(corrected, cc.segment_sigma_lateral, cc.segment_sigma_axial, spacing_ratio=ratio,
-                          precise=cc.precise_gauss)
-        threshold = threshold_level(smoothed, cc.segment_threshold, cc.mask_percentile)
+        threshold = threshold_from_histogram(stats[3], cc.segment_threshold, cc.mask_percentile)
         record["segmentation"] = {"min_intensity": threshold.min_intensity,
                                   "mean_intensity": threshold.mean_intensity, "level": threshold.level,
-                                  "threshold_fraction": cc.segment_threshold,
+                                  "threshold_fraction": cc.segment_threshold, "lateral_reduction": factor,
                                   "sigma_lateral_px": cc.segment_sigma_lateral,
                                   "sigma_axial_px": cc.segment_sigma_axial or cc.segment_sigma_lateral / ratio}
-        mask = foreground_mask(smoothed, threshold.level)
-        xy_mask, xz_mask = coordinate_masks(mask)
+        small_mask = foreground_mask(segmentation_input(corrected), threshold.level)
+        mask = upsample_lateral(small_mask, factor, raw.shape[1:]).rechunk(corrected.chunks)
+        # The full mask repeats each reduced pixel factor x factor times, so its coordinate
+        # masks follow from the reduced one's: cheaper than reducing the full mask.
+        xy_small, xz_small = coordinate_masks(small_mask)
+        xy_mask = upsample_lateral(xy_small[None], factor, raw.shape[1:])[0]
+        xz_mask = da.repeat(xz_small * factor + (factor - 1) / 2.0, factor, axis=1)
+        if xz_mask.shape[1] < raw.shape[1]:
+            xz_mask = da.pad(xz_mask, ((0, 0), (0, raw.shape[1] - xz_mask.shape[1])), mode="edge")
         lazy.update(xy_mask=xy_mask, xz_mask=xz_mask, foreground=mask.sum())
     timings["segmentation_level_s"] = time.perf_counter() - t1
 
-    # Pass 3: write volumes and compute every small output in one graph.
+    # Pass 2: write volumes and compute every small output in one graph.
     t2 = time.perf_counter()
     overwrite = True  # the completion record, not file existence, decides what is done
     if oc.projections:
