@@ -104,3 +104,26 @@ def test_cli_correct_flags_config_and_init(keller_root, tmp_path, capsys):
     assert main(["correct", str(keller_root), "--out", str(out), "--correction-segment-threshold", "2",
                  "--no-cluster"]) == 2
     assert "correction.segment_threshold: 2.0 is above the maximum 1.0" in capsys.readouterr().err
+
+
+def test_cli_synth_and_info_on_both_layouts(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["synth", str(out), "--preset", "tiny", "--layout", "both", "--timepoints", "2", "--seed", "3"]) == 0
+    capsys.readouterr()
+    for folder, layout in (("raw", "keller"), ("raw_flat", "flat")):
+        assert main(["info", str(out / folder), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["layout"] == layout and info["timepoints"] == [0, 1] and info["cameras"] == [0, 1, 2, 3]
+        assert all(v["error"] is None and v["shape_zyx"] == [16, 64, 64] for v in info["views"])
+    assert (out / "truth" / "truth.json").is_file()
+    assert main(["synth", str(out), "--preset", "tiny"]) == 2  # exists
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_demo_end_to_end(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "--preset", "tiny", "--no-cluster"]) == 0
+    text = capsys.readouterr().out
+    assert "convert: 4 written" in text and "correct: 4 written" in text
+    corrected = list((tmp_path / "demo" / "corrected").rglob("*.correction.json"))
+    converted = list((tmp_path / "demo" / "converted").rglob("*.zarr"))
+    assert len(corrected) == 4 and len(converted) == 4
