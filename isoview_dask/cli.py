@@ -47,12 +47,42 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster")
+    # Dest names match isoview_dask.cluster.ClusterSpec fields (see _cluster).
+    g = p.add_argument_group("cluster", "where to run: a local cluster (default), a batch system through "
+                                        "dask-jobqueue, a running scheduler, or no cluster")
+    g.add_argument("--cluster", choices=["local", "slurm", "pbs", "lsf", "sge", "none"], default=None,
+                   help="cluster to start (default local; 'none' is --no-cluster)")
     g.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:port)")
     g.add_argument("--workers", type=int, help="local workers (default: one per core)")
     g.add_argument("--threads", type=int, help="threads per local worker")
     g.add_argument("--memory-limit", default="auto", help="memory limit per local worker, e.g. 4GiB")
     g.add_argument("--no-cluster", action="store_true", help="run on dask's threaded scheduler in this process")
+    g.add_argument("--dashboard-address", metavar="[HOST]:PORT",
+                   help="where the dashboard is served (local default: a free port; batch default :8787)")
+    g.add_argument("--retries", type=int, metavar="N", help="retries of a failing task (default 2)")
+    g.add_argument("--performance-report", metavar="FILE",
+                   help="write dask's performance report (task stream, profile, workers) as HTML")
+    b = p.add_argument_group("batch jobs", "with --cluster slurm|pbs|lsf|sge; an option not given keeps its "
+                                           "value from dask's config (~/.config/dask/jobqueue.yaml)")
+    b.add_argument("--queue", help="queue / partition")
+    b.add_argument("--account", help="account (project on LSF and SGE)")
+    b.add_argument("--cores", type=int, help="cores per job")
+    b.add_argument("--memory", help="memory per job, e.g. 16GiB")
+    b.add_argument("--processes", dest="job_processes", type=int, metavar="N", help="worker processes per job")
+    b.add_argument("--walltime", help="wall time per job, e.g. 01:00:00")
+    b.add_argument("--jobs", type=int, metavar="N", help="number of jobs (default 1; or --adapt-min/--adapt-max)")
+    b.add_argument("--adapt-min", dest="minimum_jobs", type=int, metavar="N", help="adaptive: at least N jobs")
+    b.add_argument("--adapt-max", dest="maximum_jobs", type=int, metavar="N", help="adaptive: at most N jobs")
+    b.add_argument("--job-extra", dest="job_extra_directives", action="append", default=[], metavar="DIRECTIVE",
+                   help="extra job header directive, e.g. --job-extra=--qos=short (repeatable)")
+    b.add_argument("--job-skip", dest="job_directives_skip", action="append", default=[], metavar="TEXT",
+                   help="drop generated header lines containing TEXT, e.g. --job-skip=--mem (repeatable)")
+    b.add_argument("--job-prologue", dest="job_script_prologue", action="append", default=[], metavar="COMMAND",
+                   help="shell command run in the job before the worker starts (repeatable)")
+    b.add_argument("--interface", help="network interface of workers and scheduler, e.g. ib0")
+    b.add_argument("--scheduler-host", help="address the scheduler binds to, e.g. the login node's IP")
+    b.add_argument("--job-log-dir", dest="log_directory", metavar="DIR", help="where the jobs' output goes")
+    b.add_argument("--job-name", help="name of the worker jobs in the queue (default dask-worker)")
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -91,6 +121,21 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         group.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar="VALUE", help=hint)
 
 
+def _add_fusion_shortcuts(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fusion shortcuts (same as the --fusion-* options)")
+    g.add_argument("--pairs", help="camera pairs, e.g. 0,1:2,3")
+    g.add_argument("--method", choices=["adaptive", "geometric", "average"])
+    g.add_argument("--blending-range", help="planes: CAMERA or CHANNEL,CAMERA")
+    g.add_argument("--flip-h", choices=["true", "false"], help="mirror the moving camera left-right")
+    g.add_argument("--flip-v", choices=["true", "false"], help="mirror the moving camera up-down")
+    g.add_argument("--rotation", choices=["0", "90", "180", "270"], help="rotate the moving camera")
+    g.add_argument("--flip-z", choices=["true", "false"], help="reverse the moving camera's planes")
+
+
+FUSION_SHORTCUTS = {"pairs": "fusion_camera_pairs", "method": "fusion_type", "flip_h": "fusion_flip_h",
+                    "flip_v": "fusion_flip_v", "rotation": "fusion_rotation", "flip_z": "fusion_flip_z"}
+
+
 def _config_from_args(args):
     from .config import ProcessingConfig
     base = ProcessingConfig.load(args.config) if getattr(args, "config", None) else ProcessingConfig()
@@ -100,6 +145,13 @@ def _config_from_args(args):
         value = getattr(args, short, None)
         if value is not None:
             flags[f"input_{short}"] = parse_index_list(value)
+    for short, flag in FUSION_SHORTCUTS.items():
+        if getattr(args, short, None) is not None:
+            flags[flag] = getattr(args, short)
+    if getattr(args, "blending_range", None) is not None:
+        values = [float(v) for v in args.blending_range.split(",")]
+        channel_range = values[0] if len(values) == 2 else base.fusion.blending_range[0]
+        flags["fusion_blending_range"] = [channel_range, values[-1]]
     if getattr(args, "overwrite", False):
         flags["output_overwrite"] = True
     return ProcessingConfig.from_flags(base, **flags)
@@ -146,6 +198,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     _add_config_flags(p)
 
+    p = sub.add_parser("fuse", help="register and blend opposing camera pairs of corrected volumes",
+                       description="The MATLAB clusterMF step: for every timepoint and camera pair with complete "
+                                   "corrected volumes, write <stem>.fusedStack.zarr, its parameters JSON and "
+                                   "diagnostic PNGs. Complete outputs are skipped on a rerun.")
+    p.add_argument("corrected", help="output root of the correction stage")
+    p.add_argument("--out", help="where fused volumes go (default: beside the corrected ones)")
+    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    _add_fusion_shortcuts(p)
+    _add_selection(p)
+    _add_cluster_options(p)
+    _add_config_flags(p)
+
+    p = sub.add_parser("run", help="correct then fuse a raw recording",
+                       description="Correction then fusion, all outputs under OUT/SPM##/TM######/.")
+    p.add_argument("input", help="raw recording folder")
+    p.add_argument("--out", required=True, help="output root")
+    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    _add_fusion_shortcuts(p)
+    _add_selection(p)
+    _add_cluster_options(p)
+    _add_config_flags(p)
+
     p = sub.add_parser("init", help="write a commented configuration template",
                        description="Write every option with its default and help text as TOML.")
     p.add_argument("path", nargs="?", default="isoview.toml", help="file to write (default isoview.toml)")
@@ -163,12 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cluster(args):
-    from .cluster import client_context
-    import contextlib
-    if getattr(args, "no_cluster", False):
-        return contextlib.nullcontext()
-    return client_context(scheduler=args.scheduler, n_workers=args.workers, threads_per_worker=args.threads,
-                          memory_limit=args.memory_limit)
+    """Context manager yielding the client of the cluster the options describe (None for no cluster)."""
+    from .cluster import ClusterSpec, client_context
+    kind = "none" if getattr(args, "no_cluster", False) else (getattr(args, "cluster", None) or "local")
+    spec = ClusterSpec(cluster=kind, scheduler=args.scheduler, n_workers=args.workers,
+                       threads_per_worker=args.threads, memory_limit=args.memory_limit,
+                       **{name: getattr(args, name, None) for name in (
+                           "queue", "account", "cores", "memory", "job_processes", "walltime", "jobs",
+                           "minimum_jobs", "maximum_jobs", "interface", "scheduler_host", "log_directory",
+                           "job_name", "dashboard_address", "retries", "performance_report")},
+                       **{name: getattr(args, name, None) or [] for name in (
+                           "job_extra_directives", "job_directives_skip", "job_script_prologue")})
+    return client_context(spec)
 
 
 def cmd_info(args) -> int:
@@ -220,6 +300,26 @@ def cmd_correct(args) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_fuse(args) -> int:
+    from .pipeline import fuse_dataset
+    config = _config_from_args(args)
+    with _cluster(args):
+        summary = fuse_dataset(args.corrected, args.out, config)
+    print(summary.report())
+    return 1 if summary.failed else 0
+
+
+def cmd_run(args) -> int:
+    from .pipeline import correct_dataset, fuse_dataset
+    config = _config_from_args(args)
+    with _cluster(args):
+        corrected = correct_dataset(args.input, args.out, config)
+        print(corrected.report())
+        fused = fuse_dataset(args.out, args.out, config)
+        print(fused.report())
+    return 1 if (corrected.failed or fused.failed) else 0
+
+
 def cmd_init(args) -> int:
     from .config import template
     from .errors import OutputExistsError
@@ -234,7 +334,7 @@ def cmd_init(args) -> int:
 def cmd_demo(args) -> int:
     from .dataset import open_dataset
     from .config import ProcessingConfig
-    from .pipeline import convert_dataset, correct_dataset
+    from .pipeline import convert_dataset, correct_dataset, fuse_dataset
     from .synthetic import generate_dataset
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="isoview-demo-"))
@@ -249,15 +349,19 @@ def cmd_demo(args) -> int:
         converted = convert_dataset(dataset, root / "converted", overwrite=args.overwrite, pyramid_levels=1)
         print(converted.report())
         print("4. correcting every view: dead pixels, dark frame, segmentation, projections")
-        corrected = correct_dataset(dataset, root / "corrected", ProcessingConfig(output={"overwrite": args.overwrite}))
+        config = ProcessingConfig(output={"overwrite": args.overwrite})
+        corrected = correct_dataset(dataset, root / "corrected", config)
         print(corrected.report())
+        print("5. fusing the opposing camera pairs 0+1 and 2+3: registration, intensity matching, blending")
+        fused = fuse_dataset(root / "corrected", root / "corrected", config)
+        print(fused.report())
     print(f"\nDone. Raw data: {truth.raw_dir}\nGround truth: {data / 'truth'}\n"
-          f"Converted: {root / 'converted'}\nCorrected: {root / 'corrected'}")
-    return 1 if (converted.failed or corrected.failed) else 0
+          f"Converted: {root / 'converted'}\nCorrected and fused: {root / 'corrected'}")
+    return 1 if (converted.failed or corrected.failed or fused.failed) else 0
 
 
 COMMANDS = {"info": cmd_info, "synth": cmd_synth, "convert": cmd_convert, "correct": cmd_correct,
-            "init": cmd_init, "demo": cmd_demo}
+            "fuse": cmd_fuse, "run": cmd_run, "init": cmd_init, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.verbose < 2:  # distributed logs every worker start and stop at INFO
+        import distributed  # noqa: F401  (it configures its loggers on import; override after)
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING if args.verbose == 0 else logging.INFO)
     try:

@@ -47,7 +47,9 @@ def _coerce(section: str, name: str, hint, value):
         return _coerce(section, name, args[0], value)
     if origin is tuple:
         args = typing.get_args(hint)
-        if isinstance(value, str):
+        if isinstance(value, str) and typing.get_origin(args[0]) is tuple:
+            value = [part for part in value.split(":") if part.strip()]  # "0,1:2,3" -> pairs
+        elif isinstance(value, str):
             value = [v for v in value.replace("x", ",").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -110,7 +112,7 @@ class Section:
             object.__setattr__(self, f.name, value)
             meta = f.metadata
             items = value if isinstance(value, tuple) else (value,)
-            for item in items:
+            for item in (i for it in items for i in (it if isinstance(it, tuple) else (it,))):
                 if item is None or isinstance(item, (dict, Section)):
                     continue
                 if meta.get("choices") and item not in meta["choices"]:
@@ -143,7 +145,7 @@ class Section:
             if isinstance(value, dict):
                 value = {str(k): (v.to_dict() if isinstance(v, Section) else v) for k, v in value.items()}
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
             out[f.name] = value
         return out
 
@@ -225,7 +227,41 @@ class OutputConfig(Section):
             raise ConfigError(f"output.shards: expected 3 values or none, got {list(self.shards)}")
 
 
-SECTIONS = {"input": InputConfig, "correction": CorrectionConfig, "output": OutputConfig}
+@dataclass(frozen=True)
+class FusionConfig(Section):
+    """Registration, intensity matching and blending of opposing cameras (the MATLAB clusterMF)."""
+
+    _name: typing.ClassVar[str] = "fusion"
+    type: str = opt("adaptive", "blending: per-pixel transition plane, one plane, or the mean",
+                    choices=("adaptive", "geometric", "average"), matlab="fusionType")
+    blending_range: tuple[float, float] = opt((20.0, 10.0), "transition widths in planes: [channel, camera]",
+                                              lo=0.0, matlab="blendingRange")
+    blending_profile: str = opt("sigmoid", "shape of the weight ramp", choices=("sigmoid", "linear"))
+    camera_pairs: tuple[tuple[int, int], ...] = opt(((0, 1), (2, 3)), "opposing camera pairs [reference, moving]",
+                                                    lo=0, hi=15, matlab="cameraPairs")
+    flip_h: bool = opt(True, "mirror the moving camera left-right before registration", matlab="flipH")
+    flip_v: bool = opt(False, "mirror the moving camera up-down", matlab="flipV")
+    rotation: int = opt(0, "rotate the moving camera by this many degrees (counter-clockwise)",
+                        choices=(0, 90, 180, 270), matlab="rotation")
+    flip_z: bool = opt(False, "reverse the moving camera's plane order")
+    search_px: float = opt(30.0, "registration search range for the in-plane offset, px", lo=1.0)
+    max_rotation_deg: float = opt(2.0, "registration search range for the in-plane rotation, degrees", lo=0.0,
+                                  hi=45.0)
+    registration_slab_planes: float = opt(1.0, "half-thickness (planes) of the mid-specimen slab registered on",
+                                          lo=0.0)
+    intensity_correction: bool = opt(True, "scale the dimmer camera to the brighter one in the mask overlap")
+    median_filter_range: int = opt(9, "median filter of the transition-plane map, px", lo=1,
+                                   matlab="medianFilterRange")
+    transition_smoothing_px: float = opt(4.0, "Gaussian smoothing of the transition-plane map, px", lo=0.0)
+    diagnostics: bool = opt(True, "write diagnostic PNGs (needs matplotlib)")
+
+    def validate(self):
+        for pair in self.camera_pairs:
+            if len(set(pair)) != 2:
+                raise ConfigError(f"fusion.camera_pairs: {list(pair)} must name two different cameras")
+
+
+SECTIONS = {"input": InputConfig, "correction": CorrectionConfig, "fusion": FusionConfig, "output": OutputConfig}
 
 
 @dataclass(frozen=True)
@@ -239,6 +275,7 @@ class ProcessingConfig:
 
     input: InputConfig = field(default_factory=InputConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):

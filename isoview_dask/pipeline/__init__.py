@@ -9,6 +9,8 @@ completion record last, so a rerun skips finished volumes and redoes the rest.
 from .common import (StageSummary, convert_dataset, output_path, timepoint_dir, volume_stem,
                      write_json)
 from .correct import correct_dataset, correct_view
+from .fuse import find_corrected, fuse_dataset, fuse_pair
 
-__all__ = ["StageSummary", "convert_dataset", "correct_dataset", "correct_view", "output_path",
+__all__ = ["StageSummary", "convert_dataset", "correct_dataset", "correct_view", "find_corrected", "fuse_dataset",
+           "fuse_pair", "output_path",
            "timepoint_dir", "volume_stem", "write_json"]

@@ -120,7 +120,8 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
 
     raw = orient(view.open(), opts.rotation, opts.flip_h, opts.flip_v, opts.crop)
     voxel = view.voxel_size_um
-    record: dict = {"view": view.to_dict(), "shape_zyx": list(raw.shape), "voxel_size_um_zyx": voxel}
+    record: dict = {"view": view.to_dict(), "shape_zyx": list(raw.shape), "voxel_size_um_zyx": voxel,
+                    "output_format": oc.format, "segmented": cc.segment}
 
     # Background: the dark frame, or a low percentile of a small voxel sample.
     dark = view.open_background() if cc.use_dark_frame else None

@@ -1,0 +1,306 @@
+"""The fusion stage (the MATLAB clusterMF) wired to files.
+
+For every timepoint and opposing camera pair (0+1, 2+3 by default) whose
+corrected volumes are complete (their ``.correction.json`` records exist),
+bring the second camera into the first one's orientation, register it
+(sub-pixel offset and rotation on a mid-specimen slab), match intensities in
+the overlap of both foreground masks, blend the two along z, and write the
+fused volume (sharded zarr), a parameters JSON beside it (the contract other
+tools read), and diagnostic PNGs. Estimation uses reductions (coordinate
+masks, slab images); the blend is one blockwise graph written shard by shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .. import __version__
+from ..config import ProcessingConfig
+from ..correct import coordinate_masks
+from ..errors import IsoviewError
+from ..fuse import (apply_inplane_transform, blend, blending_weights, geometric_transition, intensity_factor,
+                    register_pair, transition_plane_map, view_transform)
+from ..io import open_volume
+from ..io.zarr import CodecSpec, prepare_zarr
+from .common import StageSummary, completed, fingerprint, output_path, write_json
+
+log = logging.getLogger(__name__)
+
+RECORD_KIND = "correction"
+
+
+class MissingInputError(IsoviewError, FileNotFoundError):
+    """A corrected volume a fusion needs is absent or incomplete."""
+
+
+@dataclass(frozen=True)
+class CorrectedView:
+    """One complete corrected camera volume (from its completion record)."""
+
+    specimen: int
+    timepoint: int
+    camera: int
+    channel: int
+    record_path: Path
+    record: dict
+
+    @property
+    def root(self) -> Path:
+        return self.record_path.parents[2]
+
+    def path(self, kind: str = "", fmt: str | None = None) -> Path:
+        fmt = fmt or self.record.get("output_format", "zarr")
+        return output_path(self.root, self.specimen, self.timepoint, self.camera, self.channel, kind, fmt)
+
+    @property
+    def voxel_size_um(self):
+        return self.record.get("voxel_size_um_zyx")
+
+
+def find_corrected(root: str | Path) -> dict[tuple[int, int, int, int], CorrectedView]:
+    """Complete corrected views under ``root``, keyed by (specimen, timepoint, camera, channel)."""
+    import re
+    root = Path(root)
+    if not root.is_dir():
+        from ..errors import InputNotFoundError
+        raise InputNotFoundError(f"{root}: corrected-output folder does not exist")
+    pattern = re.compile(r"^SPM(\d+)_TM(\d+)_CM(\d+)_CHN(\d+)\.correction\.json$")
+    found = {}
+    for record_path in sorted(root.glob("SPM*/TM*/*.correction.json")):
+        m = pattern.match(record_path.name)
+        if not m:
+            continue
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("unreadable record %s; ignoring it", record_path)
+            continue
+        if not all(Path(p).exists() for p in record.get("outputs", [])):
+            log.warning("incomplete corrected outputs for %s; ignoring them", record_path)
+            continue
+        key = tuple(int(g) for g in m.groups())
+        found[key] = CorrectedView(*key, record_path=record_path, record=record)
+    return found
+
+
+def _open_pair(ref: CorrectedView, mov: CorrectedView):
+    for view in (ref, mov):
+        if not view.record.get("segmented", True):
+            raise MissingInputError(f"{view.record_path}: was corrected without segmentation; fusion needs masks")
+    reference = open_volume(ref.path())
+    moving = open_volume(mov.path())
+    mask_ref = open_volume(ref.path("segmentationMask")).astype(bool)
+    mask_mov = open_volume(mov.path("segmentationMask")).astype(bool)
+    if reference.shape != moving.shape:
+        raise IsoviewError(f"{ref.path()} and {mov.path()}: shapes {reference.shape} and {moving.shape} differ; "
+                           "opposing cameras must record the same planes and frame")
+    return reference, moving, mask_ref, mask_mov
+
+
+def _content_transform(offset_yx, rotation_deg: float) -> tuple[list[float], float]:
+    """Express the sampling convention as the motion applied to the moving camera's content.
+
+    Sampling F at p = R(θ)(q - c) + c + t moves content at p to
+    q = R(-θ)(p - c) + c - R(-θ) t: a rotation by -θ and a displacement -R(-θ) t.
+    """
+    phi = -float(rotation_deg)
+    c, s = np.cos(np.deg2rad(phi)), np.sin(np.deg2rad(phi))
+    rot = np.array([[c, -s], [s, c]])
+    displacement = -rot @ np.asarray(offset_yx, dtype=float)
+    return [float(displacement[0]), float(displacement[1])], phi
+
+
+def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: ProcessingConfig | None = None,
+              *, progress: bool = True) -> dict:
+    """Register, intensity-match and blend one opposing camera pair; write outputs.
+
+    Parameters
+    ----------
+    ref, mov : CorrectedView
+        The reference camera (its near side is low z) and the opposing one.
+    out : path
+        Output root; ``<out>/SPM##/TM######/SPM##_TM######_CM<a>_CM<b>_CHN##.fusedStack.zarr``.
+
+    Returns
+    -------
+    dict
+        The parameters record (also written beside the fused volume).
+    """
+    from ..cluster import compute
+
+    config = config or ProcessingConfig()
+    fc, oc = config.fusion, config.output
+    t0 = time.perf_counter()
+    timings = {}
+    reference, moving, mask_ref, mask_mov = _open_pair(ref, mov)
+    n_planes = reference.shape[0]
+    moving_f = view_transform(moving, flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation, flip_z=fc.flip_z)
+    mask_mov_f = view_transform(mask_mov, flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation,
+                                flip_z=fc.flip_z)
+    if moving_f.shape != reference.shape:
+        raise IsoviewError(f"{mov.path()}: after rotation by {fc.rotation} degrees its frame "
+                           f"{moving_f.shape[1:]} no longer matches {reference.shape[1:]}")
+
+    # Estimate small: registration on a mid-specimen slab, then the depth maps.
+    registration = register_pair(reference, moving_f, mask_ref=mask_ref, mask_mov=mask_mov_f,
+                                 search_px=fc.search_px, max_rotation_deg=fc.max_rotation_deg,
+                                 slab_planes=fc.registration_slab_planes)
+    timings["registration_s"] = time.perf_counter() - t0
+    offset, rotation = registration.offset_yx, registration.rotation_deg
+    moving_a = apply_inplane_transform(moving_f, offset, rotation, cval=np.nan)
+    mask_mov_a = apply_inplane_transform(mask_mov_f.astype(np.float32), offset, rotation, order=0) > 0.5
+    t1 = time.perf_counter()
+    depth_ref, depth_mov = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_a)[0],
+                                   progress=progress, label=f"{_label(ref, mov)}: depth maps")
+    transition = transition_plane_map(depth_ref, depth_mov, n_planes, median_filter_range=fc.median_filter_range,
+                                      smoothing_sigma=fc.transition_smoothing_px)
+    if fc.type == "geometric":
+        transition = np.full(transition.shape, geometric_transition(depth_ref, depth_mov, n_planes))
+    intensity = intensity_factor(reference, moving_a, mask_ref, mask_mov_a, transition_yx=transition) \
+        if fc.intensity_correction else None
+    timings["estimation_s"] = time.perf_counter() - t1
+
+    # Apply big: one blockwise blend written shard by shard, plus projections for the figures.
+    t2 = time.perf_counter()
+    blending_range = fc.blending_range[1]
+    fused = blend(reference, moving_a, transition, blending_range, fc.type, intensity,
+                  profile=fc.blending_profile, dtype=reference.dtype)
+    target = output_path(out, ref.specimen, ref.timepoint, [ref.camera, mov.camera], ref.channel, "fusedStack")
+    pending = prepare_zarr(fused, target, codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
+                           shards=oc.shards or (), voxel_size_zyx=ref.voxel_size_um, overwrite=True,
+                           pyramid_levels=oc.pyramid_levels, name=target.stem)
+    small = {"fused_xy": fused.max(axis=0), "fused_xz": fused.max(axis=1)}
+    if fc.diagnostics:
+        small.update(reference_xy=reference.max(axis=0), moving_xy=moving_f.max(axis=0),
+                     aligned_xy=da.nan_to_num(moving_a).max(axis=0))
+    keys = list(small)
+    try:
+        results = compute(pending.delayed, *[small[k] for k in keys], progress=progress,
+                          label=f"{_label(ref, mov)}: fusing and writing")
+    except BaseException:
+        pending.abort()
+        raise
+    pending.commit()
+    images = dict(zip(keys, results[1:]))
+    timings["blend_write_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+
+    applied_offset, applied_rotation = _content_transform(offset, rotation)
+    finite = transition[np.isfinite(transition)]
+    params = {
+        "package_version": __version__,
+        "reference_camera": ref.camera, "moving_camera": mov.camera, "channel": ref.channel,
+        "timepoint": ref.timepoint, "specimen": ref.specimen,
+        "view_transform": {"flip_h": fc.flip_h, "flip_v": fc.flip_v, "rotation": fc.rotation,
+                           "flip_z": fc.flip_z},
+        "offset_yx_px": applied_offset,
+        "rotation_deg": applied_rotation,
+        "transform_convention": "after its flips, the moving camera's content at (y, x) moves to "
+                                "R(rotation_deg)((y, x) - c) + c + offset_yx_px, c the frame centre, "
+                                "R = [[cos, -sin], [sin, cos]] on (y, x); positive dy moves content to larger y",
+        "sampling_offset_yx_px": [float(v) for v in offset],
+        "sampling_rotation_deg": float(rotation),
+        "registration_confidence": float(registration.confidence),
+        "registration_method": registration.method,
+        "intensity_factor": intensity.factor if intensity else 1.0,
+        "intensity_scaled_camera": (ref.camera if intensity.scaled_camera == "reference" else mov.camera)
+        if intensity else None,
+        "intensity_ratio_moving_over_reference": intensity.ratio if intensity else None,
+        "transition_plane": {"min": float(finite.min()), "median": float(np.median(finite)),
+                             "max": float(finite.max())} if finite.size else None,
+        "blending_method": fc.type,
+        "blending_range": blending_range,
+        "blending_profile": fc.blending_profile,
+        "shape_zyx": list(reference.shape),
+        "voxel_size_um_zyx": ref.voxel_size_um,
+        "inputs": [str(ref.path()), str(mov.path())],
+        "timings": timings,
+        "input_bytes": int(2 * reference.nbytes),
+    }
+    outputs = [target]
+    if fc.diagnostics:
+        from .diagnostics import fusion_figures
+        outputs += fusion_figures(target.with_suffix(""), images, transition, n_planes, blending_range,
+                                  fc.blending_profile, params)
+    params["outputs"] = [str(p) for p in outputs]
+    params["fingerprint"] = _fingerprint(ref, mov, config)
+    write_json(target.with_suffix(".json"), params)
+    return params
+
+
+def _label(ref: CorrectedView, mov: CorrectedView) -> str:
+    return f"TM{ref.timepoint:06d} CM{ref.camera:02d}+CM{mov.camera:02d} CHN{ref.channel:02d}"
+
+
+def _fingerprint(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig) -> str:
+    inputs = [{"record": str(v.record_path), "fingerprint": v.record.get("fingerprint")} for v in (ref, mov)]
+    parameters = {"fusion": config.fusion.to_dict(),
+                  "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"}}
+    return fingerprint(inputs, parameters)
+
+
+def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,
+                 *, progress: bool = True, **flags) -> StageSummary:
+    """Fuse every opposing camera pair of every timepoint whose corrected volumes are complete.
+
+    Parameters
+    ----------
+    corrected : path
+        Output root of the correction stage.
+    out : path, optional
+        Where fused volumes go (default: beside the corrected ones).
+    config : ProcessingConfig, optional
+        ``fusion`` and ``output`` sections are used; ``input.timepoints`` and
+        ``input.specimens`` select; ``flags`` override (e.g. ``fusion_type="average"``).
+
+    Returns
+    -------
+    StageSummary
+        Fused volumes written, skipped (complete with the same inputs and
+        parameters) and failed (a pair with a missing camera, a failed
+        registration...); one failure never stops the others.
+    """
+    config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
+    out = Path(out) if out is not None else Path(corrected)
+    views = find_corrected(corrected)
+    summary = StageSummary("fuse")
+    start = time.perf_counter()
+    sel = config.input
+    groups = sorted({(s, t, ch) for s, t, _, ch in views
+                     if (sel.specimens is None or s in sel.specimens)
+                     and (sel.timepoints is None or t in sel.timepoints)
+                     and (sel.channels is None or ch in sel.channels)})
+    for specimen, timepoint, channel in groups:
+        for a, b in config.fusion.camera_pairs:
+            ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))
+            if ref is None and mov is None:
+                continue
+            target = output_path(out, specimen, timepoint, [a, b], channel, "fusedStack")
+            if ref is None or mov is None:
+                missing = a if ref is None else b
+                summary.failed[str(target)] = (f"camera {missing} has no complete corrected volume for timepoint "
+                                               f"{timepoint}, channel {channel}")
+                log.error("%s: %s", target, summary.failed[str(target)])
+                continue
+            record = target.with_suffix(".json")
+            if not config.output.overwrite and completed(record, _fingerprint(ref, mov, config)):
+                summary.skipped.append(str(target))
+                continue
+            try:
+                params = fuse_pair(ref, mov, out, config, progress=progress)
+            except (IsoviewError, ValueError, OSError) as exc:
+                summary.failed[str(target)] = str(exc)
+                log.error("fusion of %s failed: %s", target, exc)
+                continue
+            summary.written.append(str(target))
+            summary.input_bytes += params["input_bytes"]
+    summary.seconds = time.perf_counter() - start
+    return summary

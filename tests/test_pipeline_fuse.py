@@ -1,0 +1,138 @@
+"""Fusion stage end to end: registration and intensity against truth, the parameters contract,
+fused quality, resume, missing inputs, methods, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from isoview_dask.cli import main
+from isoview_dask.io import open_volume
+from isoview_dask.pipeline import correct_dataset, fuse_dataset, output_path
+from isoview_dask.synthetic import generate_dataset
+
+SHAPE = (32, 160, 160)
+
+
+def _corrected(root, seed, offsets=None, rotations=None):
+    extra = {}
+    if offsets:
+        extra["offsets"] = offsets
+    if rotations:
+        extra["rotations_deg"] = rotations
+    truth = generate_dataset(root / "synthetic", preset="tiny", shape=SHAPE, seed=seed, **extra)
+    summary = correct_dataset(truth.raw_dir, root / "out", progress=False, output_chunks=(8, 64, 64),
+                              output_shards=(16, 128, 128))
+    assert len(summary.written) == 4
+    return truth, root / "out"
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    truth, out = _corrected(tmp_path_factory.mktemp("fuse"), seed=4, offsets={(0, 1): (17.3, -19.6)},
+                            rotations={(0, 1): 0.9})
+    summary = fuse_dataset(out, progress=False)
+    assert len(summary.written) == 2 and not summary.failed
+    return truth, out
+
+
+def _params(out, pair, channel):
+    return json.loads(output_path(out, 0, 0, list(pair), channel, "fusedStack", "json").read_text())
+
+
+@pytest.mark.parametrize("pair, channel", [((0, 1), 0), ((2, 3), 1)])
+def test_registration_and_intensity_against_truth(fused, pair, channel):
+    truth, out = fused
+    params = _params(out, pair, channel)
+    dy, dx = truth.offset(pair)
+    theta = truth.rotation_deg(pair)
+    assert abs(params["sampling_offset_yx_px"][0] - dy) <= 0.1
+    assert abs(params["sampling_offset_yx_px"][1] - dx) <= 0.1
+    assert abs(params["sampling_rotation_deg"] - theta) <= 0.1
+    assert params["registration_confidence"] > 0.8
+    # the contract's content transform: rotation -theta, displacement -R(-theta) t
+    phi = np.deg2rad(-theta)
+    expected = -np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]]) @ np.array([dy, dx])
+    np.testing.assert_allclose(params["offset_yx_px"], expected, atol=0.1)
+    assert params["rotation_deg"] == pytest.approx(-theta, abs=0.1)
+    ratio = truth.gain_ratio(pair)  # gain of the moving camera over the reference
+    assert params["intensity_scaled_camera"] == (pair[1] if ratio < 1 else pair[0])
+    assert params["intensity_factor"] == pytest.approx(1 / ratio if ratio < 1 else ratio, rel=0.05)
+    for key in ("transition_plane", "blending_method", "blending_range", "package_version"):
+        assert key in params
+    tp = params["transition_plane"]
+    assert 0 <= tp["min"] <= tp["median"] <= tp["max"] <= SHAPE[0] - 1
+    for figure in ("registration", "transitionPlane", "blendingWeights", "projections"):
+        assert output_path(out, 0, 0, list(pair), channel, f"fusedStack.{figure}", "png").stat().st_size > 1000
+
+
+def _corr(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return np.corrcoef(a, b)[0, 1]
+
+
+def test_fused_beats_single_cameras_and_has_no_seam(fused):
+    from isoview_dask.synthetic import flip_lr, register_opposing
+    truth, out = fused
+    clean = truth.clean(0)
+    fused_volume = open_volume(output_path(out, 0, 0, [0, 1], 0, "fusedStack")).compute().astype(np.float64)
+    camera0 = open_volume(output_path(out, 0, 0, 0, 0)).compute().astype(np.float64)
+    camera1 = open_volume(output_path(out, 0, 0, 1, 0)).compute().astype(np.float64)
+    camera1 = register_opposing(flip_lr(camera1), truth.offset((0, 1)), truth.rotation_deg((0, 1)))
+    inside = np.s_[:, 25:-25, 25:-25]  # away from the frame edges the moving camera did not record
+    c_fused = _corr(fused_volume[inside], clean[inside])
+    assert c_fused > _corr(camera0[inside], clean[inside]) + 0.01
+    assert c_fused > _corr(camera1[inside], clean[inside]) + 0.01
+    # mean intensity over the body along z: no step at the transition beyond plane-to-plane noise
+    body = truth.body_mask(0)
+    profile = np.array([fused_volume[z][body[z]].mean() if body[z].any() else np.nan for z in range(SHAPE[0])])
+    ideal = truth.ideal(0)
+    ideal_profile = np.array([ideal[z][body[z]].mean() if body[z].any() else np.nan for z in range(SHAPE[0])])
+    relative = np.log(profile / ideal_profile)  # the blend's deviation from one camera's expected profile
+    steps = np.abs(np.diff(relative))
+    steps = steps[np.isfinite(steps)]
+    transition = int(round(_params(out, (0, 1), 0)["transition_plane"]["median"]))
+    near = steps[max(transition - 2, 0):transition + 2]
+    assert near.max() <= 3 * np.median(steps) + 0.02
+
+
+def test_rerun_skips_and_method_change_redoes(fused, tmp_path):
+    truth, out = fused
+    again = fuse_dataset(out, progress=False)
+    assert len(again.skipped) == 2 and not again.written
+    before = open_volume(output_path(out, 0, 0, [0, 1], 0, "fusedStack")).compute()
+    changed = fuse_dataset(out, tmp_path / "average", progress=False, fusion_type="average",
+                           input_channels=[0])
+    assert len(changed.written) == 1
+    average = open_volume(output_path(tmp_path / "average", 0, 0, [0, 1], 0, "fusedStack")).compute()
+    assert not np.array_equal(before, average)
+    assert _params(tmp_path / "average", (0, 1), 0)["blending_method"] == "average"
+
+
+def test_missing_camera_is_reported(fused, tmp_path):
+    import shutil
+    truth, out = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    output_path(copy, 0, 0, 3, 1, "correction", "json").unlink()
+    summary = fuse_dataset(copy, progress=False, output_overwrite=True)
+    assert len(summary.written) == 1
+    assert "camera 3 has no complete corrected volume" in " ".join(summary.failed.values())
+
+
+def test_cli_run_and_fuse(tmp_path, capsys):
+    generate_dataset(tmp_path / "s", preset="tiny", seed=2)
+    code = main(["run", str(tmp_path / "s" / "raw"), "--out", str(tmp_path / "o"), "--no-cluster",
+                 "--method", "geometric", "--blending-range", "5", "--pairs", "0,1"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "correct: 4 written" in text and "fuse: 1 written" in text
+    params = _params(tmp_path / "o", (0, 1), 0)
+    assert params["blending_method"] == "geometric" and params["blending_range"] == 5.0
+    tp = params["transition_plane"]
+    assert tp["min"] == tp["max"]  # geometric: one plane
+    same = ["--method", "geometric", "--blending-range", "5", "--pairs", "0,1"]
+    assert main(["fuse", str(tmp_path / "o"), "--no-cluster", *same]) == 0
+    assert "0 written, 1 skipped" in capsys.readouterr().out
+    assert main(["fuse", str(tmp_path / "o"), "--no-cluster", "--pairs", "0,1"]) == 0  # other parameters
+    assert "1 written, 0 skipped" in capsys.readouterr().out
