@@ -136,3 +136,20 @@ def test_cli_run_and_fuse(tmp_path, capsys):
     assert "0 written, 1 skipped" in capsys.readouterr().out
     assert main(["fuse", str(tmp_path / "o"), "--no-cluster", "--pairs", "0,1"]) == 0  # other parameters
     assert "1 written, 0 skipped" in capsys.readouterr().out
+
+
+def test_fixed_parameters_replace_estimates(fused, tmp_path):
+    truth, out = fused
+    fixed = {"sampling_offset_yx_px": truth.offset((0, 1)), "sampling_rotation_deg": truth.rotation_deg((0, 1)),
+             "intensity_ratio_moving_over_reference": truth.gain_ratio((0, 1)), "transition_plane": 12.0}
+    summary = fuse_dataset(out, tmp_path, progress=False, input_channels=[0],
+                           fixed_parameters=lambda s, t, pair, ch: fixed if pair == (0, 1) else None)
+    assert len(summary.written) == 1
+    params = _params(tmp_path, (0, 1), 0)
+    np.testing.assert_allclose(params["sampling_offset_yx_px"], truth.offset((0, 1)))
+    assert params["sampling_rotation_deg"] == pytest.approx(truth.rotation_deg((0, 1)))
+    assert params["transition_plane"] == {"min": 12.0, "median": 12.0, "max": 12.0}
+    assert params["intensity_ratio_moving_over_reference"] == pytest.approx(truth.gain_ratio((0, 1)))
+    assert params["registration_method"] == "fixed"
+    estimated = _params(out, (0, 1), 0)
+    assert estimated["registration_method"] != "fixed"

@@ -118,8 +118,113 @@ def _content_transform(offset_yx, rotation_deg: float) -> tuple[list[float], flo
     return [float(displacement[0]), float(displacement[1])], phi
 
 
+@dataclass
+class PairEstimate:
+    """Everything fusion estimates for one pair before blending (small values and one 2-D map).
+
+    Attributes
+    ----------
+    offset_yx, rotation_deg : sampling convention of :mod:`isoview_dask.fuse.transforms`
+    confidence : float
+        Registration confidence in [0, 1].
+    intensity : IntensityResult or None
+    transition_yx : ndarray (Y, X)
+        Transition plane per pixel (z index).
+    timings : dict
+    """
+
+    offset_yx: tuple[float, float]
+    rotation_deg: float
+    confidence: float
+    method: str
+    intensity: object
+    transition_yx: np.ndarray
+    timings: dict
+
+    def summary(self) -> dict:
+        finite = self.transition_yx[np.isfinite(self.transition_yx)]
+        return {
+            "sampling_offset_yx_px": [float(v) for v in self.offset_yx],
+            "sampling_rotation_deg": float(self.rotation_deg),
+            "registration_confidence": float(self.confidence),
+            "intensity_ratio_moving_over_reference": self.intensity.ratio if self.intensity else None,
+            "transition_plane": {"min": float(finite.min()), "median": float(np.median(finite)),
+                                 "max": float(finite.max())} if finite.size else None,
+        }
+
+
+def _prepared(ref: CorrectedView, mov: CorrectedView, fc):
+    reference, moving, mask_ref, mask_mov = _open_pair(ref, mov)
+    flips = dict(flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation, flip_z=fc.flip_z)
+    moving_f, mask_mov_f = view_transform(moving, **flips), view_transform(mask_mov, **flips)
+    if moving_f.shape != reference.shape:
+        raise IsoviewError(f"{mov.path()}: after rotation by {fc.rotation} degrees its frame "
+                           f"{moving_f.shape[1:]} no longer matches {reference.shape[1:]}")
+    return reference, moving_f, mask_ref, mask_mov_f
+
+
+def _aligned(moving_f, mask_mov_f, offset, rotation):
+    moving_a = apply_inplane_transform(moving_f, offset, rotation, cval=np.nan)
+    mask_mov_a = apply_inplane_transform(mask_mov_f.astype(np.float32), offset, rotation, order=0) > 0.5
+    return moving_a, mask_mov_a
+
+
+def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig | None = None, *,
+                  progress: bool = True, fixed: dict | None = None) -> PairEstimate:
+    """Estimate the registration, intensity factor and transition-plane map of one pair.
+
+    Only reductions are computed (a mid-specimen slab, coordinate masks).
+    ``fixed`` may supply any of ``sampling_offset_yx_px`` with
+    ``sampling_rotation_deg``, ``intensity_ratio_moving_over_reference`` and
+    ``transition_yx`` (a (Y, X) map) or ``transition_plane`` (one plane);
+    those are used instead of being estimated (time-smoothed parameters).
+    """
+    from ..cluster import compute
+    from ..fuse import IntensityResult
+
+    config = config or ProcessingConfig()
+    fc = config.fusion
+    fixed = fixed or {}
+    t0 = time.perf_counter()
+    reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
+    n_planes = reference.shape[0]
+    if "sampling_offset_yx_px" in fixed:
+        offset = tuple(float(v) for v in fixed["sampling_offset_yx_px"])
+        rotation = float(fixed.get("sampling_rotation_deg", 0.0))
+        confidence, method = float(fixed.get("registration_confidence", float("nan"))), "fixed"
+    else:
+        registration = register_pair(reference, moving_f, mask_ref=mask_ref, mask_mov=mask_mov_f,
+                                     search_px=fc.search_px, max_rotation_deg=fc.max_rotation_deg,
+                                     slab_planes=fc.registration_slab_planes)
+        offset, rotation = registration.offset_yx, registration.rotation_deg
+        confidence, method = registration.confidence, registration.method
+    timings = {"registration_s": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, offset, rotation)
+    if "transition_yx" in fixed:
+        transition = np.asarray(fixed["transition_yx"], dtype=np.float64)
+    elif "transition_plane" in fixed:
+        transition = np.full(reference.shape[1:], float(fixed["transition_plane"]))
+    else:
+        depth_ref, depth_mov = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_a)[0],
+                                       progress=progress, label=f"{_label(ref, mov)}: depth maps")
+        transition = transition_plane_map(depth_ref, depth_mov, n_planes,
+                                          median_filter_range=fc.median_filter_range,
+                                          smoothing_sigma=fc.transition_smoothing_px)
+        if fc.type == "geometric":
+            transition = np.full(transition.shape, geometric_transition(depth_ref, depth_mov, n_planes))
+    if not fc.intensity_correction:
+        intensity = None
+    elif fixed.get("intensity_ratio_moving_over_reference") is not None:
+        intensity = IntensityResult.from_ratio(float(fixed["intensity_ratio_moving_over_reference"]))
+    else:
+        intensity = intensity_factor(reference, moving_a, mask_ref, mask_mov_a, transition_yx=transition)
+    timings["estimation_s"] = time.perf_counter() - t1
+    return PairEstimate(tuple(offset), float(rotation), float(confidence), method, intensity, transition, timings)
+
+
 def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: ProcessingConfig | None = None,
-              *, progress: bool = True) -> dict:
+              *, progress: bool = True, fixed: dict | None = None) -> dict:
     """Register, intensity-match and blend one opposing camera pair; write outputs.
 
     Parameters
@@ -128,6 +233,8 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         The reference camera (its near side is low z) and the opposing one.
     out : path
         Output root; ``<out>/SPM##/TM######/SPM##_TM######_CM<a>_CM<b>_CHN##.fusedStack.zarr``.
+    fixed : dict, optional
+        Parameters to use instead of estimating them (see :func:`estimate_pair`).
 
     Returns
     -------
@@ -139,34 +246,12 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     config = config or ProcessingConfig()
     fc, oc = config.fusion, config.output
     t0 = time.perf_counter()
-    timings = {}
-    reference, moving, mask_ref, mask_mov = _open_pair(ref, mov)
+    estimate = estimate_pair(ref, mov, config, progress=progress, fixed=fixed)
+    timings = dict(estimate.timings)
+    reference, moving_f, _, mask_mov_f = _prepared(ref, mov, fc)
+    moving_a, _ = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
     n_planes = reference.shape[0]
-    moving_f = view_transform(moving, flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation, flip_z=fc.flip_z)
-    mask_mov_f = view_transform(mask_mov, flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation,
-                                flip_z=fc.flip_z)
-    if moving_f.shape != reference.shape:
-        raise IsoviewError(f"{mov.path()}: after rotation by {fc.rotation} degrees its frame "
-                           f"{moving_f.shape[1:]} no longer matches {reference.shape[1:]}")
-
-    # Estimate small: registration on a mid-specimen slab, then the depth maps.
-    registration = register_pair(reference, moving_f, mask_ref=mask_ref, mask_mov=mask_mov_f,
-                                 search_px=fc.search_px, max_rotation_deg=fc.max_rotation_deg,
-                                 slab_planes=fc.registration_slab_planes)
-    timings["registration_s"] = time.perf_counter() - t0
-    offset, rotation = registration.offset_yx, registration.rotation_deg
-    moving_a = apply_inplane_transform(moving_f, offset, rotation, cval=np.nan)
-    mask_mov_a = apply_inplane_transform(mask_mov_f.astype(np.float32), offset, rotation, order=0) > 0.5
-    t1 = time.perf_counter()
-    depth_ref, depth_mov = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_a)[0],
-                                   progress=progress, label=f"{_label(ref, mov)}: depth maps")
-    transition = transition_plane_map(depth_ref, depth_mov, n_planes, median_filter_range=fc.median_filter_range,
-                                      smoothing_sigma=fc.transition_smoothing_px)
-    if fc.type == "geometric":
-        transition = np.full(transition.shape, geometric_transition(depth_ref, depth_mov, n_planes))
-    intensity = intensity_factor(reference, moving_a, mask_ref, mask_mov_a, transition_yx=transition) \
-        if fc.intensity_correction else None
-    timings["estimation_s"] = time.perf_counter() - t1
+    transition, intensity = estimate.transition_yx, estimate.intensity
 
     # Apply big: one blockwise blend written shard by shard, plus projections for the figures.
     t2 = time.perf_counter()
@@ -193,8 +278,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     timings["blend_write_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
 
-    applied_offset, applied_rotation = _content_transform(offset, rotation)
-    finite = transition[np.isfinite(transition)]
+    applied_offset, applied_rotation = _content_transform(estimate.offset_yx, estimate.rotation_deg)
     params = {
         "package_version": __version__,
         "reference_camera": ref.camera, "moving_camera": mov.camera, "channel": ref.channel,
@@ -206,16 +290,12 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         "transform_convention": "after its flips, the moving camera's content at (y, x) moves to "
                                 "R(rotation_deg)((y, x) - c) + c + offset_yx_px, c the frame centre, "
                                 "R = [[cos, -sin], [sin, cos]] on (y, x); positive dy moves content to larger y",
-        "sampling_offset_yx_px": [float(v) for v in offset],
-        "sampling_rotation_deg": float(rotation),
-        "registration_confidence": float(registration.confidence),
-        "registration_method": registration.method,
+        **estimate.summary(),
+        "registration_method": estimate.method,
+        "parameters_fixed": sorted(fixed) if fixed else [],
         "intensity_factor": intensity.factor if intensity else 1.0,
         "intensity_scaled_camera": (ref.camera if intensity.scaled_camera == "reference" else mov.camera)
         if intensity else None,
-        "intensity_ratio_moving_over_reference": intensity.ratio if intensity else None,
-        "transition_plane": {"min": float(finite.min()), "median": float(np.median(finite)),
-                             "max": float(finite.max())} if finite.size else None,
         "blending_method": fc.type,
         "blending_range": blending_range,
         "blending_profile": fc.blending_profile,
@@ -231,7 +311,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         outputs += fusion_figures(target.with_suffix(""), images, transition, n_planes, blending_range,
                                   fc.blending_profile, params)
     params["outputs"] = [str(p) for p in outputs]
-    params["fingerprint"] = _fingerprint(ref, mov, config)
+    params["fingerprint"] = _fingerprint(ref, mov, config, fixed)
     write_json(target.with_suffix(".json"), params)
     return params
 
@@ -240,15 +320,17 @@ def _label(ref: CorrectedView, mov: CorrectedView) -> str:
     return f"TM{ref.timepoint:06d} CM{ref.camera:02d}+CM{mov.camera:02d} CHN{ref.channel:02d}"
 
 
-def _fingerprint(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig) -> str:
+def _fingerprint(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig, fixed: dict | None = None) -> str:
     inputs = [{"record": str(v.record_path), "fingerprint": v.record.get("fingerprint")} for v in (ref, mov)]
     parameters = {"fusion": config.fusion.to_dict(),
-                  "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"}}
+                  "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"},
+                  "fixed": {k: (np.asarray(v).tolist() if k == "transition_yx" else v)
+                            for k, v in sorted((fixed or {}).items())}}
     return fingerprint(inputs, parameters)
 
 
 def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,
-                 *, progress: bool = True, **flags) -> StageSummary:
+                 *, progress: bool = True, fixed_parameters=None, **flags) -> StageSummary:
     """Fuse every opposing camera pair of every timepoint whose corrected volumes are complete.
 
     Parameters
@@ -260,6 +342,10 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
     config : ProcessingConfig, optional
         ``fusion`` and ``output`` sections are used; ``input.timepoints`` and
         ``input.specimens`` select; ``flags`` override (e.g. ``fusion_type="average"``).
+    fixed_parameters : callable, optional
+        ``fixed_parameters(specimen, timepoint, (a, b), channel)`` returns a dict
+        of parameters to use instead of estimating them (see
+        :func:`estimate_pair`), or None: how time-smoothed values enter.
 
     Returns
     -------
@@ -291,11 +377,12 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
                 log.error("%s: %s", target, summary.failed[str(target)])
                 continue
             record = target.with_suffix(".json")
-            if not config.output.overwrite and completed(record, _fingerprint(ref, mov, config)):
+            fixed = fixed_parameters(specimen, timepoint, (a, b), channel) if fixed_parameters else None
+            if not config.output.overwrite and completed(record, _fingerprint(ref, mov, config, fixed)):
                 summary.skipped.append(str(target))
                 continue
             try:
-                params = fuse_pair(ref, mov, out, config, progress=progress)
+                params = fuse_pair(ref, mov, out, config, progress=progress, fixed=fixed)
             except (IsoviewError, ValueError, OSError) as exc:
                 summary.failed[str(target)] = str(exc)
                 log.error("fusion of %s failed: %s", target, exc)
