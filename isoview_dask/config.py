@@ -250,6 +250,13 @@ class FusionConfig(Section):
     registration_slab_planes: float = opt(1.0, "half-thickness (planes) of the mid-specimen slab registered on",
                                           lo=0.0)
     intensity_correction: bool = opt(True, "scale the dimmer camera to the brighter one in the mask overlap")
+    mask_fusion_mode: str = opt("overlap", "which cameras' foreground gives the transition plane: both "
+                                "(overlap), either (union), or one", choices=("overlap", "union", "reference",
+                                                                               "moving"), matlab="maskFusionMode")
+    mask_padding: int = opt(4, "pixels trimmed from the rim of the foreground region, toward the centre, "
+                            "before the transition map is filled", lo=0, matlab="padding")
+    mask_min_object_size: float = opt(0.0, "drop foreground regions smaller than this fraction of the frame",
+                                      lo=0.0, hi=0.99, matlab="bwareaopen")
     median_filter_range: int = opt(9, "median filter of the transition-plane map, px", lo=1,
                                    matlab="medianFilterRange")
     transition_smoothing_px: float = opt(4.0, "Gaussian smoothing of the transition-plane map, px", lo=0.0)

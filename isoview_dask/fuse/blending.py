@@ -43,7 +43,8 @@ METHODS = ("adaptive", "geometric", "average")
 
 def transition_plane_map(xy_mask_ref, xy_mask_mov_aligned=None, n_planes: int | None = None, *,
                          margin: float = 2.0, rim_px: int = 4, median_filter_range: int = 9,
-                         smoothing_sigma: float = 4.0, fill: str = "nearest") -> np.ndarray:
+                         smoothing_sigma: float = 4.0, fill: str = "nearest", mask_mode: str = "overlap",
+                         min_object_fraction: float = 0.0) -> np.ndarray:
     """Adaptive transition plane per pixel from the two cameras' xy coordinate masks.
 
     Parameters
@@ -80,6 +81,14 @@ def transition_plane_map(xy_mask_ref, xy_mask_mov_aligned=None, n_planes: int | 
         the value of the nearest valid pixel (default; continuous across
         the specimen's edge) or with the geometric plane (the median of all
         valid values).
+    mask_mode : {'overlap', 'union', 'reference', 'moving'}
+        Which pixels carry a depth (the MATLAB ``maskFusionMode``):
+        'overlap' where both cameras have foreground (their average);
+        'union' also where only one has (its own value there); 'reference'
+        or 'moving' one camera's map alone.
+    min_object_fraction : float
+        Valid regions smaller than this fraction of the frame are dropped
+        before filling (the MATLAB ``bwareaopen`` step against specks).
 
     Returns
     -------
@@ -106,8 +115,22 @@ def transition_plane_map(xy_mask_ref, xy_mask_mov_aligned=None, n_planes: int | 
     if median_filter_range < 1 or smoothing_sigma < 0 or rim_px < 0:
         raise ValueError("median_filter_range must be >= 1, smoothing_sigma and rim_px >= 0, got "
                          f"{median_filter_range}, {smoothing_sigma} and {rim_px}")
-    combined = _combined_depth(xy_mask_ref, xy_mask_mov_aligned, n_planes, margin)
-    valid = _without_rim(np.isfinite(combined), rim_px)
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+    if not 0.0 <= min_object_fraction < 1.0:
+        raise ValueError(f"min_object_fraction must lie in [0, 1), got {min_object_fraction}")
+    if mask_mode == "moving" and xy_mask_mov_aligned is not None:
+        combined = _within_margin(xy_mask_mov_aligned, n_planes, margin)
+    elif mask_mode in ("reference", "moving"):
+        combined = _within_margin(xy_mask_ref, n_planes, margin)
+    else:
+        combined = _combined_depth(xy_mask_ref, xy_mask_mov_aligned, n_planes, margin,
+                                   union=mask_mode == "union")
+    valid = np.isfinite(combined)
+    if min_object_fraction > 0:
+        from skimage.morphology import remove_small_objects
+        valid = remove_small_objects(valid, max_size=int(min_object_fraction * valid.size))
+    valid = _without_rim(valid, rim_px)
     if not valid.any():
         return np.full(combined.shape, (n_planes - 1) / 2.0)
     if fill == "nearest":
@@ -154,12 +177,16 @@ def geometric_transition(xy_mask_ref=None, xy_mask_mov_aligned=None, n_planes: i
     return float(np.median(combined[valid])) if valid.any() else middle
 
 
-def _combined_depth(map_a, map_b, n_planes: int, margin: float) -> np.ndarray:
+MASK_MODES = ("overlap", "union", "reference", "moving")
+
+
+def _combined_depth(map_a, map_b, n_planes: int, margin: float, union: bool = False) -> np.ndarray:
     """Average of two depth maps where both are valid, NaN elsewhere.
 
     A value within ``margin`` of either end of the volume is invalid, in
     each map and in the average. If no pixel has both, the single valid
-    values are used instead.
+    values are used instead; with ``union`` they are used wherever only one
+    map is valid.
     """
     a = _within_margin(map_a, n_planes, margin)
     require_ndim(a, 2, "coordinate mask")
@@ -171,6 +198,8 @@ def _combined_depth(map_a, map_b, n_planes: int, margin: float) -> np.ndarray:
     fa, fb = np.isfinite(a), np.isfinite(b)
     if not (fa & fb).any():
         return np.where(fa, a, b)
+    if union:
+        return _within_margin(np.where(fa & fb, 0.5 * (a + b), np.where(fa, a, b)), n_planes, margin)
     # one camera's own mean depth is biased to its near side: leave such pixels to the filling
     return _within_margin(np.where(fa & fb, 0.5 * (a + b), np.nan), n_planes, margin)
 

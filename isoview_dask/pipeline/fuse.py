@@ -210,7 +210,9 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
                                        progress=progress, label=f"{_label(ref, mov)}: depth maps")
         transition = transition_plane_map(depth_ref, depth_mov, n_planes,
                                           median_filter_range=fc.median_filter_range,
-                                          smoothing_sigma=fc.transition_smoothing_px)
+                                          smoothing_sigma=fc.transition_smoothing_px, rim_px=fc.mask_padding,
+                                          mask_mode=fc.mask_fusion_mode,
+                                          min_object_fraction=fc.mask_min_object_size)
         if fc.type == "geometric":
             transition = np.full(transition.shape, geometric_transition(depth_ref, depth_mov, n_planes))
     if not fc.intensity_correction:
