@@ -395,3 +395,17 @@ def template() -> str:
                 lines.append(f"# {f.name} = ...   (default: not set)")
         lines.append("")
     return "\n".join(lines)
+
+
+def matlab_table() -> str:
+    """Markdown table: MATLAB option -> flag -> meaning (for the README)."""
+    rows = ["| MATLAB | flag | meaning | default |", "|---|---|---|---|"]
+    defaults = ProcessingConfig().to_dict()
+    for flag, f, cls in all_flags():
+        matlab = f.metadata.get("matlab")
+        if not matlab:
+            continue
+        section = flag.split("_", 1)[0]
+        default = json.dumps(defaults[section][f.name]) if f.name in defaults[section] else "not set"
+        rows.append(f"| `{matlab}` | `{flag}` | {f.metadata['help']} | `{default}` |")
+    return "\n".join(rows)

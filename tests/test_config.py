@@ -77,3 +77,11 @@ def test_load_errors(tmp_path):
     bad.write_text("[correction]\nsegmnt = true\n")
     with pytest.raises(ConfigError, match="bad.toml: correction: unknown key 'segmnt'"):
         ProcessingConfig.load(bad)
+
+
+def test_readme_lists_every_matlab_option():
+    from pathlib import Path
+
+    from isoview_dask.config import matlab_table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert matlab_table() in readme, "README's MATLAB table is stale: paste matlab_table() output"
