@@ -1,80 +1,386 @@
-"""Where the graphs run: a local distributed cluster by default.
+"""Where the graphs run: a local distributed cluster, a batch system, or no cluster.
 
-:func:`start_client` starts (or connects to) a cluster, prints its dashboard
-link and returns a ``distributed.Client``; :func:`compute` runs dask
-collections with a progress bar (the distributed one when a client is
-active, dask's local one otherwise). Paths and algorithms stay elsewhere.
+One :class:`ClusterSpec` describes the choice for every command and for the
+Python API:
+
+- ``cluster="local"`` (default): a ``distributed.LocalCluster`` on this
+  machine (workers, threads per worker, memory limit per worker);
+- ``cluster="slurm" | "pbs" | "lsf" | "sge"``: workers started as batch jobs
+  by dask-jobqueue. Everything left unset comes from dask's configuration
+  (``jobqueue.<system>.*``, e.g. ``~/.config/dask/jobqueue.yaml``); a value
+  set in the spec overrides that one key, and extra directives, skipped
+  directives and prologue lines are *added* to the configured ones;
+- ``scheduler="tcp://host:port"``: connect to a cluster started elsewhere;
+- ``cluster="none"``: no cluster, dask's threaded scheduler in this process.
+
+:func:`start_client` starts (or connects to) the cluster, prints the
+dashboard link and returns a ``distributed.Client``; :func:`client_context`
+does the same as a context manager that also closes what it started, sets
+the task retry count and optionally writes a performance report (the
+dashboard's task stream, profile and worker plots as one HTML file).
+:func:`compute` runs dask collections with a progress bar on the active
+client (dask's local progress bar otherwise).
+
+Fault tolerance comes from ``distributed``: when a worker dies (its process
+killed, its batch job ended) the scheduler runs the tasks it was running
+elsewhere and recomputes results that were held only in its memory; a task
+that raises is retried ``retries`` times (default 2, dask config key
+``isoview-dask.retries``). Every output is written under a temporary name
+and renamed once complete (:mod:`isoview_dask.io.atomic`), so a repeated
+shard write is harmless and a run killed as a whole leaves nothing that
+looks finished; the stages skip complete outputs on a rerun.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
-from typing import Iterator, Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 import dask
 from dask.diagnostics import ProgressBar
 
+from .errors import IsoviewError
+
 log = logging.getLogger(__name__)
 
+#: dask-jobqueue cluster class per batch system.
+JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster"}
+#: Every value ``ClusterSpec.cluster`` accepts.
+CLUSTER_KINDS = ("local", "none", *JOBQUEUE_CLUSTERS)
+#: Task retries when neither the spec nor dask's config (``isoview-dask.retries``) sets them.
+DEFAULT_RETRIES = 2
+RETRIES_CONFIG_KEY = "isoview-dask.retries"
 
-def start_client(*, scheduler: str | None = None, n_workers: int | None = None, threads_per_worker: int | None = None,
-                 memory_limit: str | int | None = "auto", processes: bool = True, dashboard_address: str = ":0",
-                 quiet: bool = False):
-    """Start a local ``distributed`` cluster (or connect to ``scheduler``) and return a client.
+
+class ClusterError(IsoviewError, ValueError):
+    """Cluster options that do not fit together, or a batch cluster lacking a required setting."""
+
+
+@dataclass
+class ClusterSpec:
+    """How and where to run: see the module docstring.
+
+    Fields that are ``None`` are not set: the default of the local cluster,
+    or for a batch system the value in dask's ``jobqueue.<system>`` config.
+
+    Attributes
+    ----------
+    cluster : {'local', 'slurm', 'pbs', 'lsf', 'sge', 'none'}
+        Kind of cluster to start; ignored (must stay ``'local'``) with ``scheduler``.
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:port``): nothing is started.
+    n_workers, threads_per_worker, memory_limit, processes
+        Local cluster: worker count (default one per core when
+        ``processes``), threads per worker (default cores / workers), memory
+        limit per worker (``"4GiB"``, bytes or ``"auto"``), workers as
+        processes (default) or as threads of this process.
+    queue, account, cores, memory, job_processes, walltime
+        Batch jobs: queue/partition, account (project on LSF and SGE), cores
+        and memory per job, worker processes per job, wall time (``HH:MM:SS``).
+    job_extra_directives, job_directives_skip, job_script_prologue : list of str
+        Extra header directives (e.g. ``"--qos=short"``), directives to drop
+        from the generated header (lines containing the text, e.g. ``"--mem"``),
+        shell lines run before the worker starts. Added to the configured ones.
+    interface : str, optional
+        Network interface of workers and scheduler (``ib0``, ``eth0``).
+    scheduler_host : str, optional
+        Address the scheduler binds to (e.g. the login node's IP); takes
+        precedence over ``interface`` for the scheduler.
+    log_directory : str, optional
+        Where the batch system writes the jobs' output.
+    job_name : str, optional
+        Name of the worker jobs in the queue (dask-jobqueue's default ``dask-worker``).
+    jobs : int, optional
+        Number of jobs to submit (default 1 unless adaptive).
+    minimum_jobs, maximum_jobs : int, optional
+        Adaptive scaling between these job counts (either one enables it).
+    job_options : dict
+        Any other keyword argument of the dask-jobqueue cluster class.
+    dashboard_address : str, optional
+        Where the scheduler serves the dashboard (local default ``":0"``, a
+        free port; batch default from the config, dask-jobqueue's ``":8787"``).
+    retries : int, optional
+        Retries of a failing task (default :data:`DEFAULT_RETRIES`).
+    performance_report : str, optional
+        HTML file for ``distributed.performance_report`` over the whole run
+        (:func:`client_context` only).
+    """
+
+    cluster: str = "local"
+    scheduler: str | None = None
+    # local cluster
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str | int | None = "auto"
+    processes: bool = True
+    # batch jobs
+    queue: str | None = None
+    account: str | None = None
+    cores: int | None = None
+    memory: str | None = None
+    job_processes: int | None = None
+    walltime: str | None = None
+    job_extra_directives: list[str] = field(default_factory=list)
+    job_directives_skip: list[str] = field(default_factory=list)
+    job_script_prologue: list[str] = field(default_factory=list)
+    interface: str | None = None
+    scheduler_host: str | None = None
+    log_directory: str | None = None
+    job_name: str | None = None
+    jobs: int | None = None
+    minimum_jobs: int | None = None
+    maximum_jobs: int | None = None
+    job_options: dict[str, Any] = field(default_factory=dict)
+    # any cluster
+    dashboard_address: str | None = None
+    retries: int | None = None
+    performance_report: str | None = None
+
+    def __post_init__(self) -> None:
+        self.cluster = (self.cluster or "local").lower()
+        if self.cluster not in CLUSTER_KINDS:
+            raise ClusterError(f"unknown cluster {self.cluster!r}; choose one of {', '.join(CLUSTER_KINDS)}")
+        if self.scheduler and self.cluster != "local":
+            raise ClusterError(f"--scheduler connects to a running cluster; it cannot be combined with "
+                               f"--cluster {self.cluster}")
+        for name in ("n_workers", "threads_per_worker", "cores", "job_processes", "jobs", "minimum_jobs",
+                     "maximum_jobs", "retries"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < (0 if name in ("minimum_jobs", "retries")
+                                                                       else 1)):
+                raise ClusterError(f"{name}: {value!r} is not a valid count")
+        if self.adaptive:
+            if self.jobs is not None:
+                raise ClusterError("give either a fixed number of jobs or adaptive minimum/maximum jobs, not both")
+            if (self.minimum_jobs is not None and self.maximum_jobs is not None
+                    and self.minimum_jobs > self.maximum_jobs):
+                raise ClusterError(f"adaptive minimum {self.minimum_jobs} jobs is above the maximum "
+                                   f"{self.maximum_jobs}")
+        if self.performance_report and self.cluster == "none":
+            raise ClusterError("a performance report needs a distributed cluster, not --no-cluster / 'none'")
+        for name in ("job_extra_directives", "job_directives_skip", "job_script_prologue"):
+            value = getattr(self, name)
+            setattr(self, name, [value] if isinstance(value, str) else list(value or []))
+
+    @property
+    def adaptive(self) -> bool:
+        return self.minimum_jobs is not None or self.maximum_jobs is not None
+
+    @property
+    def batch(self) -> bool:
+        """Workers are batch jobs (dask-jobqueue)."""
+        return self.cluster in JOBQUEUE_CLUSTERS and not self.scheduler
+
+    def replace(self, **changes) -> "ClusterSpec":
+        return dataclasses.replace(self, **changes)
+
+
+def _spec(spec: ClusterSpec | None, kwargs: dict) -> ClusterSpec:
+    if spec is None:
+        return ClusterSpec(**kwargs)
+    if not isinstance(spec, ClusterSpec):
+        raise TypeError(f"expected a ClusterSpec, got {type(spec).__name__}")
+    return spec.replace(**kwargs) if kwargs else spec
+
+
+# --------------------------------------------------------------------------
+# Batch systems (dask-jobqueue)
+# --------------------------------------------------------------------------
+
+
+def _configured(kind: str, key: str, default: Any = None) -> Any:
+    return dask.config.get(f"jobqueue.{kind}.{key}", default)
+
+
+def jobqueue_options(spec: ClusterSpec) -> dict[str, Any]:
+    """Keyword arguments for the dask-jobqueue cluster class: only what ``spec`` sets.
+
+    Everything else is left to dask-jobqueue, which reads dask's
+    ``jobqueue.<system>`` configuration. List options are appended to the
+    configured lists; scheduler options are merged into the configured ones.
+
+    Raises
+    ------
+    ClusterError
+        Cores or memory per job are set neither in ``spec`` nor in the config.
+    """
+    kind = spec.cluster
+    if kind not in JOBQUEUE_CLUSTERS:
+        raise ClusterError(f"{kind!r} is not a batch system ({', '.join(JOBQUEUE_CLUSTERS)})")
+    for name, flag in (("cores", "--cores"), ("memory", "--memory")):
+        if getattr(spec, name) is None and _configured(kind, name) is None:
+            raise ClusterError(f"{kind}: set the {name} per job ({flag}, or jobqueue.{kind}.{name} in "
+                               f"~/.config/dask/jobqueue.yaml)")
+    options: dict[str, Any] = {}
+    simple = {"queue": "queue", "cores": "cores", "memory": "memory", "job_processes": "processes",
+              "walltime": "walltime", "interface": "interface", "log_directory": "log_directory",
+              "job_name": "job_name",
+              "account": "account" if kind in ("slurm", "pbs") else "project"}
+    for attr, keyword in simple.items():
+        value = getattr(spec, attr)
+        if value is not None:
+            options[keyword] = value
+    for attr, key, fallback in (("job_extra_directives", "job-extra-directives", "job-extra"),
+                                ("job_directives_skip", "job-directives-skip", "header-skip"),
+                                ("job_script_prologue", "job-script-prologue", "env-extra")):
+        extra = getattr(spec, attr)
+        if extra:
+            base = _configured(kind, key) or _configured(kind, fallback) or []
+            base = list(base) if isinstance(base, (list, tuple)) else []
+            options[attr] = base + [v for v in extra if v not in base]
+    scheduler_options = dict(_configured(kind, "scheduler-options") or {})
+    changed = False
+    if spec.scheduler_host:
+        scheduler_options["host"] = spec.scheduler_host
+        scheduler_options.pop("interface", None)
+        changed = True
+    if spec.dashboard_address is not None:
+        scheduler_options["dashboard_address"] = spec.dashboard_address
+        changed = True
+    if changed:
+        options["scheduler_options"] = scheduler_options
+    options.update(spec.job_options)
+    return options
+
+
+def make_jobqueue_cluster(spec: ClusterSpec):
+    """The dask-jobqueue cluster for ``spec`` (scheduler started, no job submitted yet)."""
+    import dask_jobqueue
+
+    cls = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[spec.cluster])
+    options = jobqueue_options(spec)
+    log.debug("%s(%s)", cls.__name__, options)
+    try:
+        return cls(**options)
+    except ValueError as exc:  # dask-jobqueue's own checks of the options
+        raise ClusterError(f"{spec.cluster}: {exc}") from exc
+
+
+def _scale(cluster, spec: ClusterSpec) -> str:
+    """Submit the jobs (fixed or adaptive); return a one-line description."""
+    kind = spec.cluster
+
+    def setting(attr, key):
+        value = getattr(spec, attr)
+        return value if value is not None else _configured(kind, key)
+
+    processes = setting("job_processes", "processes")
+    size = (f"{setting('cores', 'cores')} cores, {setting('memory', 'memory')}"
+            + (f", {processes} worker processes" if processes else ""))
+    if spec.adaptive:
+        low = spec.minimum_jobs or 0
+        high = spec.maximum_jobs if spec.maximum_jobs is not None else max(1, low)
+        cluster.adapt(minimum_jobs=low, maximum_jobs=high)
+        return f"{kind}: adaptive, {low} to {high} jobs of {size}"
+    jobs = spec.jobs or 1
+    cluster.scale(jobs=jobs)
+    return f"{kind}: {jobs} job(s) of {size} submitted"
+
+
+# --------------------------------------------------------------------------
+# Clients
+# --------------------------------------------------------------------------
+
+
+def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwargs):
+    """Start the cluster ``spec`` describes (or connect to its scheduler); return a client.
 
     Parameters
     ----------
-    scheduler : str, optional
-        Address of an existing scheduler (``tcp://host:port``); when given no
-        cluster is started.
-    n_workers, threads_per_worker : int, optional
-        Local cluster size; default one worker per core with one thread each
-        when ``processes`` (compression and decoding release the GIL, but
-        numpy-heavy steps scale better across processes).
-    memory_limit : str or int
-        Per-worker memory limit (``"4GiB"``, bytes, or ``"auto"``).
-    processes : bool
-        Workers as processes (default) or threads in this process.
-    dashboard_address : str
-        Where to serve the dashboard; ``":0"`` picks a free port.
+    spec : ClusterSpec, optional
+        What to start; ``kwargs`` are its fields and override it, so the
+        keyword form ``start_client(n_workers=2, threads_per_worker=1)`` works
+        as well.
     quiet : bool
         Log the dashboard link instead of printing it.
+
+    Returns
+    -------
+    distributed.Client or None
+        None for ``cluster="none"`` (dask's threaded scheduler is used).
+        The client owns a cluster it started (``client.cluster``); close it
+        with :func:`close_client` (or use :func:`client_context`).
     """
+    spec = _spec(spec, kwargs)
+    if spec.cluster == "none":
+        return None
     from distributed import Client, LocalCluster
 
-    if scheduler:
-        client = Client(scheduler)
+    detail = ""
+    if spec.scheduler:
+        client = Client(spec.scheduler)  # client.cluster is None: nothing of ours to close
+    elif spec.batch:
+        cluster = make_jobqueue_cluster(spec)
+        try:
+            detail = _scale(cluster, spec)
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+        log.debug("job script:\n%s", cluster.job_script())
     else:
         cores = os.cpu_count() or 1
+        n_workers = spec.n_workers
         if n_workers is None:
-            n_workers = cores if processes else 1
-        if threads_per_worker is None:
-            threads_per_worker = max(1, cores // n_workers)
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                               memory_limit=memory_limit, processes=processes,
-                               dashboard_address=dashboard_address)
+            n_workers = cores if spec.processes else 1
+        threads = spec.threads_per_worker or max(1, cores // n_workers)
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=spec.memory_limit,
+                               processes=spec.processes,
+                               dashboard_address=":0" if spec.dashboard_address is None else spec.dashboard_address)
         client = Client(cluster)
-    message = f"Dask dashboard: {client.dashboard_link}"
-    log.info(message)
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
+        detail = f"local: {n_workers} worker(s) x {threads} thread(s)"
+    lines = [f"Dask dashboard: {client.dashboard_link}"] + ([f"Dask cluster: {detail}"] if detail else [])
+    for line in lines:
+        log.info(line)
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
     return client
 
 
+def close_client(client) -> None:
+    """Close a client from :func:`start_client` and the cluster it started (cancelling batch jobs)."""
+    if client is None:
+        return
+    cluster = getattr(client, "cluster", None)  # None for a client of an existing scheduler
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 @contextlib.contextmanager
-def client_context(**kwargs) -> Iterator:
-    """:func:`start_client` as a context manager that closes the client (and its cluster)."""
-    client = start_client(**kwargs)
+def client_context(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwargs) -> Iterator:
+    """:func:`start_client` as a context manager.
+
+    Inside, :func:`compute` uses the client, with ``spec.retries`` retries
+    per task; ``spec.performance_report`` (a path) receives the HTML
+    performance report of everything computed inside. On exit the client is
+    closed, and the cluster too when this call started it (batch jobs are
+    cancelled). Yields None for ``cluster="none"``.
+    """
+    spec = _spec(spec, kwargs)
+    client = start_client(spec, quiet=quiet)
     try:
-        yield client
+        with contextlib.ExitStack() as stack:
+            if spec.retries is not None:
+                stack.enter_context(dask.config.set({RETRIES_CONFIG_KEY: spec.retries}))
+            if spec.performance_report:
+                from distributed import performance_report
+                os.makedirs(os.path.dirname(os.path.abspath(spec.performance_report)), exist_ok=True)
+                stack.enter_context(performance_report(filename=str(spec.performance_report)))
+            yield client
+        if spec.performance_report:
+            message = f"performance report: {spec.performance_report}"
+            log.info(message)
+            if not quiet:
+                print(message, file=sys.stderr, flush=True)
     finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None and not kwargs.get("scheduler"):
-            cluster.close()
+        close_client(client)
 
 
 def current_client():
@@ -86,8 +392,16 @@ def current_client():
         return None
 
 
-def compute(*collections, progress: bool = True, label: str | None = None) -> Sequence:
+def compute(*collections, progress: bool = True, label: str | None = None,
+            retries: int | None = None) -> Sequence:
     """Compute dask collections, with a progress bar, on the active client if any.
+
+    Parameters
+    ----------
+    retries : int, optional
+        Retries of a task that raises, on a distributed client (default: dask
+        config ``isoview-dask.retries``, else :data:`DEFAULT_RETRIES`). Tasks
+        lost with a dead worker are rerun by the scheduler regardless.
 
     Returns the computed results in the order given.
     """
@@ -95,14 +409,20 @@ def compute(*collections, progress: bool = True, label: str | None = None) -> Se
         log.info("computing %s", label)
     client = current_client()
     if client is not None:
-        futures = client.compute(list(collections))
+        if retries is None:
+            retries = int(dask.config.get(RETRIES_CONFIG_KEY, DEFAULT_RETRIES))
+        start = time.perf_counter()
+        futures = client.compute(list(collections), retries=retries)
         if progress:
             from distributed import progress as distributed_progress
             if label:
                 print(label, file=sys.stderr, flush=True)
             distributed_progress(futures)
             print(file=sys.stderr, flush=True)
-        return client.gather(futures)
+        results = client.gather(futures)
+        if progress:
+            print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        return results
     context = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()
     with context:
         return dask.compute(*collections)

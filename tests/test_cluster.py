@@ -1,0 +1,389 @@
+"""Cluster execution: options, fault tolerance, resume, --scheduler, performance report, SLURM.
+
+Every run is compared with an undisturbed reference run on dask's threaded
+scheduler: same files, byte-identical volumes, masks and projections, same
+statistics records apart from timings and the output folder.
+
+The SLURM test needs a running SLURM (``.ci/slurm.sh`` starts a one-node
+cluster as root). Without one it skips, unless ``ISOVIEW_SLURM=1`` (set by
+``.ci/run`` after a successful setup), where a missing SLURM fails the test.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from isoview_dask import cluster as cluster_module
+from isoview_dask.cli import _cluster, _config_from_args, build_parser, main
+from isoview_dask.cluster import ClusterError, ClusterSpec, client_context, jobqueue_options, make_jobqueue_cluster
+from isoview_dask.io import open_volume
+from isoview_dask.pipeline import convert_dataset, correct_dataset, output_path
+from isoview_dask.synthetic import generate_dataset
+
+SHAPE = (32, 128, 128)
+CAMERAS = [0, 1]
+CORRECT_FLAGS = dict(input_cameras=CAMERAS, output_chunks=(8, 32, 32), output_shards=(16, 64, 64))
+CORRECT_ARGS = ["--cameras", "0,1", "--output-chunks", "8,32,32", "--output-shards", "16,64,64"]
+CONVERT_KW = dict(cameras=CAMERAS, chunks=(8, 32, 32), shards=(16, 64, 64))
+CONVERT_ARGS = ["--cameras", "0,1", "--chunks", "8,32,32", "--shards", "16,64,64"]
+VOLATILE = {"timings", "mb_per_s"}  # differ between runs by nature
+
+
+# --------------------------------------------------------------------------
+# Data, reference runs and comparison
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster-synth") / "data"
+    return generate_dataset(root, preset="tiny", shape=SHAPE, seed=11).raw_dir
+
+
+@pytest.fixture(scope="module")
+def reference_corrected(raw_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref-corrected")
+    summary = correct_dataset(raw_dir, out, progress=False, **CORRECT_FLAGS)
+    assert len(summary.written) == 2 and not summary.failed
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_converted(raw_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref-converted")
+    summary = convert_dataset(raw_dir, out, progress=False, **CONVERT_KW)
+    assert len(summary.written) == 2 and not summary.failed
+    return out
+
+
+def _normalized(value, root: Path):
+    """A record with run-dependent entries removed and the output folder replaced by a marker."""
+    if isinstance(value, dict):
+        return {k: _normalized(v, root) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_normalized(v, root) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(root), "<out>")
+    return value
+
+
+def assert_same_outputs(got: Path, want: Path) -> None:
+    """Same file tree; arrays decode equal; every non-JSON file byte-identical; JSON equal but timings."""
+    files = sorted(p.relative_to(got) for p in got.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(want) for p in want.rglob("*") if p.is_file())
+    assert not [p for p in got.rglob("*") if ".partial-" in p.name or ".replaced-" in p.name]
+    for rel in files:
+        a, b = got / rel, want / rel
+        if rel.suffix == ".json":
+            assert _normalized(json.loads(a.read_text()), got) == _normalized(json.loads(b.read_text()), want), rel
+        else:
+            assert a.read_bytes() == b.read_bytes(), f"{rel} differs"
+    volumes = sorted(p.relative_to(got) for p in got.rglob("*.zarr"))
+    assert volumes
+    for rel in volumes:
+        np.testing.assert_array_equal(open_volume(got / rel).compute(), open_volume(want / rel).compute())
+
+
+# --------------------------------------------------------------------------
+# Options: ClusterSpec, dask-jobqueue keywords, command line
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cluster="kubernetes"), "unknown cluster 'kubernetes'"),
+    (dict(cluster="slurm", scheduler="tcp://127.0.0.1:8786"), "cannot be combined with --cluster slurm"),
+    (dict(cluster="slurm", jobs=2, maximum_jobs=4), "not both"),
+    (dict(cluster="pbs", minimum_jobs=5, maximum_jobs=2), "above the maximum"),
+    (dict(cluster="none", performance_report="r.html"), "needs a distributed cluster"),
+    (dict(n_workers=0), "not a valid count"),
+])
+def test_spec_rejects_contradictions(kwargs, message):
+    with pytest.raises(ClusterError, match=message):
+        ClusterSpec(**kwargs)
+
+
+def test_jobqueue_options_override_only_what_is_given():
+    config = {"jobqueue.slurm.cores": 8, "jobqueue.slurm.memory": "32GiB", "jobqueue.slurm.queue": "long",
+              "jobqueue.slurm.job-extra-directives": ["--qos=normal"],
+              "jobqueue.slurm.scheduler-options": {"port": 0, "interface": "ib0"}}
+    import dask
+    with dask.config.set(config):
+        assert jobqueue_options(ClusterSpec(cluster="slurm")) == {}  # all from the config
+        options = jobqueue_options(ClusterSpec(cluster="slurm", walltime="00:10:00", account="lab",
+                                               job_extra_directives=["--exclusive"], scheduler_host="10.0.0.1"))
+        assert options == {"walltime": "00:10:00", "account": "lab",
+                           "job_extra_directives": ["--qos=normal", "--exclusive"],
+                           "scheduler_options": {"port": 0, "host": "10.0.0.1"}}
+    assert jobqueue_options(ClusterSpec(cluster="lsf", cores=2, memory="4GiB", account="p1"))["project"] == "p1"
+    with dask.config.set({"jobqueue.pbs.cores": None, "jobqueue.pbs.memory": None}):
+        with pytest.raises(ClusterError, match=r"--memory, or jobqueue.pbs.memory"):
+            jobqueue_options(ClusterSpec(cluster="pbs", cores=4))
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("slurm", ["#SBATCH -p short", "#SBATCH -A lab", "#SBATCH -t 00:20:00", "#SBATCH --qos=fast",
+               "--nthreads 2", "--memory-limit 3.00GiB"]),
+    ("pbs", ["#PBS -q short", "#PBS -A lab", "#PBS -l walltime=00:20:00", "#PBS --qos=fast"]),
+    ("lsf", ["#BSUB -q short", "#BSUB -P \"lab\"", "#BSUB -W 00:20", "#BSUB --qos=fast"]),
+    ("sge", ["#$ -q short", "#$ -P lab", "#$ -l h_rt=00:20:00", "#$ --qos=fast"]),
+])
+def test_job_scripts_of_every_batch_system(kind, expected):
+    spec = ClusterSpec(cluster=kind, queue="short", account="lab", cores=2, memory="3GiB", job_processes=1,
+                       walltime="00:20:00",
+                       job_extra_directives=["--qos=fast"], job_directives_skip=["--mem", "mem="],
+                       scheduler_host="127.0.0.1", dashboard_address=":0")
+    if kind == "lsf":
+        spec.walltime = "00:20"
+    cluster = make_jobqueue_cluster(spec)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in expected:
+        assert line in script, f"{line!r} not in\n{script}"
+    assert "tcp://127.0.0.1:" in script
+
+
+def test_cli_options_build_the_spec(monkeypatch, tmp_path, capsys):
+    seen = []
+    monkeypatch.setattr(cluster_module, "client_context", lambda spec: seen.append(spec) or _nothing())
+    args = build_parser().parse_args([
+        "convert", "in", "--out", "o", "--cluster", "slurm", "--queue", "q", "--account", "a", "--cores", "4",
+        "--memory", "16GiB", "--processes", "2", "--walltime", "01:00:00", "--adapt-min", "0", "--adapt-max", "8",
+        "--job-extra=--qos=short", "--job-extra=--exclusive", "--job-skip=--mem", "--interface", "ib0",
+        "--scheduler-host", "10.1.2.3", "--job-log-dir", "logs", "--retries", "5",
+        "--performance-report", "r.html"])
+    with _cluster(args):
+        pass
+    assert seen == [ClusterSpec(cluster="slurm", queue="q", account="a", cores=4, memory="16GiB", job_processes=2,
+                                walltime="01:00:00", minimum_jobs=0, maximum_jobs=8,
+                                job_extra_directives=["--qos=short", "--exclusive"], job_directives_skip=["--mem"],
+                                interface="ib0", scheduler_host="10.1.2.3", log_directory="logs", retries=5,
+                                performance_report="r.html")]
+    seen.clear()
+    with _cluster(build_parser().parse_args(["convert", "in", "--out", "o", "--workers", "3", "--threads", "1"])):
+        pass
+    assert seen == [ClusterSpec(n_workers=3, threads_per_worker=1)]
+    monkeypatch.undo()
+    # contradictions are one-line errors with exit status 2, before any work
+    assert main(["convert", str(tmp_path), "--out", str(tmp_path / "o"), "--cluster", "slurm", "--scheduler",
+                 "tcp://127.0.0.1:1"]) == 2
+    assert "cannot be combined with --cluster slurm" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path), "--out", str(tmp_path / "o"), "--no-cluster", "--performance-report",
+                 "x.html"]) == 2
+    assert "needs a distributed cluster" in capsys.readouterr().err
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------
+# Fault tolerance: a worker process killed in the middle of the run
+# --------------------------------------------------------------------------
+
+
+class KillWorkerOnce(SchedulerPlugin):
+    """Kill (SIGKILL) the worker that just finished the first zarr shard write, once."""
+
+    name = "kill-worker-once"
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self.killed = None
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if self.killed is not None or finish != "memory" or "store" not in str(key):
+            return
+        worker = kwargs.get("worker")
+        if worker is None:
+            task = self.scheduler.tasks.get(key)
+            worker = next(iter(task.who_has)).address if task is not None and task.who_has else None
+        if worker in self.pids:
+            os.kill(self.pids[worker], signal.SIGKILL)
+            self.killed = (worker, self.pids[worker], str(key))
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once ``pid`` no longer exists (its parent, the nanny, has reaped it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killed_worker_does_not_fail_the_run(raw_dir, reference_corrected, tmp_path):
+    out = tmp_path / "out"
+    with client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True) as client:
+        pids = client.run(os.getpid)
+        assert len(set(pids.values())) == 2
+        client.register_plugin(KillWorkerOnce(pids))
+        summary = correct_dataset(raw_dir, out, progress=False, **CORRECT_FLAGS)
+        killed = client.cluster.scheduler.plugins[KillWorkerOnce.name].killed
+        assert killed is not None, "the plugin never killed a worker"
+        worker, pid, key = killed
+        assert _gone(pid), f"worker process {pid} still exists"
+        client.wait_for_workers(2, timeout=60)  # the nanny started a new worker process
+        assert pid not in client.run(os.getpid).values()
+    assert len(summary.written) == 2 and not summary.failed, summary.report()
+    assert_same_outputs(out, reference_corrected)
+
+
+# --------------------------------------------------------------------------
+# Resume after a killed run
+# --------------------------------------------------------------------------
+
+
+def test_rerun_cleans_torn_partial_outputs(raw_dir, reference_corrected, tmp_path):
+    out = tmp_path / "out"
+    assert len(correct_dataset(raw_dir, out, progress=False, **CORRECT_FLAGS).written) == 2
+    # Simulate a run killed while writing camera 1: no record, no final volume,
+    # half-written temporaries left behind.
+    record = output_path(out, 0, 0, 1, 0, "correction", "json")
+    volume = output_path(out, 0, 0, 1, 0)
+    record.unlink()
+    shutil.rmtree(volume)
+    torn = volume.with_name(f".{volume.name}.partial-0123456789ab")
+    (torn / "0" / "c").mkdir(parents=True)
+    (torn / "0" / "c" / "0").write_bytes(b"torn shard")
+    torn_tif = output_path(out, 0, 0, 1, 0, "xyProjection", "tif")
+    torn_tif = torn_tif.with_name(f".{torn_tif.name}.partial-fedcba987654")
+    torn_tif.write_bytes(b"II*\x00 torn")
+    rerun = correct_dataset(raw_dir, out, progress=False, **CORRECT_FLAGS)
+    assert len(rerun.skipped) == 1 and rerun.written == [str(record)]
+    assert not torn.exists() and not torn_tif.exists()
+    assert_same_outputs(out, reference_corrected)
+
+
+# --------------------------------------------------------------------------
+# An existing scheduler (--scheduler) and the performance report
+# --------------------------------------------------------------------------
+
+
+def test_cli_on_an_existing_scheduler(raw_dir, reference_corrected, reference_converted, tmp_path, capsys):
+    from distributed import Client, LocalCluster
+
+    report = tmp_path / "reports" / "correct.html"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as external:
+        address = external.scheduler_address
+        assert main(["convert", str(raw_dir), "--out", str(tmp_path / "converted"), *CONVERT_ARGS,
+                     "--scheduler", address]) == 0
+        assert main(["correct", str(raw_dir), "--out", str(tmp_path / "corrected"), *CORRECT_ARGS,
+                     "--scheduler", address, "--performance-report", str(report)]) == 0
+        captured = capsys.readouterr()
+        with Client(address) as client:  # the CLI left the external cluster running
+            assert len(client.scheduler_info()["workers"]) == 1
+            # the CLI's tasks ran on it
+            assert any("store" in k for k in client.run_on_scheduler(
+                lambda dask_scheduler: [str(t) for t in dask_scheduler.task_prefixes]))
+    assert "Dask dashboard: http" in captured.err and f"performance report: {report}" in captured.err
+    assert "2 written, 0 skipped, 0 failed" in captured.out
+    assert_same_outputs(tmp_path / "converted", reference_converted)
+    assert_same_outputs(tmp_path / "corrected", reference_corrected)
+    html = report.read_text()
+    assert report.stat().st_size > 10_000 and "Task Stream" in html
+
+
+# --------------------------------------------------------------------------
+# A real SLURM cluster
+# --------------------------------------------------------------------------
+
+
+def _slurm_problem() -> str | None:
+    """Why SLURM cannot run jobs here, or None when a node is idle."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "the SLURM client commands (sinfo, sbatch) are not installed"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    if states.returncode != 0:
+        return f"sinfo failed: {states.stderr.strip() or states.stdout.strip()}"
+    if not any(s.startswith(("idle", "mix")) for s in states.stdout.split()):
+        return f"no idle SLURM node (states: {states.stdout.split()})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    problem = _slurm_problem()
+    if problem:
+        if os.environ.get("ISOVIEW_SLURM") == "1":
+            pytest.fail(f"ISOVIEW_SLURM=1 but SLURM is unusable: {problem}")
+        pytest.skip(f"SLURM not available: {problem}; start a one-node cluster with `sudo .ci/slurm.sh`")
+
+
+class JobWatcher(threading.Thread):
+    """Record the SLURM jobs squeue shows running while a block executes."""
+
+    def __init__(self, name: str):
+        super().__init__(daemon=True)
+        self.name_filter, self.running, self._done = name, set(), threading.Event()
+
+    def run(self):
+        while not self._done.wait(0.2):
+            listing = subprocess.run(["squeue", "-h", "-n", self.name_filter, "-o", "%i %T"], capture_output=True,
+                                     text=True).stdout
+            self.running |= {line.split()[0] for line in listing.splitlines() if line.endswith(" RUNNING")}
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self.join()
+
+
+def _slurm_args(tmp_path, name, jobs):
+    return ["--cluster", "slurm", "--cores", "1", "--memory", "1GiB", "--walltime", "00:05:00",
+            "--jobs", str(jobs), "--scheduler-host", "127.0.0.1", "--job-skip=--mem", "--dashboard-address", ":0",
+            "--job-name", name, "--job-log-dir", str(tmp_path / "slurm-logs")]
+
+
+def test_pipeline_on_slurm(slurm, raw_dir, reference_corrected, reference_converted, tmp_path, capsys):
+    name = f"isoview-test-{os.getpid()}"
+    # 1. the command line as a user runs it: two jobs; squeue must show them running
+    with JobWatcher(name) as watcher:
+        assert main(["convert", str(raw_dir), "--out", str(tmp_path / "converted"), *CONVERT_ARGS,
+                     *_slurm_args(tmp_path, name, jobs=2)]) == 0
+    assert "Dask cluster: slurm: 2 job(s)" in capsys.readouterr().err
+    assert watcher.running, "squeue never listed a running worker job"
+    logs = {p.name for p in (tmp_path / "slurm-logs").iterdir()}
+    assert {f"{name}-{job}.err" for job in watcher.running} <= logs
+    assert_same_outputs(tmp_path / "converted", reference_converted)
+    # 2. the same options through the CLI's cluster factory: workers really live in SLURM jobs
+    args = build_parser().parse_args(["correct", str(raw_dir), "--out", str(tmp_path / "corrected"), *CORRECT_ARGS,
+                                      *_slurm_args(tmp_path, name, jobs=1)])
+    with _cluster(args) as client:
+        client.wait_for_workers(1, timeout=120)
+        job_ids = set(client.run(lambda: os.environ.get("SLURM_JOB_ID")).values())
+        assert None not in job_ids and job_ids.isdisjoint(watcher.running)
+        summary = correct_dataset(args.input, args.out, _config_from_args(args), progress=False)
+    assert len(summary.written) == 2 and not summary.failed
+    assert_same_outputs(tmp_path / "corrected", reference_corrected)
+    # closing the cluster cancelled the jobs
+    deadline = time.monotonic() + 30
+    while subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "worker jobs still queued after the cluster closed"
+        time.sleep(0.5)
