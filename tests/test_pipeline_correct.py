@@ -160,3 +160,15 @@ def test_bad_inputs_are_reported_and_others_complete(synth, tmp_path):
     assert "every voxel is zero" in failures
     with pytest.raises(IsoviewError, match="no camera 7"):
         correct_dataset(raw, tmp_path / "out2", progress=False, input_cameras=[7])
+
+
+def test_records_survive_a_copied_output_tree(synth, corrected, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(corrected, copy)
+    record = json.loads(_path(copy, 0, "correction", "json").read_text())
+    assert all(not p.startswith("/") for p in record["outputs"])
+    _path(copy, 0, "xyMask", "tif").unlink()  # missing in the copy, present in the original
+    summary = correct_dataset(synth.raw_dir, copy, progress=False, output_chunks=(8, 32, 32),
+                              output_shards=(16, 64, 64))
+    assert len(summary.written) == 1 and len(summary.skipped) == 3

@@ -184,6 +184,18 @@ def fingerprint(inputs: list[dict], parameters: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def relative_outputs(record_path: Path, outputs) -> list[str]:
+    """Output paths as stored in a record: relative to the record's folder, so a copied or
+    moved output tree stays self-consistent."""
+    import os
+    return [os.path.relpath(Path(p), Path(record_path).parent) for p in outputs]
+
+
+def record_outputs(record_path: Path, record: dict) -> list[Path]:
+    """A record's outputs as paths (relative entries resolved against the record's folder)."""
+    return [Path(record_path).parent / p for p in record.get("outputs", [])]
+
+
 def completed(record_path: Path, expected_fingerprint: str) -> bool:
     """True when a completion record exists, matches the fingerprint and all its outputs exist."""
     if not record_path.is_file():
@@ -194,4 +206,4 @@ def completed(record_path: Path, expected_fingerprint: str) -> bool:
         return False
     if record.get("fingerprint") != expected_fingerprint:
         return False
-    return all(Path(p).exists() for p in record.get("outputs", []))
+    return all(p.exists() for p in record_outputs(record_path, record))

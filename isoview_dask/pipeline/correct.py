@@ -33,7 +33,8 @@ from ..errors import IsoviewError
 from ..io import write_volume
 from ..io.tiff import write_tiff
 from ..io.zarr import CodecSpec, prepare_zarr
-from .common import StageSummary, completed, file_fingerprint, fingerprint, output_path, write_json
+from .common import (StageSummary, completed, file_fingerprint, fingerprint, output_path, relative_outputs,
+                     write_json)
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     record["timings"] = timings
     record["input_bytes"] = view.nbytes
     record["mb_per_s"] = view.nbytes / 1e6 / timings["total_s"]
-    record["outputs"] = [str(p) for p in outputs]
+    record["outputs"] = relative_outputs(name("correction", "json"), outputs)
     record["fingerprint"] = _fingerprint(view, config)
     write_json(name("correction", "json"), record)
     return record

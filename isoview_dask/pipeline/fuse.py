@@ -30,7 +30,8 @@ from ..fuse import (apply_inplane_transform, blend, blending_weights, geometric_
                     register_pair, transition_plane_map, view_transform)
 from ..io import open_volume
 from ..io.zarr import CodecSpec, prepare_zarr
-from .common import StageSummary, completed, fingerprint, output_path, write_json
+from .common import (StageSummary, completed, fingerprint, output_path, record_outputs, relative_outputs,
+                     write_json)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def find_corrected(root: str | Path) -> dict[tuple[int, int, int, int], Correcte
         except (OSError, json.JSONDecodeError):
             log.warning("unreadable record %s; ignoring it", record_path)
             continue
-        if not all(Path(p).exists() for p in record.get("outputs", [])):
+        if not all(p.exists() for p in record_outputs(record_path, record)):
             log.warning("incomplete corrected outputs for %s; ignoring them", record_path)
             continue
         key = tuple(int(g) for g in m.groups())
@@ -312,7 +313,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         from .diagnostics import fusion_figures
         outputs += fusion_figures(target.with_suffix(""), images, transition, n_planes, blending_range,
                                   fc.blending_profile, params)
-    params["outputs"] = [str(p) for p in outputs]
+    params["outputs"] = relative_outputs(target.with_suffix(".json"), outputs)
     params["fingerprint"] = _fingerprint(ref, mov, config, fixed)
     write_json(target.with_suffix(".json"), params)
     return params
