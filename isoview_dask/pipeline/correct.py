@@ -31,6 +31,7 @@ from ..correct.orient import orient
 from ..dataset import CameraView, Dataset, open_dataset
 from ..errors import IsoviewError
 from ..io import write_volume
+from ..io.chunking import fit_chunks, write_chunks
 from ..io.tiff import write_tiff
 from ..io.zarr import CodecSpec, prepare_zarr
 from .common import (StageSummary, completed, file_fingerprint, fingerprint, output_path, relative_outputs,
@@ -120,6 +121,12 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
         return output_path(out, view.specimen, view.timepoint, view.camera, view.channel, kind, fmt)
 
     raw = orient(view.open(), opts.rotation, opts.flip_h, opts.flip_v, opts.crop)
+    if oc.format == "zarr":
+        # Work in the output's shard-aligned chunks from the start: every step is then
+        # blockwise (only thin halos move between workers) and no rechunk precedes the write.
+        inner, shards = fit_chunks(raw.shape, oc.chunks, oc.shards or ())
+        raw = raw.rechunk(write_chunks(inner, shards)) if opts.crop or opts.rotation else \
+            orient(view.open(chunks=write_chunks(inner, shards)), 0, opts.flip_h, opts.flip_v, None)
     voxel = view.voxel_size_um
     record: dict = {"view": view.to_dict(), "shape_zyx": list(raw.shape), "voxel_size_um_zyx": voxel,
                     "output_format": oc.format, "segmented": cc.segment}
