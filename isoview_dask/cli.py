@@ -1,8 +1,10 @@
 """The ``isoview-dask`` command.
 
 Subcommands: ``info`` (what is in a recording), ``synth`` (a synthetic
-recording with ground truth), ``convert`` (raw -> sharded zarr/KLB/TIFF) and
-``demo`` (all of it on a generated dataset, on a local cluster). Errors the
+recording with ground truth), ``convert`` (raw -> sharded zarr/KLB/TIFF),
+``timelapse`` / ``run --two-pass`` (fusion with time-smoothed parameters),
+``params`` (the parameter table) and ``demo`` (all of it on a generated
+dataset, on a local cluster). Errors the
 user can fix (bad paths, bad files, existing outputs) are printed as one
 line and exit with status 2.
 """
@@ -215,10 +217,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="raw recording folder")
     p.add_argument("--out", required=True, help="output root")
     p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    p.add_argument("--two-pass", action="store_true",
+                   help="time-lapse fusion: estimate every timepoint, smooth over time, then fuse (as 'timelapse')")
     _add_fusion_shortcuts(p)
     _add_selection(p)
     _add_cluster_options(p)
     _add_config_flags(p)
+
+    # -- time-lapse: two-pass fusion and the parameter table (isoview_dask.pipeline.timelapse) --
+    p = sub.add_parser("timelapse", help="correct, then fuse in two passes with time-smoothed parameters",
+                       description="Correction; pass 1 estimates registration, intensity and transition planes "
+                                   "for every timepoint; pass 2 smooths them over time (rloess or static, "
+                                   "--fusion-* options), writes lookup tables and plots to OUT/SPM##/ and fuses "
+                                   "every timepoint with the smoothed values. Every step resumes.")
+    p.add_argument("input", help="raw recording folder")
+    p.add_argument("--out", required=True, help="output root")
+    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    _add_fusion_shortcuts(p)
+    _add_selection(p)
+    _add_cluster_options(p)
+    _add_config_flags(p)
+
+    p = sub.add_parser("params", help="print every estimated and used parameter as one table",
+                       description="One row per timepoint, camera pair and channel: registration, intensity, "
+                                   "transition planes (estimated and used), outlier flags and both cameras' "
+                                   "correction statistics.")
+    p.add_argument("out", help="output root of the pipeline")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="comma-separated values")
+    fmt.add_argument("--json", action="store_true", help="one JSON object per line")
+    # -- end of time-lapse commands --
 
     p = sub.add_parser("init", help="write a commented configuration template",
                        description="Write every option with its default and help text as TOML.")
@@ -310,6 +338,8 @@ def cmd_fuse(args) -> int:
 
 
 def cmd_run(args) -> int:
+    if getattr(args, "two_pass", False):
+        return cmd_timelapse(args)
     from .pipeline import correct_dataset, fuse_dataset
     config = _config_from_args(args)
     with _cluster(args):
@@ -318,6 +348,25 @@ def cmd_run(args) -> int:
         fused = fuse_dataset(args.out, args.out, config)
         print(fused.report())
     return 1 if (corrected.failed or fused.failed) else 0
+
+
+# -- time-lapse commands --
+def cmd_timelapse(args) -> int:
+    from .pipeline.timelapse import process_timelapse
+    config = _config_from_args(args)
+    with _cluster(args):
+        summaries = process_timelapse(args.input, args.out, config)
+    for summary in summaries.values():
+        print(summary.report())
+    return 1 if any(summary.failed for summary in summaries.values()) else 0
+
+
+def cmd_params(args) -> int:
+    from .pipeline.timelapse import format_table, parameter_table
+    rows = parameter_table(args.out)
+    sys.stdout.write(format_table(rows, "csv" if args.csv else "jsonl" if args.json else "text"))
+    return 0
+# -- end of time-lapse commands --
 
 
 def cmd_init(args) -> int:
@@ -361,7 +410,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"info": cmd_info, "synth": cmd_synth, "convert": cmd_convert, "correct": cmd_correct,
-            "fuse": cmd_fuse, "run": cmd_run, "init": cmd_init, "demo": cmd_demo}
+            "fuse": cmd_fuse, "run": cmd_run, "init": cmd_init, "demo": cmd_demo,
+            "timelapse": cmd_timelapse, "params": cmd_params}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -261,6 +261,30 @@ class FusionConfig(Section):
                                    matlab="medianFilterRange")
     transition_smoothing_px: float = opt(4.0, "Gaussian smoothing of the transition-plane map, px", lo=0.0)
     diagnostics: bool = opt(True, "write diagnostic PNGs (needs matplotlib)")
+    # -- time-lapse (two-pass) fusion: isoview_dask.pipeline.timelapse, isoview_dask.temporal --
+    temporal_smoothing: bool = opt(True, "two-pass fusion: smooth per-timepoint parameters over time with "
+                                   "robust local quadratic regression (MATLAB smooth(..., 'rloess'))",
+                                   matlab="smoothing")
+    smoothing_window: int = opt(20, "rloess span in timepoints (MATLAB convention: the whole series when "
+                                "longer than it)", lo=1, matlab="smoothingRange")
+    static: bool = opt(False, "two-pass fusion: one value per parameter for every timepoint (the mean of "
+                       "the smoothed series)", matlab="staticFlag")
+    generate_lookup_table: bool = opt(True, "two-pass fusion: write the lookup table (timepoint -> parameters "
+                                      "used) as CSV and the parameter plots (its JSON is always written)",
+                                      matlab="generateLUT")
+    lut_averaging: tuple[int, int, int] = opt((0, 0, 0), "half-widths (timepoints) of sliding windows applied "
+                                              "after rloess to offsets, angles and intensity factors; MATLAB "
+                                              "used 10, 10, 5 (biased at the series ends under drift)", lo=0,
+                                              matlab="averagingRange")
+    lut_averaging_method: str = opt("mean", "statistic of those sliding windows", choices=("mean", "median"),
+                                    matlab="averagingMode")
+    min_registration_confidence: float = opt(0.5, "two-pass fusion: a timepoint whose registration "
+                                             "confidence is lower is left out before smoothing and gets the "
+                                             "smoothed values", lo=0.0, hi=1.0)
+    transition_median_window: int = opt(0, "two-pass fusion: half-width (timepoints) of a median filter of "
+                                        "the transition-plane maps over time (0: each timepoint's own map)",
+                                        lo=0)
+    # -- end of time-lapse fields --
 
     def validate(self):
         for pair in self.camera_pairs:

@@ -325,9 +325,14 @@ def _label(ref: CorrectedView, mov: CorrectedView) -> str:
 
 def _fingerprint(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig, fixed: dict | None = None) -> str:
     inputs = [{"record": str(v.record_path), "fingerprint": v.record.get("fingerprint")} for v in (ref, mov)]
-    parameters = {"fusion": config.fusion.to_dict(),
+    from .timelapse import TEMPORAL_FIELDS
+    import hashlib
+    # Temporal options shape which parameters are fixed, not how a fusion runs with them.
+    fusion = {k: v for k, v in config.fusion.to_dict().items() if k not in TEMPORAL_FIELDS}
+    parameters = {"fusion": fusion,
                   "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"},
-                  "fixed": {k: (np.asarray(v).tolist() if k == "transition_yx" else v)
+                  "fixed": {k: (hashlib.sha256(np.ascontiguousarray(v, dtype=np.float64).tobytes()).hexdigest()
+                                if k == "transition_yx" else v)
                             for k, v in sorted((fixed or {}).items())}}
     return fingerprint(inputs, parameters)
 

@@ -1,0 +1,711 @@
+"""Time-lapse fusion in two passes (the MATLAB time-fusion step, clusterTF-style), and the parameter table.
+
+Pass 1 (:func:`estimate_timepoints`) estimates, for every timepoint, camera
+pair and channel, what fusion needs (registration, intensity ratio,
+transition-plane map) with :func:`isoview_dask.pipeline.fuse.estimate_pair`,
+and persists it under the timepoint folder::
+
+    <out>/SPM##/TM######/<stem>.fusionEstimate.json                     values, fingerprint
+    <out>/SPM##/TM######/<stem>.fusionEstimate.transitionPlane.npy      (Y, X) float32 map
+
+Pass 2 (:func:`smooth_and_fuse`) reads those back per (specimen, pair,
+channel) as time series, leaves out timepoints whose registration
+confidence is below ``fusion.min_registration_confidence``, smooths every
+series with MATLAB's ``rloess`` over ``fusion.smoothing_window`` timepoints
+(or takes one static value), writes the lookup table -- timepoint ->
+parameters used -- and a plot of every parameter over time::
+
+    <out>/SPM##/SPM##_CM##_CM##_CHN##.lookUpTable.json   (and .csv, .parameters.png)
+
+and then fuses every timepoint with :func:`~isoview_dask.pipeline.fuse.fuse_dataset`
+and those values as ``fixed_parameters``. The robustness weights of rloess
+give an outlier (a timepoint with a failed estimate) no say in the smoothed
+curve, so it receives its neighbours' trend.
+
+Both passes are resumable: an estimate whose record matches its inputs and
+the estimation options is not recomputed; a lookup table whose record
+matches the estimates and the smoothing options is not rewritten; a fused
+volume whose record matches its inputs and the fixed parameters is skipped.
+:func:`process_timelapse` runs correction and both passes.
+
+:func:`parameter_table` collects every estimated and used parameter and the
+correction statistics into one table (``isoview-dask params OUT``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..config import ProcessingConfig
+from ..errors import IsoviewError
+from ..temporal import rloess, smooth_series
+from .common import (StageSummary, completed, fingerprint, output_path, record_outputs, relative_outputs,
+                     write_json)
+from .fuse import CorrectedView, estimate_pair, find_corrected, fuse_dataset
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ESTIMATE_KIND", "SmoothedParameters", "estimate_timepoints", "format_table", "load_estimates",
+           "lookup_table_path", "parameter_table", "process_timelapse", "smooth_and_fuse", "smooth_parameters"]
+
+ESTIMATE_KIND = "fusionEstimate"
+TRANSITION_KIND = "fusionEstimate.transitionPlane"
+
+#: Fusion options that only shape the smoothing (pass 2), never an estimate.
+TEMPORAL_FIELDS = ("temporal_smoothing", "smoothing_window", "static", "generate_lookup_table", "lut_averaging",
+                   "lut_averaging_method", "min_registration_confidence", "transition_median_window")
+#: Fusion options estimation does not depend on.
+_NOT_ESTIMATION = set(TEMPORAL_FIELDS) | {"diagnostics", "blending_range", "blending_profile", "camera_pairs"}
+
+#: The smoothed series, with the sliding-window group (0 offsets, 1 angles, 2 factors) of each.
+SERIES = {"dy": 0, "dx": 0, "rotation_deg": 1, "intensity_factor_moving": 2,
+          "transition_min": 0, "transition_median": 0, "transition_max": 0}
+REGISTRATION_SERIES = ("dy", "dx", "rotation_deg")
+#: A residual from the smoothed curve below this is never called an outlier, whatever rloess's
+#: robustness weight (with very precise estimates 6 x MAD is a few hundredths of a pixel).
+OUTLIER_FLOOR = {"dy": 0.5, "dx": 0.5, "rotation_deg": 0.1}
+#: At most this many maps (evenly spread) give the static transition map.
+STATIC_MAP_SAMPLES = 64
+
+
+# ------------------------------------------------------------------------------------------ pass 1
+
+def _groups(views: dict, config: ProcessingConfig):
+    sel = config.input
+    keys = sorted({(s, t, ch) for s, t, _, ch in views
+                   if (sel.specimens is None or s in sel.specimens)
+                   and (sel.timepoints is None or t in sel.timepoints)
+                   and (sel.channels is None or ch in sel.channels)})
+    for specimen, timepoint, channel in keys:
+        for a, b in config.fusion.camera_pairs:
+            ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))
+            if ref is None and mov is None:
+                continue
+            yield specimen, timepoint, channel, (a, b), ref, mov
+
+
+def _estimate_fingerprint(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig) -> str:
+    # views by identity and content, not by path: a moved or copied output tree still resumes
+    inputs = [{"view": [v.specimen, v.timepoint, v.camera, v.channel], "fingerprint": v.record.get("fingerprint")}
+              for v in (ref, mov)]
+    options = {k: v for k, v in config.fusion.to_dict().items() if k not in _NOT_ESTIMATION}
+    return fingerprint(inputs, {"estimation": options})
+
+
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    from ..io.atomic import atomic_output
+    with atomic_output(path, overwrite=True) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(array, dtype=np.float32))
+    return path
+
+
+def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
+                        config: ProcessingConfig | None = None, *, progress: bool = True, **flags) -> StageSummary:
+    """Pass 1: estimate and persist the fusion parameters of every timepoint, pair and channel.
+
+    Parameters
+    ----------
+    corrected : path
+        Output root of the correction stage.
+    out : path, optional
+        Where the estimates go (default: beside the corrected volumes).
+    config : ProcessingConfig, optional
+        ``fusion`` options shape the estimates; ``input`` selects; ``flags``
+        override (e.g. ``input_timepoints=[0, 1]``).
+
+    Returns
+    -------
+    StageSummary
+        Estimates written, skipped (complete, same inputs and estimation
+        options) and failed.
+    """
+    config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
+    out = Path(out) if out is not None else Path(corrected)
+    views = find_corrected(corrected)
+    summary = StageSummary("estimate")
+    start = time.perf_counter()
+    for specimen, timepoint, channel, (a, b), ref, mov in _groups(views, config):
+        record_path = output_path(out, specimen, timepoint, [a, b], channel, ESTIMATE_KIND, "json")
+        if ref is None or mov is None:
+            missing = a if ref is None else b
+            summary.failed[str(record_path)] = (f"camera {missing} has no complete corrected volume for timepoint "
+                                                f"{timepoint}, channel {channel}")
+            continue
+        fp = _estimate_fingerprint(ref, mov, config)
+        if not config.output.overwrite and completed(record_path, fp):
+            summary.skipped.append(str(record_path))
+            continue
+        try:
+            estimate = estimate_pair(ref, mov, config, progress=progress)
+        except (IsoviewError, ValueError, OSError) as exc:
+            summary.failed[str(record_path)] = str(exc)
+            log.error("estimation for %s failed: %s", record_path, exc)
+            continue
+        map_path = _save_npy(output_path(out, specimen, timepoint, [a, b], channel, TRANSITION_KIND, "npy"),
+                             estimate.transition_yx)
+        intensity = estimate.intensity
+        record = {
+            "package_version": __version__,
+            "specimen": specimen, "timepoint": timepoint, "channel": channel,
+            "reference_camera": a, "moving_camera": b,
+            **estimate.summary(),
+            "registration_method": estimate.method,
+            "intensity_factor": intensity.factor if intensity else 1.0,
+            "intensity_scaled_camera": (a if intensity.scaled_camera == "reference" else b) if intensity else None,
+            "shape_zyx": list(ref.record.get("shape_zyx", [])),
+            "timings": estimate.timings,
+            "inputs": [str(ref.record_path), str(mov.record_path)],
+            "outputs": relative_outputs(record_path, [map_path]),
+            "fingerprint": fp,
+        }
+        write_json(record_path, record)
+        summary.written.append(str(record_path))
+        summary.input_bytes += int(2 * np.prod(record["shape_zyx"] or [0]) * 2)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ pass 2
+
+@dataclass
+class SmoothedParameters:
+    """The time series of one (specimen, pair, channel) and the values fusion uses.
+
+    Attributes
+    ----------
+    timepoints : list of int
+        TM numbers, ascending.
+    raw : dict of name -> ndarray
+        Per-timepoint estimates (``SERIES`` names; NaN where absent).
+    used : dict of name -> ndarray
+        The smoothed (or static) values.
+    confidence : ndarray
+        Registration confidence per timepoint.
+    dropped : ndarray of bool
+        Timepoints left out before smoothing (confidence below the threshold).
+    outlier : ndarray of bool
+        Dropped, or an outlier of a registration series (``flags``).
+    flags : dict of name -> ndarray of bool
+        Per registration series: zero robustness weight in rloess and a
+        residual above :data:`OUTLIER_FLOOR`.
+    records : list of dict
+        The pass-1 records.
+    """
+
+    specimen: int
+    pair: tuple[int, int]
+    channel: int
+    timepoints: list[int]
+    raw: dict[str, np.ndarray]
+    used: dict[str, np.ndarray]
+    confidence: np.ndarray
+    dropped: np.ndarray
+    outlier: np.ndarray
+    flags: dict[str, np.ndarray] = field(default_factory=dict)
+    records: list[dict] = field(repr=False, default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        a, b = self.pair
+        return f"SPM{self.specimen:02d}_CM{a:02d}_CM{b:02d}_CHN{self.channel:02d}"
+
+    def index(self, timepoint: int) -> int:
+        return self.timepoints.index(timepoint)
+
+    def used_at(self, timepoint: int) -> dict:
+        """Parameters used at one timepoint (the lookup-table row)."""
+        i = self.index(timepoint)
+        factor = float(self.used["intensity_factor_moving"][i])
+        ratio = 1.0 / factor if np.isfinite(factor) and factor > 0 else None
+        row = {"timepoint": timepoint,
+               "sampling_offset_yx_px": [float(self.used["dy"][i]), float(self.used["dx"][i])],
+               "sampling_rotation_deg": float(self.used["rotation_deg"][i]),
+               "intensity_ratio_moving_over_reference": ratio,
+               "intensity_factor": (None if ratio is None else (1.0 / ratio if ratio < 1 else ratio)),
+               "intensity_scaled_camera": (None if ratio is None else (self.pair[1] if ratio < 1 else self.pair[0])),
+               "transition_plane": {k: float(self.used[f"transition_{k}"][i]) for k in ("min", "median", "max")},
+               "registration_confidence": float(self.confidence[i]),
+               "dropped": bool(self.dropped[i]), "outlier": bool(self.outlier[i]),
+               "estimated": {name: _num(self.raw[name][i]) for name in SERIES}}
+        return row
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def load_estimates(root: str | Path) -> dict[tuple[int, tuple[int, int], int], list[dict]]:
+    """Pass-1 records under ``root`` by (specimen, pair, channel), each list sorted by timepoint."""
+    pattern = re.compile(r"^SPM(\d+)_TM(\d+)_CM(\d+)_CM(\d+)_CHN(\d+)\." + re.escape(ESTIMATE_KIND) + r"\.json$")
+    groups: dict = {}
+    for path in sorted(Path(root).glob(f"SPM*/TM*/*.{ESTIMATE_KIND}.json")):
+        m = pattern.match(path.name)
+        if not m:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("unreadable estimate %s; ignoring it", path)
+            continue
+        if not all(p.exists() for p in record_outputs(path, record)):
+            log.warning("incomplete estimate %s; ignoring it", path)
+            continue
+        s, t, a, b, ch = (int(g) for g in m.groups())
+        record["_path"] = str(path)
+        groups.setdefault((s, (a, b), ch), []).append(record)
+    for records in groups.values():
+        records.sort(key=lambda r: r["timepoint"])
+    return groups
+
+
+def _series_from_records(records: list[dict]) -> dict[str, np.ndarray]:
+    def get(record, name):
+        tp = record.get("transition_plane") or {}
+        ratio = record.get("intensity_ratio_moving_over_reference")
+        value = {"dy": record["sampling_offset_yx_px"][0], "dx": record["sampling_offset_yx_px"][1],
+                 "rotation_deg": record["sampling_rotation_deg"],
+                 "intensity_factor_moving": (1.0 / ratio) if ratio else None,
+                 "transition_min": tp.get("min"), "transition_median": tp.get("median"),
+                 "transition_max": tp.get("max")}[name]
+        return np.nan if value is None else float(value)
+    return {name: np.array([get(r, name) for r in records], dtype=float) for name in SERIES}
+
+
+def temporal_settings(config: ProcessingConfig) -> dict:
+    """The options that shape pass 2 (recorded in the lookup table)."""
+    fc = config.fusion
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fc.to_dict().items() if k in TEMPORAL_FIELDS}
+
+
+def smooth_parameters(records: list[dict], config: ProcessingConfig | None = None) -> SmoothedParameters:
+    """Smooth the time series of one (specimen, pair, channel) from its pass-1 records (pure).
+
+    A timepoint whose registration confidence is below
+    ``fusion.min_registration_confidence`` is left out (NaN) and filled by the
+    smoothing. Each series is smoothed by :func:`isoview_dask.temporal.smooth_series`
+    (rloess over ``smoothing_window``, the ``lut_averaging`` windows, static).
+    Intensity is smoothed as the factor applied to the moving camera (MATLAB's
+    flag-2 normalisation).
+    """
+    config = config or ProcessingConfig()
+    fc = config.fusion
+    if not records:
+        raise ValueError("no estimates to smooth")
+    first = records[0]
+    raw = _series_from_records(records)
+    confidence = np.array([float(r.get("registration_confidence") or 0.0) for r in records])
+    dropped = ~(confidence >= fc.min_registration_confidence)
+    for name in SERIES:
+        dropped |= ~np.isfinite(raw[name]) & (name in REGISTRATION_SERIES)
+    if dropped.all():
+        log.warning("SPM%02d CM%02d+CM%02d CHN%02d: every timepoint's registration confidence is below %.2f; "
+                    "smoothing all of them anyway", first["specimen"], first["reference_camera"],
+                    first["moving_camera"], first["channel"], fc.min_registration_confidence)
+        dropped[:] = False
+    span = fc.smoothing_window if fc.temporal_smoothing else None
+    used, outlier, flags = {}, dropped.copy(), {}
+    for name, group in SERIES.items():
+        series = np.where(dropped, np.nan, raw[name])
+        used[name] = smooth_series(series, span=span, averaging=fc.lut_averaging[group],
+                                   method=fc.lut_averaging_method, static=fc.static)
+        if span and span > 1 and name in REGISTRATION_SERIES and np.isfinite(series).sum() > 2:
+            fit, weights = rloess(series, span, return_weights=True)
+            far = np.abs(np.nan_to_num(series - fit)) > OUTLIER_FLOOR[name]
+            flags[name] = (np.nan_to_num(weights, nan=1.0) <= 0) & far
+            outlier |= flags[name]
+    return SmoothedParameters(first["specimen"], (first["reference_camera"], first["moving_camera"]),
+                              first["channel"], [int(r["timepoint"]) for r in records], raw, used, confidence,
+                              dropped, outlier, flags, records, temporal_settings(config))
+
+
+def lookup_table_path(out: str | Path, specimen: int, pair, channel: int, suffix: str = "json") -> Path:
+    a, b = pair
+    return Path(out) / f"SPM{specimen:02d}" / f"SPM{specimen:02d}_CM{a:02d}_CM{b:02d}_CHN{channel:02d}.{suffix}"
+
+
+LUT_CSV_COLUMNS = ("timepoint", "dy", "dx", "rotation_deg", "intensity_factor", "intensity_flag",
+                   "transition_min", "transition_median", "transition_max", "registration_confidence", "dropped",
+                   "outlier", "estimated_dy", "estimated_dx", "estimated_rotation_deg",
+                   "estimated_intensity_factor", "estimated_transition_median")
+
+
+def _lut_csv(params: SmoothedParameters) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LUT_CSV_COLUMNS)
+    for t in params.timepoints:
+        row = params.used_at(t)
+        f = float(params.used["intensity_factor_moving"][params.index(t)])
+        # MATLAB's convention: flag 2 multiplies the moving (second) stack, flag 1 the reference
+        factor, flag = (1.0 / f, 1) if f < 1 else (f, 2)
+        est = row["estimated"]
+        writer.writerow([t, *row["sampling_offset_yx_px"], row["sampling_rotation_deg"], factor, flag,
+                         *row["transition_plane"].values(), row["registration_confidence"], int(row["dropped"]),
+                         int(row["outlier"]), est["dy"], est["dx"], est["rotation_deg"],
+                         est["intensity_factor_moving"], est["transition_median"]])
+    return buf.getvalue()
+
+
+def _write_text(path: Path, text: str) -> Path:
+    from ..io.atomic import atomic_output
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def plot_parameters(params: SmoothedParameters, path: str | Path) -> Path | None:
+    """PNG of every parameter over time: estimates (dots), used values (line), outliers (red)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is optional
+        log.warning("matplotlib is not installed; no parameter plots")
+        return None
+    t = np.array(params.timepoints)
+    panels = [("dy", "sampling offset dy (px)"), ("dx", "sampling offset dx (px)"),
+              ("rotation_deg", "rotation (deg)"), ("intensity_factor_moving", "intensity factor (moving)"),
+              ("transition_median", "transition plane, median"), ("confidence", "registration confidence")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.0 * len(panels)), sharex=True)
+    for ax, (name, label) in zip(axes, panels):
+        raw = params.confidence if name == "confidence" else params.raw[name]
+        flagged = params.dropped | params.flags.get(name, False)
+        inlier = ~flagged & np.isfinite(raw)
+        ax.plot(t[inlier], raw[inlier], "o", color="0.45", ms=3, label="estimated")
+        if name == "confidence":
+            ax.axhline(params.settings.get("min_registration_confidence", 0.0), color="tab:red", lw=0.8, ls="--",
+                       label="threshold")
+            shown = raw[np.isfinite(raw)]
+        else:
+            used = params.used[name]
+            ax.plot(t, used, "-", color="tab:blue", lw=1.5, label="used")
+            shown = np.concatenate([raw[inlier], used[np.isfinite(used)]])
+            if name == "transition_median":
+                lo, hi = params.raw["transition_min"], params.raw["transition_max"]
+                ax.vlines(t[inlier], lo[inlier], hi[inlier], color="0.8", lw=3, label="estimated min-max",
+                          zorder=0)
+                shown = np.concatenate([shown, lo[inlier], hi[inlier]])
+        if shown.size:
+            lo_y, hi_y = float(np.nanmin(shown)), float(np.nanmax(shown))
+            pad = max(0.15 * (hi_y - lo_y), 1e-3 * max(abs(lo_y), abs(hi_y), 1.0))
+            lo_y, hi_y = lo_y - pad, hi_y + pad
+            ax.set_ylim(lo_y, hi_y)
+            bad = flagged & np.isfinite(raw)
+            if bad.any():  # draw outliers at the edge when off the scale, with their value
+                clipped = np.clip(raw[bad], lo_y, hi_y)
+                ax.plot(t[bad], clipped, "x", color="tab:red", ms=7, mew=2, label="outlier / left out")
+                for tb, vb, cb in zip(t[bad], raw[bad], clipped):
+                    if vb != cb:
+                        ax.annotate(f"{vb:.3g}", (tb, cb), textcoords="offset points", xytext=(4, -10 if
+                                    cb == hi_y else 4), fontsize=7, color="tab:red")
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, loc="best")
+    axes[-1].set_xlabel("timepoint")
+    s = params.settings
+    mode = "static" if s.get("static") else (f"rloess span {s.get('smoothing_window')}"
+                                             if s.get("temporal_smoothing") else "no smoothing")
+    fig.suptitle(f"{params.stem}: parameters over time ({mode})", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    from ..io.atomic import atomic_output
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+class _TransitionMaps:
+    """Transition-plane maps used in pass 2, loaded from the pass-1 .npy files on demand."""
+
+    def __init__(self, params: SmoothedParameters, config: ProcessingConfig):
+        self.params = params
+        self.half_width = config.fusion.transition_median_window
+        self.static = config.fusion.static
+        self.paths = [record_outputs(Path(r["_path"]), r)[0] for r in params.records]
+        self.valid = ~params.dropped
+        self._static_map = None
+
+    def _load(self, i: int) -> np.ndarray:
+        return np.load(self.paths[i]).astype(np.float64)
+
+    def _median(self, indices) -> np.ndarray:
+        maps = [self._load(k) for k in indices]
+        return maps[0] if len(maps) == 1 else np.nanmedian(np.stack(maps), axis=0)
+
+    def at(self, timepoint: int) -> np.ndarray:
+        i = self.params.index(timepoint)
+        n = len(self.paths)
+        good = np.flatnonzero(self.valid)
+        if good.size == 0:
+            return self._load(i)
+        if self.static:
+            if self._static_map is None:
+                chosen = good[np.unique(np.linspace(0, good.size - 1, min(good.size, STATIC_MAP_SAMPLES))
+                                        .round().astype(int))]
+                self._static_map = self._median(chosen)
+            return self._static_map
+        width = self.half_width
+        while True:  # widen the window until it holds a trusted map (a dropped timepoint's own is not)
+            chosen = [k for k in range(max(0, i - width), min(n, i + width + 1)) if self.valid[k]]
+            if chosen:
+                return self._median(chosen)
+            width += 1
+
+
+def _lut_fingerprint(params: SmoothedParameters, config: ProcessingConfig) -> str:
+    inputs = [{"timepoint": r["timepoint"], "fingerprint": r.get("fingerprint")} for r in params.records]
+    return fingerprint(inputs, {"temporal": temporal_settings(config)})
+
+
+def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,
+                    *, progress: bool = True, **flags) -> tuple[StageSummary, StageSummary]:
+    """Pass 2: smooth the pass-1 time series, write lookup tables and plots, fuse every timepoint.
+
+    Parameters
+    ----------
+    corrected : path
+        Output root of the correction stage.
+    out : path, optional
+        Where pass 1 wrote its estimates and where fused volumes, lookup
+        tables and plots go (default: beside the corrected volumes).
+
+    Returns
+    -------
+    (StageSummary, StageSummary)
+        The lookup tables (written or skipped) and the fusion.
+    """
+    config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
+    out = Path(out) if out is not None else Path(corrected)
+    fc = config.fusion
+    sel = config.input
+    lut_summary = StageSummary("smooth")
+    start = time.perf_counter()
+    plans: dict[tuple[int, tuple[int, int], int], SmoothedParameters] = {}
+    maps: dict = {}
+    for (specimen, pair, channel), records in sorted(load_estimates(out).items()):
+        if pair not in fc.camera_pairs or (sel.specimens is not None and specimen not in sel.specimens) or \
+                (sel.channels is not None and channel not in sel.channels):
+            continue
+        # smoothing always sees the whole series; input.timepoints only limits what is fused
+        params = smooth_parameters(records, config)
+        key = (specimen, pair, channel)
+        plans[key], maps[key] = params, _TransitionMaps(params, config)
+        record_path = lookup_table_path(out, specimen, pair, channel, "lookUpTable.json")
+        fp = _lut_fingerprint(params, config)
+        if not config.output.overwrite and completed(record_path, fp):
+            lut_summary.skipped.append(str(record_path))
+            continue
+        outputs = []
+        if fc.generate_lookup_table:
+            outputs.append(_write_text(lookup_table_path(out, specimen, pair, channel, "lookUpTable.csv"),
+                                       _lut_csv(params)))
+            png = plot_parameters(params, lookup_table_path(out, specimen, pair, channel, "parameters.png"))
+            if png is not None:
+                outputs.append(png)
+        record = {"package_version": __version__, "specimen": specimen, "reference_camera": pair[0],
+                  "moving_camera": pair[1], "channel": channel, "settings": params.settings,
+                  "dropped_timepoints": [t for t, d in zip(params.timepoints, params.dropped) if d],
+                  "outlier_timepoints": [t for t, o in zip(params.timepoints, params.outlier) if o],
+                  "timepoints": [params.used_at(t) for t in params.timepoints],
+                  "outputs": relative_outputs(record_path, outputs), "fingerprint": fp}
+        write_json(record_path, record)
+        lut_summary.written.append(str(record_path))
+    lut_summary.seconds = time.perf_counter() - start
+
+    def fixed(specimen, timepoint, pair, channel):
+        key = (specimen, tuple(pair), channel)
+        params = plans.get(key)
+        if params is None or timepoint not in params.timepoints:
+            log.warning("no pass-1 estimate for SPM%02d TM%06d CM%02d+CM%02d CHN%02d: it is estimated on its own",
+                        specimen, timepoint, pair[0], pair[1], channel)
+            return None
+        row = params.used_at(timepoint)
+        values = {"sampling_offset_yx_px": row["sampling_offset_yx_px"],
+                  "sampling_rotation_deg": row["sampling_rotation_deg"],
+                  "registration_confidence": row["registration_confidence"]}
+        if fc.intensity_correction and row["intensity_ratio_moving_over_reference"] is not None:
+            values["intensity_ratio_moving_over_reference"] = row["intensity_ratio_moving_over_reference"]
+        if fc.type == "geometric":
+            values["transition_plane"] = row["transition_plane"]["median"]
+        else:
+            values["transition_yx"] = maps[key].at(timepoint)
+        return values
+
+    fused = fuse_dataset(corrected, out, config, progress=progress, fixed_parameters=fixed)
+    return lut_summary, fused
+
+
+def process_timelapse(raw: str | Path, out: str | Path, config: ProcessingConfig | None = None, *,
+                      progress: bool = True, **flags) -> dict[str, StageSummary]:
+    """Correct a recording, then fuse it in two passes (estimate all; smooth, tabulate and fuse).
+
+    Returns the summaries by stage: ``correct``, ``estimate``, ``smooth``, ``fuse``.
+    """
+    from .correct import correct_dataset
+    config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
+    summaries = {"correct": correct_dataset(raw, out, config, progress=progress)}
+    summaries["estimate"] = estimate_timepoints(out, out, config, progress=progress)
+    summaries["smooth"], summaries["fuse"] = smooth_and_fuse(out, out, config, progress=progress)
+    return summaries
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+TABLE_COLUMNS = (
+    "specimen", "timepoint", "reference_camera", "moving_camera", "channel",
+    # estimated at this timepoint (pass 1, or a one-pass fusion)
+    "dy", "dx", "rotation_deg", "confidence", "registration_method", "intensity_ratio", "intensity_factor",
+    "intensity_scaled_camera", "transition_min", "transition_median", "transition_max",
+    # used by the fusion written (smoothed values after a two-pass run)
+    "used_dy", "used_dx", "used_rotation_deg", "used_intensity_ratio", "used_transition_median", "fixed",
+    "dropped", "outlier",
+    # correction statistics of both cameras
+    *(f"{side}_{name}" for side in ("ref", "mov") for name in (
+        "background", "dead_pixels", "dead_std_threshold", "dead_mean_threshold", "segmentation_level",
+        "segmentation_min", "segmentation_mean", "foreground_fraction")),
+)
+
+
+def _read_records(root: Path, suffix: str) -> dict[tuple, dict]:
+    pattern = re.compile(r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)CHN(\d+)\." + re.escape(suffix) + r"$")
+    found = {}
+    for path in sorted(root.glob(f"SPM*/TM*/*.{suffix}")):
+        m = pattern.match(path.name)
+        if not m:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        cams = tuple(int(c) for c in re.findall(r"CM(\d+)", m.group(3)))
+        found[(int(m.group(1)), int(m.group(2)), cams, int(m.group(4)))] = record
+    return found
+
+
+def _correction_columns(side: str, record: dict | None) -> dict:
+    if record is None:
+        return {}
+    bg = record.get("background") or {}
+    dead = record.get("dead_pixels") or {}
+    seg = record.get("segmentation") or {}
+    return {f"{side}_background": bg.get("mean", bg.get("level")),
+            f"{side}_dead_pixels": dead.get("count"),
+            f"{side}_dead_std_threshold": dead.get("std_threshold"),
+            f"{side}_dead_mean_threshold": dead.get("mean_threshold"),
+            f"{side}_segmentation_level": seg.get("level"),
+            f"{side}_segmentation_min": seg.get("min_intensity"),
+            f"{side}_segmentation_mean": seg.get("mean_intensity"),
+            f"{side}_foreground_fraction": seg.get("foreground_fraction")}
+
+
+def _estimate_columns(record: dict) -> dict:
+    offset = record.get("sampling_offset_yx_px") or [None, None]
+    tp = record.get("transition_plane") or {}
+    return {"dy": offset[0], "dx": offset[1], "rotation_deg": record.get("sampling_rotation_deg"),
+            "confidence": record.get("registration_confidence"),
+            "registration_method": record.get("registration_method"),
+            "intensity_ratio": record.get("intensity_ratio_moving_over_reference"),
+            "intensity_factor": record.get("intensity_factor"),
+            "intensity_scaled_camera": record.get("intensity_scaled_camera"),
+            "transition_min": tp.get("min"), "transition_median": tp.get("median"), "transition_max": tp.get("max")}
+
+
+def parameter_table(root: str | Path, pairs=((0, 1), (2, 3))) -> list[dict]:
+    """Every parameter of a processed recording, one row per (specimen, timepoint, pair, channel).
+
+    Collects the pass-1 estimates (``*.fusionEstimate.json``), the fused
+    volumes' parameter records (``*.fusedStack.json``: estimated values after
+    a one-pass fusion, used values always), the lookup tables (dropped /
+    outlier flags) and both cameras' correction records (background, dead
+    pixels and their thresholds, segmentation levels, foreground fraction).
+    Columns are :data:`TABLE_COLUMNS`; a value that does not exist is None.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        from ..errors import InputNotFoundError
+        raise InputNotFoundError(f"{root}: output folder does not exist")
+    corrections = {(s, t, cams[0], ch): r for (s, t, cams, ch), r in _read_records(root, "correction.json").items()
+                   if len(cams) == 1}
+    estimates = {k: r for k, r in _read_records(root, f"{ESTIMATE_KIND}.json").items() if len(k[2]) == 2}
+    fused = {k: r for k, r in _read_records(root, "fusedStack.json").items() if len(k[2]) == 2}
+    luts = {}
+    for path in sorted(root.glob("SPM*/SPM*_CM*_CM*_CHN*.lookUpTable.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for row in record.get("timepoints", []):
+            luts[(record["specimen"], row["timepoint"], (record["reference_camera"], record["moving_camera"]),
+                  record["channel"])] = row
+    keys = set(estimates) | set(fused)
+    for s, t, cam, ch in corrections:  # pairs with corrected volumes but no fusion yet
+        for pair in pairs:
+            if cam == pair[0] and (s, t, pair[1], ch) in corrections:
+                keys.add((s, t, tuple(pair), ch))
+    rows = []
+    for s, t, pair, ch in sorted(keys):
+        row = dict.fromkeys(TABLE_COLUMNS)
+        row.update(specimen=s, timepoint=t, reference_camera=pair[0], moving_camera=pair[1], channel=ch)
+        est, fus, lut = estimates.get((s, t, pair, ch)), fused.get((s, t, pair, ch)), luts.get((s, t, pair, ch))
+        if est is not None:
+            row.update(_estimate_columns(est))
+        elif fus is not None and not fus.get("parameters_fixed"):
+            row.update(_estimate_columns(fus))
+        if fus is not None:
+            used = _estimate_columns(fus)
+            row.update(used_dy=used["dy"], used_dx=used["dx"], used_rotation_deg=used["rotation_deg"],
+                       used_intensity_ratio=used["intensity_ratio"], used_transition_median=used["transition_median"],
+                       fixed=bool(fus.get("parameters_fixed")))
+        if lut is not None:
+            row.update(dropped=lut.get("dropped"), outlier=lut.get("outlier"))
+        row.update(_correction_columns("ref", corrections.get((s, t, pair[0], ch))))
+        row.update(_correction_columns("mov", corrections.get((s, t, pair[1], ch))))
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], fmt: str = "text", columns=None) -> str:
+    """The table as aligned text, CSV or JSON lines."""
+    columns = list(columns or TABLE_COLUMNS)
+    if fmt == "jsonl":
+        return "".join(json.dumps({c: r.get(c) for c in columns}) + "\n" for r in rows)
+
+    def cell(value):
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return str(value)
+
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([cell(r.get(c)) for c in columns])
+        return buf.getvalue()
+    if fmt != "text":
+        raise ValueError(f"fmt must be 'text', 'csv' or 'jsonl', got {fmt!r}")
+    if not rows:
+        return "(no parameters found)\n"
+    # drop all-empty columns, and the method's long description (in the CSV / JSON forms)
+    shown = [c for c in columns if c != "registration_method" and any(r.get(c) is not None for r in rows)]
+    table = [shown] + [[cell(r.get(c)) for c in shown] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(shown))]
+    return "".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) + "\n" for line in table)
