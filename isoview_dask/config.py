@@ -197,7 +197,7 @@ class CorrectionConfig(Section):
     precise_gauss: bool = opt(True, "exact Gaussian (else a faster truncated one)", matlab="preciseGauss")
     segment_sample_slabs: int = opt(8, "slabs of planes (evenly spread) whose histogram gives the segmentation "
                                     "level; 0 for the whole volume", lo=0)
-    segment_downsample: int = opt(2, "segment at 1/N lateral resolution (the smoothing hides the difference; "
+    segment_downsample: int = opt(4, "segment at 1/N lateral resolution (the smoothing hides the difference; "
                                   "N x N cheaper)", lo=1, hi=8)
     camera: dict[int, CameraOptions] = opt({}, "per-camera rotation/flip/crop, e.g. [correction.camera.1]")
 
