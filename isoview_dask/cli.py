@@ -12,7 +12,6 @@ line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..dataset import CameraView, Dataset, open_dataset
+from ..dataset import Dataset, open_dataset
 from ..errors import IsoviewError, OutputExistsError
 from ..io import write_volume
 from ..io.zarr import CodecSpec, prepare_zarr
@@ -207,3 +207,36 @@ def completed(record_path: Path, expected_fingerprint: str) -> bool:
     if record.get("fingerprint") != expected_fingerprint:
         return False
     return all(p.exists() for p in record_outputs(record_path, record))
+
+
+_RECORD_NAME = r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)CHN(\d+)\."
+
+
+def scan_records(root: str | Path, kind: str, *, complete: bool = True) -> dict[tuple, tuple[Path, dict]]:
+    """Every ``SPM##_TM######_CM##[_CM##]_CHN##.<kind>`` JSON record under ``root``.
+
+    Returns
+    -------
+    dict
+        ``(specimen, timepoint, cameras, channel) -> (record path, record)``
+        with ``cameras`` a tuple. Unreadable records are skipped with a
+        warning, and with ``complete`` so are records whose outputs are missing.
+    """
+    import re
+    pattern = re.compile(_RECORD_NAME + re.escape(kind) + "$")
+    found = {}
+    for path in sorted(Path(root).glob(f"SPM*/TM*/*.{kind}")):
+        m = pattern.match(path.name)
+        if not m:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("unreadable record %s; ignoring it", path)
+            continue
+        if complete and not all(p.exists() for p in record_outputs(path, record)):
+            log.warning("incomplete outputs for %s; ignoring them", path)
+            continue
+        cameras = tuple(int(c) for c in re.findall(r"CM(\d+)", m.group(3)))
+        found[(int(m.group(1)), int(m.group(2)), cameras, int(m.group(4)))] = (path, record)
+    return found

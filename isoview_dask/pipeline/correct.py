@@ -17,9 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable
 
-import dask
 import dask.array as da
 import numpy as np
 

@@ -12,13 +12,11 @@ masks, slab images); the blend is one blockwise graph written shard by shard.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -26,11 +24,11 @@ from .. import __version__
 from ..config import ProcessingConfig
 from ..correct import coordinate_masks
 from ..errors import IsoviewError
-from ..fuse import (apply_inplane_transform, blend, blending_weights, geometric_transition, intensity_factor,
+from ..fuse import (apply_inplane_transform, blend, geometric_transition, intensity_factor,
                     register_pair, transition_plane_map, view_transform)
 from ..io import open_volume
 from ..io.zarr import CodecSpec, prepare_zarr
-from .common import (StageSummary, completed, fingerprint, output_path, record_outputs, relative_outputs,
+from .common import (StageSummary, completed, fingerprint, output_path, relative_outputs, scan_records,
                      write_json)
 
 log = logging.getLogger(__name__)
@@ -68,28 +66,13 @@ class CorrectedView:
 
 def find_corrected(root: str | Path) -> dict[tuple[int, int, int, int], CorrectedView]:
     """Complete corrected views under ``root``, keyed by (specimen, timepoint, camera, channel)."""
-    import re
     root = Path(root)
     if not root.is_dir():
         from ..errors import InputNotFoundError
         raise InputNotFoundError(f"{root}: corrected-output folder does not exist")
-    pattern = re.compile(r"^SPM(\d+)_TM(\d+)_CM(\d+)_CHN(\d+)\.correction\.json$")
-    found = {}
-    for record_path in sorted(root.glob("SPM*/TM*/*.correction.json")):
-        m = pattern.match(record_path.name)
-        if not m:
-            continue
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("unreadable record %s; ignoring it", record_path)
-            continue
-        if not all(p.exists() for p in record_outputs(record_path, record)):
-            log.warning("incomplete corrected outputs for %s; ignoring them", record_path)
-            continue
-        key = tuple(int(g) for g in m.groups())
-        found[key] = CorrectedView(*key, record_path=record_path, record=record)
-    return found
+    return {(s, t, cams[0], ch): CorrectedView(s, t, cams[0], ch, record_path=path, record=record)
+            for (s, t, cams, ch), (path, record) in scan_records(root, "correction.json").items()
+            if len(cams) == 1}
 
 
 def _open_pair(ref: CorrectedView, mov: CorrectedView):

@@ -38,7 +38,6 @@ import csv
 import io
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from ..config import ProcessingConfig
 from ..errors import IsoviewError
 from ..temporal import rloess, smooth_series
 from .common import (StageSummary, completed, fingerprint, output_path, record_outputs, relative_outputs,
-                     write_json)
+                     scan_records, write_json)
 from .fuse import CorrectedView, estimate_pair, find_corrected, fuse_dataset
 
 log = logging.getLogger(__name__)
@@ -249,23 +248,12 @@ def _num(value) -> float | None:
 
 def load_estimates(root: str | Path) -> dict[tuple[int, tuple[int, int], int], list[dict]]:
     """Pass-1 records under ``root`` by (specimen, pair, channel), each list sorted by timepoint."""
-    pattern = re.compile(r"^SPM(\d+)_TM(\d+)_CM(\d+)_CM(\d+)_CHN(\d+)\." + re.escape(ESTIMATE_KIND) + r"\.json$")
     groups: dict = {}
-    for path in sorted(Path(root).glob(f"SPM*/TM*/*.{ESTIMATE_KIND}.json")):
-        m = pattern.match(path.name)
-        if not m:
+    for (s, t, cams, ch), (path, record) in scan_records(root, f"{ESTIMATE_KIND}.json").items():
+        if len(cams) != 2:
             continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("unreadable estimate %s; ignoring it", path)
-            continue
-        if not all(p.exists() for p in record_outputs(path, record)):
-            log.warning("incomplete estimate %s; ignoring it", path)
-            continue
-        s, t, a, b, ch = (int(g) for g in m.groups())
         record["_path"] = str(path)
-        groups.setdefault((s, (a, b), ch), []).append(record)
+        groups.setdefault((s, cams, ch), []).append(record)
     for records in groups.values():
         records.sort(key=lambda r: r["timepoint"])
     return groups
@@ -581,19 +569,7 @@ TABLE_COLUMNS = (
 
 
 def _read_records(root: Path, suffix: str) -> dict[tuple, dict]:
-    pattern = re.compile(r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)CHN(\d+)\." + re.escape(suffix) + r"$")
-    found = {}
-    for path in sorted(root.glob(f"SPM*/TM*/*.{suffix}")):
-        m = pattern.match(path.name)
-        if not m:
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        cams = tuple(int(c) for c in re.findall(r"CM(\d+)", m.group(3)))
-        found[(int(m.group(1)), int(m.group(2)), cams, int(m.group(4)))] = record
-    return found
+    return {key: record for key, (_, record) in scan_records(root, suffix, complete=False).items()}
 
 
 def _correction_columns(side: str, record: dict | None) -> dict:
