@@ -155,6 +155,11 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
         for p in pending:
             summary.written.append(str(p.commit()))
     summary.seconds = time.perf_counter() - start
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("convert", out, summary, source=dataset, arguments=dict(
+        fmt=fmt, codec=codec, level=level, chunks=chunks, shards=shards, pyramid_levels=pyramid_levels,
+        timepoints=timepoints, cameras=cameras, channels=channels, specimens=specimens, overwrite=overwrite,
+        skip_existing=skip_existing))
     return summary
 
 

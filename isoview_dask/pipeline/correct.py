@@ -289,4 +289,6 @@ def correct_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
         summary.written.append(str(record_path))
         summary.input_bytes += record["input_bytes"]
     summary.seconds = time.perf_counter() - start
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("correct", out, summary, config=config, source=dataset)
     return summary

@@ -381,4 +381,6 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
             summary.written.append(str(target))
             summary.input_bytes += params["input_bytes"]
     summary.seconds = time.perf_counter() - start
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("fuse", out, summary, config=config, source=corrected, fixed_parameters=fixed_parameters)
     return summary

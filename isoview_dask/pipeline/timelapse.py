@@ -172,6 +172,8 @@ def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
         summary.written.append(str(record_path))
         summary.input_bytes += int(2 * np.prod(record["shape_zyx"] or [0]) * 2)
     summary.seconds = time.perf_counter() - start
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("estimate", out, summary, config=config, source=corrected)
     return summary
 
 
@@ -534,6 +536,8 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
         return values
 
     fused = fuse_dataset(corrected, out, config, progress=progress, fixed_parameters=fixed)
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("smooth_and_fuse", out, {"smooth": lut_summary, "fuse": fused}, config=config, source=corrected)
     return lut_summary, fused
 
 
@@ -548,6 +552,8 @@ def process_timelapse(raw: str | Path, out: str | Path, config: ProcessingConfig
     summaries = {"correct": correct_dataset(raw, out, config, progress=progress)}
     summaries["estimate"] = estimate_timepoints(out, out, config, progress=progress)
     summaries["smooth"], summaries["fuse"] = smooth_and_fuse(out, out, config, progress=progress)
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("timelapse", out, summaries, config=config, source=raw)
     return summaries
 
 

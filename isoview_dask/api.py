@@ -1,0 +1,390 @@
+"""A compact Python API over the pipeline, for scripts and notebooks.
+
+::
+
+    from isoview_dask import ProcessingConfig, process_dataset, fuse, blend_views, temporal, viz
+
+    cfg = ProcessingConfig.load("isoview.toml")               # or a dict, or a path, or None
+    process_dataset(cfg, "raw/", "out/")                      # correction (fusion=True: and fusion)
+    estimates = fuse(cfg, "out/", apply_fusion=False)         # per-pair estimates, nothing written
+    result = fuse(cfg, "out/")                                # lazy fused volumes (dask arrays)
+    volume = result.compute()[(0, 0, (0, 1), 0)]              # or result.persist(), result.write("fused/")
+    fuse(cfg, "out/", "fused/")                               # estimate, fuse and write (the fuse stage)
+    viz.fusion_summary(result[(0, 0, (0, 1), 0)])
+
+Every function takes the configuration first, as a :class:`ProcessingConfig`,
+a mapping of sections, a TOML/JSON path or None (defaults); flat flags
+(``fusion_type="average"``) override it. Writing goes through the pipeline's
+stage functions, so outputs, completion records and run records
+(:mod:`isoview_dask.provenance`) are those of the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .config import ProcessingConfig
+
+__all__ = ["FusionResult", "PairFusion", "blend_views", "fuse", "load_config", "process_dataset"]
+
+#: A fused pair: (specimen, timepoint, (reference camera, moving camera), channel).
+PairKey = tuple[int, int, tuple[int, int], int]
+
+
+def load_config(config=None, **flags) -> ProcessingConfig:
+    """A :class:`ProcessingConfig` from a config, a mapping, a TOML/JSON path or None; ``flags`` override."""
+    if config is None:
+        base = ProcessingConfig()
+    elif isinstance(config, ProcessingConfig):
+        base = config
+    elif isinstance(config, Mapping):
+        base = ProcessingConfig.from_dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        base = ProcessingConfig.load(config)
+    else:
+        raise TypeError(f"config: expected a ProcessingConfig, a mapping, a path or None, got {type(config).__name__}")
+    return ProcessingConfig.from_flags(base, **flags) if flags else base
+
+
+def _cluster_context(cluster):
+    import contextlib
+    if cluster is None:
+        return contextlib.nullcontext()
+    from .cluster import ClusterSpec, client_context
+    if isinstance(cluster, str):
+        cluster = ClusterSpec(cluster=cluster)
+    elif isinstance(cluster, Mapping):
+        cluster = ClusterSpec(**cluster)
+    return client_context(cluster)
+
+
+def process_dataset(config=None, input=None, out=None, *, fusion: bool = False, two_pass: bool = False,
+                    cluster=None, progress: bool = True, **flags) -> dict:
+    """Correct a raw recording, and fuse it when asked (the ``correct`` / ``run`` / ``timelapse`` commands).
+
+    Parameters
+    ----------
+    config : ProcessingConfig, mapping, path or None
+        The configuration; ``flags`` (e.g. ``input_cameras=[0, 1]``) override it.
+    input : path or Dataset
+        The raw recording.
+    out : path
+        Output root (corrected and fused volumes go under ``<out>/SPM##/TM######/``).
+    fusion : bool
+        Also fuse the opposing camera pairs (one pass per timepoint).
+    two_pass : bool
+        Fuse in two passes with time-smoothed parameters (implies ``fusion``).
+    cluster : ClusterSpec, mapping, str or None
+        Run on this cluster (e.g. ``"local"``); None: the active client, or
+        dask's threaded scheduler.
+
+    Returns
+    -------
+    dict of stage name -> StageSummary
+        ``correct``, and ``fuse`` (``estimate``, ``smooth``, ``fuse`` with ``two_pass``).
+    """
+    if input is None or out is None:
+        raise TypeError("process_dataset needs the raw recording (input) and the output root (out)")
+    cfg = load_config(config, **flags)
+    from .pipeline import correct_dataset, fuse_dataset
+    from .pipeline.timelapse import process_timelapse
+    with _cluster_context(cluster):
+        if two_pass:
+            return process_timelapse(input, out, cfg, progress=progress)
+        summaries = {"correct": correct_dataset(input, out, cfg, progress=progress)}
+        if fusion:
+            summaries["fuse"] = fuse_dataset(out, out, cfg, progress=progress)
+    return summaries
+
+
+# ------------------------------------------------------------------------------------------- fusion
+
+@dataclass
+class PairFusion:
+    """One opposing camera pair: its estimates and, lazily, its volumes.
+
+    Attributes
+    ----------
+    key : (specimen, timepoint, (a, b), channel)
+    estimate : PairEstimate or None
+        Registration, intensity and transition-plane map (None when read back
+        from written outputs; see ``parameters``).
+    parameters : dict
+        The small values: the estimate's summary, or the written parameters JSON.
+    fused : dask array (Z, Y, X) or None
+        The fused volume, lazy (None with ``apply_fusion=False``).
+    reference, moving_aligned : dask arrays or None
+        The reference camera and the moving one in its frame (NaN where it
+        recorded nothing), lazy: for overlays and checks.
+    mask_reference, mask_moving_aligned : dask arrays of bool or None
+    voxel_size_um : (z, y, x) or None
+    """
+
+    key: PairKey
+    estimate: Any = None
+    parameters: dict = field(default_factory=dict)
+    fused: Any = None
+    reference: Any = None
+    moving_aligned: Any = None
+    mask_reference: Any = None
+    mask_moving_aligned: Any = None
+    voxel_size_um: Any = None
+
+    @property
+    def transition_yx(self) -> np.ndarray | None:
+        return None if self.estimate is None else self.estimate.transition_yx
+
+
+class FusionResult(Mapping):
+    """What :func:`fuse` returns: a mapping of pair key -> :class:`PairFusion`, lazy until computed.
+
+    ``failed`` maps pairs that could not be fused to the reason; ``summary``
+    is the stage summary when the result was written.
+    """
+
+    def __init__(self, pairs: dict, config: ProcessingConfig, corrected: Path, failed: dict | None = None,
+                 summary=None):
+        self._pairs = dict(pairs)
+        self.config = config
+        self.corrected = corrected
+        self.failed = dict(failed or {})
+        self.summary = summary
+
+    def __getitem__(self, key) -> PairFusion:
+        return self._pairs[key]
+
+    def __iter__(self) -> Iterator[PairKey]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __repr__(self) -> str:
+        state = "written" if self.summary is not None else (
+            "lazy" if any(p.fused is not None for p in self.values()) else "estimates only")
+        return f"<FusionResult {len(self)} pair(s), {len(self.failed)} failed, {state}>"
+
+    @property
+    def estimates(self) -> dict:
+        """Pair key -> PairEstimate."""
+        return {k: p.estimate for k, p in self.items()}
+
+    @property
+    def parameters(self) -> dict:
+        """Pair key -> small parameter dict."""
+        return {k: p.parameters for k, p in self.items()}
+
+    @property
+    def arrays(self) -> dict:
+        """Pair key -> lazy fused volume."""
+        return {k: p.fused for k, p in self.items() if p.fused is not None}
+
+    def compute(self, progress: bool = False) -> dict:
+        """Compute every fused volume (together, on the active cluster); pair key -> numpy array."""
+        from .cluster import compute
+        keys = list(self.arrays)
+        return dict(zip(keys, compute(*[self.arrays[k] for k in keys], progress=progress, label="fusing")))
+
+    def persist(self) -> "FusionResult":
+        """A copy whose fused volumes are held in (cluster) memory: later computations start from them."""
+        import dask
+        keys = list(self.arrays)
+        held = dict(zip(keys, dask.persist(*[self.arrays[k] for k in keys])))
+        pairs = {k: replace(p, fused=held.get(k, p.fused)) for k, p in self.items()}
+        return FusionResult(pairs, self.config, self.corrected, self.failed, self.summary)
+
+    def fixed_parameters(self) -> Callable:
+        """This result's estimates as ``fuse_dataset(fixed_parameters=...)``."""
+        table = {k: p.estimate for k, p in self.items() if p.estimate is not None}
+
+        def lookup(specimen, timepoint, pair, channel):
+            estimate = table.get((specimen, timepoint, tuple(pair), channel))
+            return None if estimate is None else _fixed_from_estimate(estimate)
+        return lookup
+
+    def write(self, out=None, *, progress: bool = True) -> "FusionResult":
+        """Write the fused volumes (the fusion stage with these estimates as fixed parameters).
+
+        Returns the result read back from the written outputs (``summary`` set).
+        """
+        from .pipeline import fuse_dataset
+        out = Path(out) if out is not None else self.corrected
+        config = self.config
+        if self:  # only the pairs this result holds (pairs it lacks would be estimated afresh)
+            keys = list(self)
+            config = config.replace(input_specimens=sorted({k[0] for k in keys}),
+                                    input_timepoints=sorted({k[1] for k in keys}),
+                                    input_channels=sorted({k[3] for k in keys}),
+                                    fusion_camera_pairs=sorted({tuple(k[2]) for k in keys}))
+        summary = fuse_dataset(self.corrected, out, config, progress=progress, fixed_parameters=self.fixed_parameters())
+        return _read_written(self.corrected, out, config, summary, self.failed)
+
+
+def _fixed_from_estimate(estimate) -> dict:
+    fixed = {"sampling_offset_yx_px": [float(v) for v in estimate.offset_yx],
+             "sampling_rotation_deg": float(estimate.rotation_deg),
+             "registration_confidence": float(estimate.confidence),
+             "transition_yx": np.asarray(estimate.transition_yx, dtype=np.float64)}
+    if estimate.intensity is not None:
+        fixed["intensity_ratio_moving_over_reference"] = float(estimate.intensity.ratio)
+    return fixed
+
+
+def _fixed_for(parameters, key: PairKey) -> dict | None:
+    """Fixed parameters of one pair from what the caller gave ``fuse(parameters=...)``."""
+    if parameters is None:
+        return None
+    if callable(parameters) and not isinstance(parameters, Mapping):
+        s, t, pair, ch = key
+        return parameters(s, t, pair, ch)
+    if isinstance(parameters, Mapping) and parameters and all(isinstance(k, str) for k in parameters):
+        return dict(parameters)  # the same values for every pair
+    entry = parameters.get(key) if isinstance(parameters, Mapping) else None
+    if entry is None:
+        return None
+    if isinstance(entry, PairFusion):
+        entry = entry.estimate if entry.estimate is not None else entry.parameters
+    if hasattr(entry, "transition_yx") and hasattr(entry, "offset_yx"):
+        return _fixed_from_estimate(entry)
+    return dict(entry)
+
+
+def _pairs(corrected, config: ProcessingConfig):
+    from .pipeline.fuse import find_corrected
+    from .pipeline.timelapse import _groups
+    for specimen, timepoint, channel, pair, ref, mov in _groups(find_corrected(corrected), config):
+        yield (specimen, timepoint, tuple(pair), channel), ref, mov
+
+
+def _read_written(corrected, out, config, summary, failed) -> FusionResult:
+    import json
+
+    from .io import open_volume
+    from .pipeline import output_path
+    pairs, failed = {}, dict(failed or {})
+    for key, ref, mov in _pairs(corrected, config):
+        s, t, (a, b), ch = key
+        target = output_path(out, s, t, [a, b], ch, "fusedStack")
+        if str(target) in summary.failed:
+            failed[key] = summary.failed[str(target)]
+        elif target.with_suffix(".json").is_file() and target.exists():
+            params = json.loads(target.with_suffix(".json").read_text())
+            pairs[key] = PairFusion(key, None, params, open_volume(target),
+                                    voxel_size_um=params.get("voxel_size_um_zyx"))
+    return FusionResult(pairs, config, Path(corrected), failed, summary)
+
+
+def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True, apply_fusion: bool = True,
+         parameters=None, progress: bool = False, **flags) -> FusionResult:
+    """Fuse the opposing camera pairs of corrected volumes: estimate, apply, or both.
+
+    Parameters
+    ----------
+    config : ProcessingConfig, mapping, path or None
+        ``fusion`` options (and ``input`` selection); ``flags`` override.
+    corrected : path
+        Output root of the correction stage.
+    out : path, optional
+        With ``apply_fusion``: write the fused volumes there (the fusion
+        stage: parameters JSON, diagnostics, completion and run records)
+        and return them read back lazily. Without: nothing is written.
+    estimate_params : bool
+        Estimate registration, intensity factor and transition planes.
+        False: take them from ``parameters``.
+    apply_fusion : bool
+        Build the fused volumes. False (with ``estimate_params``): return the
+        per-pair estimates only; no volume is computed or written.
+    parameters : FusionResult, mapping or callable, optional
+        With ``estimate_params=False``: a previous result (or its
+        ``estimates``), ``{pair key: PairEstimate or dict}``, one dict for
+        every pair, or ``f(specimen, timepoint, pair, channel) -> dict``;
+        dict keys as :func:`isoview_dask.pipeline.fuse.estimate_pair`'s ``fixed``.
+
+    Returns
+    -------
+    FusionResult
+        Pair key ``(specimen, timepoint, (a, b), channel)`` -> :class:`PairFusion`.
+        Unless written, fused volumes are lazy dask arrays: ``.compute()``,
+        ``.persist()`` or ``.write(out)`` them.
+    """
+    if corrected is None:
+        raise TypeError("fuse needs the corrected-output root (corrected)")
+    if not estimate_params and parameters is None:
+        raise ValueError("estimate_params=False needs parameters=... (e.g. an earlier fuse(...) result)")
+    if not estimate_params and not apply_fusion:
+        raise ValueError("nothing to do: estimate_params and apply_fusion are both False")
+    cfg = load_config(config, **flags)
+    corrected = Path(corrected)
+    if apply_fusion and out is not None:
+        from .pipeline import fuse_dataset
+
+        def lookup(specimen, timepoint, pair, channel):
+            return _fixed_for(parameters, (specimen, timepoint, tuple(pair), channel))
+        summary = fuse_dataset(corrected, out, cfg, progress=progress,
+                               fixed_parameters=None if estimate_params else lookup)
+        return _read_written(corrected, Path(out), cfg, summary, {})
+
+    from .fuse import blend
+    from .pipeline.fuse import _aligned, _prepared, estimate_pair
+    from .errors import IsoviewError
+    fc = cfg.fusion
+    pairs, failed = {}, {}
+    for key, ref, mov in _pairs(corrected, cfg):
+        if ref is None or mov is None:
+            failed[key] = f"camera {key[2][0] if ref is None else key[2][1]} has no complete corrected volume"
+            continue
+        fixed = None if estimate_params else _fixed_for(parameters, key)
+        if not estimate_params and fixed is None:
+            failed[key] = "no parameters given for this pair"
+            continue
+        try:
+            estimate = estimate_pair(ref, mov, cfg, progress=progress, fixed=fixed)
+        except (IsoviewError, ValueError, OSError) as exc:
+            failed[key] = str(exc)
+            continue
+        entry = PairFusion(key, estimate, estimate.summary(), voxel_size_um=ref.voxel_size_um)
+        if apply_fusion:
+            reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
+            moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
+            fused = blend(reference, moving_a, estimate.transition_yx, fc.blending_range[1], fc.type,
+                          estimate.intensity, profile=fc.blending_profile, dtype=reference.dtype)
+            entry = replace(entry, fused=fused, reference=reference, moving_aligned=moving_a,
+                            mask_reference=mask_ref, mask_moving_aligned=mask_mov_a)
+        pairs[key] = entry
+    return FusionResult(pairs, cfg, corrected, failed)
+
+
+def blend_views(reference, moving_aligned, transition=None, *, config=None, blending_range: float | None = None,
+                method: str | None = None, intensity=None, profile: str | None = None, dtype=np.float32):
+    """Blend two aligned views along z, blockwise (a thin wrapper of :func:`isoview_dask.fuse.blend`).
+
+    Parameters
+    ----------
+    reference, moving_aligned : dask or numpy arrays (Z, Y, X)
+        The reference camera and the opposing one in its frame (NaN where not recorded).
+    transition : number or (Y, X) array, optional
+        Transition plane(s); None with ``method='geometric'`` is the middle plane.
+    config : ProcessingConfig, mapping, path or None
+        Defaults for ``blending_range`` (its camera value), ``method``
+        (``fusion.type``) and ``profile`` (``fusion.blending_profile``).
+    intensity : IntensityResult or float, optional
+        A float is the ``moving / reference`` brightness ratio; the dimmer view is scaled.
+
+    Returns
+    -------
+    dask.array.Array (Z, Y, X), lazy.
+    """
+    from .fuse import IntensityResult, blend
+    fc = load_config(config).fusion
+    if intensity is not None and not isinstance(intensity, IntensityResult):
+        intensity = IntensityResult.from_ratio(float(intensity))
+    return blend(reference, moving_aligned, transition,
+                 fc.blending_range[1] if blending_range is None else blending_range,
+                 fc.type if method is None else method, intensity,
+                 profile=fc.blending_profile if profile is None else profile, dtype=dtype)
