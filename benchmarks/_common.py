@@ -131,20 +131,31 @@ def process_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds used so far by the calling process, all threads (runs on workers too)."""
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
 class PeakMemory:
-    """Sample resident memory in a background thread while a block runs.
+    """Sample resident memory in a background thread while a block runs, and count CPU time.
 
     Always samples this process; with ``client`` (a ``distributed.Client``)
     also every worker, through ``client.run``. Use as a context manager::
 
         with PeakMemory(client) as mem:
             work()
-        mem.result()  # {'client_peak_mb': ..., 'worker_peak_mb': ..., ...}
+        mem.result()  # {'client_peak_mb': ..., 'worker_peak_mb': ..., 'cpu_s': ...}
 
     ``worker_peak_mb`` is the largest RSS any single worker reached,
     ``workers_total_peak_mb`` the largest sum over workers in one sample. A
     sample every ``interval`` seconds can miss short spikes; the numbers are
-    lower bounds.
+    lower bounds. ``client_cpu_s`` / ``workers_cpu_s`` are the CPU seconds
+    this process (which also hosts a local scheduler and the sampler) and
+    all workers used inside the block; ``cpu_s`` is their sum. On a shared,
+    loaded machine CPU seconds vary much less than wall time.
     """
 
     def __init__(self, client=None, interval: float = 0.2):
@@ -158,6 +169,8 @@ class PeakMemory:
         self.workers_total_peak = 0
         self.samples = 0
         self.errors = 0
+        self.client_cpu = 0.0
+        self.workers_cpu: float | None = None
 
     def _sample(self) -> None:
         rss = process_rss()
@@ -177,16 +190,28 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self._sample()
 
+    def _workers_cpu(self) -> dict[str, float]:
+        return {a: float(v) for a, v in self.client.run(process_cpu_seconds).items()}
+
     def __enter__(self) -> "PeakMemory":
         self.client_base = process_rss()
         if self.client is not None:
             self.worker_base = {a: int(v) for a, v in self.client.run(process_rss).items()}
+            self._workers_cpu0 = self._workers_cpu()
+        self._client_cpu0 = process_cpu_seconds()
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="peak-memory", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.client_cpu = process_cpu_seconds() - self._client_cpu0
+        if self.client is not None:
+            try:
+                after = self._workers_cpu()
+                self.workers_cpu = sum(v - self._workers_cpu0.get(a, 0.0) for a, v in after.items())
+            except Exception:
+                self.errors += 1
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -197,11 +222,15 @@ class PeakMemory:
             "client_base_mb": round(self.client_base / MB, 1),
             "client_peak_mb": round(self.client_peak / MB, 1),
             "samples": self.samples,
+            "client_cpu_s": round(self.client_cpu, 3),
+            "cpu_s": round(self.client_cpu + (self.workers_cpu or 0.0), 3),
         }
         if self.client is not None:
             out["worker_base_mb"] = round(max(self.worker_base.values(), default=0) / MB, 1)
             out["worker_peak_mb"] = round(max(self.worker_peak.values(), default=0) / MB, 1)
             out["workers_total_peak_mb"] = round(self.workers_total_peak / MB, 1)
+            if self.workers_cpu is not None:
+                out["workers_cpu_s"] = round(self.workers_cpu, 3)
             if self.errors:
                 out["sample_errors"] = self.errors
         return out
@@ -268,7 +297,14 @@ def summarize(runs: Sequence[Run], nbytes: int | None = None) -> dict[str, Any]:
             if key.endswith("_mb"):
                 peaks[key] = max(peaks.get(key, 0.0), value)
     out["memory"] = peaks
+    cpu = [r.memory.get("cpu_s") for r in runs]
+    if any(c is not None for c in cpu):
+        out["cpu_s"] = cpu
+        out["median_cpu_s"] = round(median(cpu), 3)
+        if nbytes is not None and out["median_cpu_s"]:
+            out["mb_per_cpu_s"] = round(nbytes / MB / out["median_cpu_s"], 1)
     out["load"] = [r.load for r in runs]
+    out["max_load_1min"] = max(r.load[0] for r in runs)
     extras = [r.extra for r in runs if r.extra]
     if extras:
         out["extra"] = extras

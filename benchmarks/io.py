@@ -346,33 +346,51 @@ def _pair(row: dict[str, Any], key: str) -> str:
     return f"{common.fmt(w, 0)} / {common.fmt(r, 0)}"
 
 
+def _cpu_pair(row: dict[str, Any]) -> str:
+    w = (row.get("write") or {}).get("median_cpu_s")
+    r = (row.get("read") or {}).get("median_cpu_s")
+    if w is None and r is None:
+        return "–"
+    return f"{common.fmt(w)} / {common.fmt(r)}"
+
+
+def _max_load(row: dict[str, Any]) -> float | None:
+    loads = []
+    for part in (row.get("write") or {}, row.get("read") or {}):
+        loads += [entry[0] for entry in part.get("load", [])]  # 1-minute load after each repeat
+    return max(loads) if loads else None
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     cells = []
     for row in rows:
         sharded = {True: "yes", False: "no", None: "–"}[row.get("sharded")]
+        counts = bool(row.get("verified"))  # numbers of an unverified output are not shown
         cells.append({
             "format": row["format"] + ("" if row["key"].startswith(("zarr", "stack", "tiff")) else
                                        f" ({row['key'].split('-', 1)[1]})"),
             "codec": row["codec"],
             "sharded": sharded,
             "workers": str(row["workers"]),
-            "write": (row.get("write") or {}).get("mb_per_s"),
-            "read": (row.get("read") or {}).get("mb_per_s"),
+            "write": (row.get("write") or {}).get("mb_per_s") if counts else None,
+            "read": (row.get("read") or {}).get("mb_per_s") if counts else None,
             "ratio": row.get("ratio"),
             "size": round(row["size_bytes"] / common.MB, 1) if row.get("size_bytes") else None,
             "worker_mem": _pair(row, "worker_peak_mb"),
             "client_mem": _pair(row, "client_peak_mb"),
+            "cpu": _cpu_pair(row),
+            "load": _max_load(row),
             "verified": "yes" if row.get("verified") else ("FAILED" if row.get("error") else "no"),
         })
     columns = [("format", "format"), ("codec", "codec"), ("sharded", "sharded"), ("workers", "workers"),
                ("write", "write MB/s"), ("read", "read MB/s"), ("ratio", "ratio"), ("size", "size MB"),
                ("worker_mem", "peak worker MB (w / r)"), ("client_mem", "peak client MB (w / r)"),
-               ("verified", "verified")]
+               ("cpu", "CPU s (w / r)"), ("load", "load"), ("verified", "verified")]
     for c in cells:  # ratio with two decimals
         if isinstance(c["ratio"], float):
             c["ratio"] = common.fmt(c["ratio"], 2)
     return common.markdown_table(cells, columns, align={"ratio": "r", "worker_mem": "r", "client_mem": "r",
-                                                         "workers": "l"})
+                                                         "cpu": "r", "load": "r", "workers": "l"})
 
 
 def notes(record: dict[str, Any]) -> list[str]:
@@ -389,12 +407,15 @@ def notes(record: dict[str, Any]) -> list[str]:
         f"{s['interval']} s (worker: the largest single worker).",
         "In-process rows (pyklb writefull/readfull, read_klb): no cluster, one decoding thread per core; "
         "the pyklb write starts from a numpy array already in memory, and the client memory includes that "
-        "512 MB input array (and the returned array for reads).",
+        f"{record['input']['raw_mb']:.0f} MB input array (and the returned array for reads).",
         "Writes start from the lazy input (`open_stack`, 8-plane chunks at 2048 x 2048) whose file is in the "
         "page cache; they end when the writer returns, with data in the page cache (the following `os.sync` "
         "is in the JSON as `with_sync_mb_per_s`).",
         f"Reads: {'cold (page cache dropped before every read)' if s['drop_caches'] else 'warm (the output is in the page cache)'}; "
         "opening is included; each chunk is decoded and reduced to its voxel count.",
+        "CPU s: median CPU seconds of one write / read, workers plus this process (which hosts the scheduler "
+        "and the memory sampler); much less sensitive to other jobs than wall time. load: the highest 1-minute "
+        f"load average seen during the row ({m['cpu_usable']} cores; above that, other jobs competed for CPU).",
         "Every output was read back and compared with the input chunk by chunk before its numbers were kept "
         "(column 'verified').",
         "Zarr: default inner chunks (8, 256, 256) and shards (32, 1024, 1024); unsharded = one file per "
@@ -440,6 +461,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the written outputs in <workdir>/io-out")
     parser.add_argument("--interval", type=float, default=0.25, help="memory sampling interval, seconds (default: %(default)s)")
     parser.add_argument("--regenerate", action="store_true", help="regenerate the synthetic input")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only print the Markdown table of an earlier run's JSON (nothing is measured)")
     args = parser.parse_args(argv)
     common.resolve_repeats(args)
     args.worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -450,6 +473,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        import json
+
+        record = json.loads(args.render.read_text(encoding="utf-8"))
+        print(table(record["results"]))
+        print()
+        print("\n".join(f"- {n}" for n in notes(record)) if "load_end" in record else "(unfinished run)")
+        return 0
     common.pickle_by_value()
     started = time.perf_counter()
     shape = QUICK_SHAPE if args.quick else (args.planes, 2048, 2048)

@@ -347,8 +347,14 @@ def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | N
     """
     path = Path(path)
     arr, _ = _open_array(path, level)
-    if chunks is None:
-        chunks = arr.shards or arr.chunks
+    if chunks is None and arr.shards:
+        chunks = arr.shards
+    elif chunks is None:
+        # Unsharded: one task per ~64 MiB of whole inner chunks, not one per inner chunk.
+        from .chunking import plane_chunks
+        inner = arr.chunks
+        planes = plane_chunks(arr.shape, np.dtype(arr.dtype).itemsize)[0] if arr.ndim == 3 else inner[0]
+        chunks = (max(inner[0], (planes // inner[0]) * inner[0]),) + tuple(arr.shape[1:])
     return da.from_zarr(arr, chunks=tuple(chunks))
 
 
