@@ -260,6 +260,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--overwrite", action="store_true")
     _add_cluster_options(p)
+
+    # -- rerun: redo a recorded run (isoview_dask.provenance) --
+    p = sub.add_parser("rerun", help="redo a recorded run (same stage, configuration and input)",
+                       description="Every stage appends a run record to OUT/isoview-runs/. Give a record file, "
+                                   "or an output root and --index (0 the oldest, -1 the newest; --list shows "
+                                   "them), to run that stage again with the recorded configuration and input, "
+                                   "into the recorded folder or --out NEW.")
+    p.add_argument("record", help="a run record (.json) or an output root")
+    p.add_argument("--index", type=int, help="which record of an output root (default -1, the newest)")
+    p.add_argument("--list", action="store_true", help="list the output root's run records and exit")
+    p.add_argument("--out", help="output root (default: the recorded one)")
+    p.add_argument("--input", help="input to use instead of the recorded one")
+    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    p.add_argument("--strict", action="store_true",
+                   help="fail if an input changed since the recorded run (default: warn)")
+    _add_cluster_options(p)
+    # -- end of rerun --
+
+    # -- bench: the compression study (isoview_dask.bench) --
+    p = sub.add_parser("bench", help="benchmarks (the compression study)",
+                       description="Benchmarks that anyone can rerun on their own data and machine.")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True)
+    from .bench import add_compression_arguments
+    add_compression_arguments(bench_sub.add_parser(
+        "compression", help="size, ratio and speed of KLB, TIFF and every zarr codec on one volume",
+        description="Write one volume with every configuration (KLB via pyklb and via the dask engine, TIFF, "
+                    "zarr codecs and levels, sharded and unsharded), read each back in full and plane by plane, "
+                    "verify it against the input, and report the medians as JSON, a Markdown table and PNG "
+                    "plots in --out."))
+    # -- end of bench --
     return parser
 
 
@@ -408,9 +438,32 @@ def cmd_demo(args) -> int:
     return 1 if (converted.failed or corrected.failed or fused.failed) else 0
 
 
+# -- bench --
+def cmd_bench(args) -> int:
+    from .bench import compression_command
+    return compression_command(args)
+# -- end of bench --
+
+
+# -- rerun --
+def cmd_rerun(args) -> int:
+    from .provenance import rerun, runs_table
+    if args.list:
+        print(runs_table(args.record))
+        return 0
+    with _cluster(args):
+        done = rerun(args.record, index=args.index, out=args.out, source=args.input, overwrite=args.overwrite,
+                     strict=args.strict)
+    print(done.report())
+    return 1 if done.failed else 0
+# -- end of rerun --
+
+
 COMMANDS = {"info": cmd_info, "synth": cmd_synth, "convert": cmd_convert, "correct": cmd_correct,
             "fuse": cmd_fuse, "run": cmd_run, "init": cmd_init, "demo": cmd_demo,
             "timelapse": cmd_timelapse, "params": cmd_params}
+COMMANDS["bench"] = cmd_bench  # bench
+COMMANDS["rerun"] = cmd_rerun  # rerun
 
 
 def main(argv: Sequence[str] | None = None) -> int:
