@@ -158,6 +158,25 @@ def _config_from_args(args):
     return ProcessingConfig.from_flags(base, **flags)
 
 
+def _stage_parser(sub, name: str, help: str, description: str, *, fusion: bool = True,
+                  source: tuple[str, str] = ("input", "raw recording folder"),
+                  out_help: str | None = None) -> argparse.ArgumentParser:
+    """A processing command: its source folder, --out, --overwrite, selection, cluster and config options."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument(source[0], help=source[1])
+    if out_help:
+        p.add_argument("--out", help=out_help)
+    else:
+        p.add_argument("--out", required=True, help="output root")
+    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    if fusion:
+        _add_fusion_shortcuts(p)
+    _add_selection(p)
+    _add_cluster_options(p)
+    _add_config_flags(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isoview-dask", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -188,54 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     _add_cluster_options(p)
 
-    p = sub.add_parser("correct", help="correct raw camera volumes (dead pixels, background, masks)",
-                       description="The MATLAB clusterPT step: for every selected view write the corrected "
-                                   "volume, foreground and coordinate masks, projections and a statistics JSON "
-                                   "under OUT/SPM##/TM######/. Complete outputs are skipped on a rerun.")
-    p.add_argument("input", help="raw recording folder")
-    p.add_argument("--out", required=True, help="output root")
-    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
-    _add_selection(p)
-    _add_cluster_options(p)
-    _add_config_flags(p)
-
-    p = sub.add_parser("fuse", help="register and blend opposing camera pairs of corrected volumes",
-                       description="The MATLAB clusterMF step: for every timepoint and camera pair with complete "
-                                   "corrected volumes, write <stem>.fusedStack.zarr, its parameters JSON and "
-                                   "diagnostic PNGs. Complete outputs are skipped on a rerun.")
-    p.add_argument("corrected", help="output root of the correction stage")
-    p.add_argument("--out", help="where fused volumes go (default: beside the corrected ones)")
-    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
-    _add_fusion_shortcuts(p)
-    _add_selection(p)
-    _add_cluster_options(p)
-    _add_config_flags(p)
-
-    p = sub.add_parser("run", help="correct then fuse a raw recording",
-                       description="Correction then fusion, all outputs under OUT/SPM##/TM######/.")
-    p.add_argument("input", help="raw recording folder")
-    p.add_argument("--out", required=True, help="output root")
-    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
+    _stage_parser(sub, "correct", "correct raw camera volumes (dead pixels, background, masks)",
+                  "The MATLAB clusterPT step: for every selected view write the corrected volume, foreground and "
+                  "coordinate masks, projections and a statistics JSON under OUT/SPM##/TM######/. Complete "
+                  "outputs are skipped on a rerun.", fusion=False)
+    p = _stage_parser(sub, "fuse", "register and blend opposing camera pairs of corrected volumes",
+                      "The MATLAB clusterMF step: for every timepoint and camera pair with complete corrected "
+                      "volumes, write <stem>.fusedStack.zarr, its parameters JSON and diagnostic PNGs. Complete "
+                      "outputs are skipped on a rerun.", source=("corrected", "output root of the correction stage"),
+                      out_help="where fused volumes go (default: beside the corrected ones)")
+    p = _stage_parser(sub, "run", "correct then fuse a raw recording",
+                      "Correction then fusion, all outputs under OUT/SPM##/TM######/.")
     p.add_argument("--two-pass", action="store_true",
                    help="time-lapse fusion: estimate every timepoint, smooth over time, then fuse (as 'timelapse')")
-    _add_fusion_shortcuts(p)
-    _add_selection(p)
-    _add_cluster_options(p)
-    _add_config_flags(p)
-
     # -- time-lapse: two-pass fusion and the parameter table (isoview_dask.pipeline.timelapse) --
-    p = sub.add_parser("timelapse", help="correct, then fuse in two passes with time-smoothed parameters",
-                       description="Correction; pass 1 estimates registration, intensity and transition planes "
-                                   "for every timepoint; pass 2 smooths them over time (rloess or static, "
-                                   "--fusion-* options), writes lookup tables and plots to OUT/SPM##/ and fuses "
-                                   "every timepoint with the smoothed values. Every step resumes.")
-    p.add_argument("input", help="raw recording folder")
-    p.add_argument("--out", required=True, help="output root")
-    p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
-    _add_fusion_shortcuts(p)
-    _add_selection(p)
-    _add_cluster_options(p)
-    _add_config_flags(p)
+    _stage_parser(sub, "timelapse", "correct, then fuse in two passes with time-smoothed parameters",
+                  "Correction; pass 1 estimates registration, intensity and transition planes for every "
+                  "timepoint; pass 2 smooths them over time (rloess or static, --fusion-* options), writes lookup "
+                  "tables and plots to OUT/SPM##/ and fuses every timepoint with the smoothed values. Every step "
+                  "resumes.")
 
     p = sub.add_parser("params", help="print every estimated and used parameter as one table",
                        description="One row per timepoint, camera pair and channel: registration, intensity, "
