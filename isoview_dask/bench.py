@@ -26,9 +26,10 @@ Per configuration and run:
 3. **verification**: those per-chunk CRCs are compared with the CRCs of
    the input cut into the same chunks. A run whose output differs is not
    counted: the row is marked failed and its numbers dropped.
-4. **plane reads**: ``plane_reads`` random planes, each opened and read on
-   its own in this process (dask's threaded scheduler: the latency a viewer
-   sees); each plane is also compared with the input.
+4. **plane reads**: ``plane_reads`` random planes (fewer once they have
+   taken ``slow_seconds / 3``), each opened and read on its own in this
+   process (dask's threaded scheduler: the latency a viewer sees); each
+   plane is also compared with the input.
 
 Throughput is GB (1e9 bytes) of raw voxels per second, in both directions;
 ratio is raw bytes over bytes on disk (every file of the output). A
@@ -711,7 +712,7 @@ class _Measurer:
                     for z in planes:
                         seconds, problem = self.plane_read(case, path, int(z))
                         times.append(round(seconds, 5))
-                        if problem:
+                        if problem or sum(times) > self.slow_seconds / 3:  # slow formats: fewer planes
                             break
                     run["plane_z"] = [int(z) for z in planes[:len(times)]]
                     run["plane_s"] = times
@@ -838,8 +839,9 @@ def _notes(record: dict[str, Any]) -> list[str]:
         "Verification: after every write the per-chunk CRC-32s of the full read were compared with those of the "
         "input cut into the same chunks (pyklb row: the array read compared plane by plane); every plane read "
         "was compared with the input too. A run that differs is not counted: the row shows FAILED.",
-        f"Plane read: {s['plane_reads']} random planes per run, each opened and read alone in this process "
-        "(dask threaded scheduler; pyklb row: `pyklb.readroi`), output in the page cache; the median in ms.",
+        f"Plane read: up to {s['plane_reads']} random planes per run (fewer once they took "
+        f"{s['slow_seconds'] / 3:g} s), each opened and read alone in this process (dask threaded scheduler; "
+        "pyklb row: `pyklb.readroi`), output in the page cache; the median in ms.",
         "zarr: v3 with OME-NGFF metadata, inner chunks " + ", ".join("x".join(map(str, c)) for c in s["chunks"])
         + f", shards {'x'.join(map(str, s['shard_shape']))} (clipped to the volume) or unsharded (one file per "
         "inner chunk); blosc codecs with bitshuffle. KLB: blocks 8 x 96 x 96; pyklb writes bzip2 blocks "
@@ -1030,7 +1032,8 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
         Runs per configuration (median reported); a configuration whose
         first run takes longer than ``slow_seconds`` runs once.
     plane_reads : int
-        Random single-plane reads per run.
+        Random single-plane reads per run (they stop early, after at least
+        one, once they have taken ``slow_seconds / 3`` seconds).
     workers, threads_per_worker, memory_limit
         The local dask cluster started for the study (``workers=0``: no
         cluster, dask's threaded scheduler). Ignored when ``client`` is given.
@@ -1151,8 +1154,9 @@ def add_compression_arguments(parser: argparse.ArgumentParser, *, default_input:
     parser.add_argument("--slow-seconds", type=float, default=DEFAULT_SLOW_SECONDS,
                         help="a configuration whose first write + read takes longer runs only once "
                              "(default: %(default)s)")
-    parser.add_argument("--plane-reads", type=int, default=5, help="random single-plane reads per run "
-                                                                   "(default: %(default)s)")
+    parser.add_argument("--plane-reads", type=int, default=5,
+                        help="random single-plane reads per run, fewer once they took SLOW_SECONDS/3 "
+                             "(default: %(default)s)")
     parser.add_argument("--out", default=default_out,
                         help="results folder: compression.json, .md and two PNGs (default: %(default)s)")
     parser.add_argument("--workdir", default=default_workdir,
