@@ -330,7 +330,7 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
                                fixed_parameters=None if estimate_params else lookup)
         return _read_written(corrected, Path(out), cfg, summary, {})
 
-    from .fuse import blend
+    from .fuse import fuse_views
     from .pipeline.fuse import _aligned, _prepared, estimate_pair
     from .errors import IsoviewError
     fc = cfg.fusion
@@ -352,8 +352,9 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
         if apply_fusion:
             reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
             moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
-            fused = blend(reference, moving_a, estimate.transition_yx, fc.blending_range[1], fc.type,
-                          estimate.intensity, profile=fc.blending_profile, dtype=reference.dtype)
+            fused = fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, estimate.transition_yx,
+                               fc.blending_range[1], fc.type, estimate.intensity, profile=fc.blending_profile,
+                               dtype=reference.dtype, slab_planes=fc.slab_size_cameras or None)
             entry = replace(entry, fused=fused, reference=reference, moving_aligned=moving_a,
                             mask_reference=mask_ref, mask_moving_aligned=mask_mov_a)
         pairs[key] = entry

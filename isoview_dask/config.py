@@ -260,6 +260,10 @@ class FusionConfig(Section):
     median_filter_range: int = opt(9, "median filter of the transition-plane map, px", lo=1,
                                    matlab="medianFilterRange")
     transition_smoothing_px: float = opt(4.0, "Gaussian smoothing of the transition-plane map, px", lo=0.0)
+    precise_gauss: bool = opt(True, "exact Gaussian smoothing of the transition-plane map (else a faster one "
+                              "truncated at 2 sigma)", matlab="preciseGauss")
+    slab_size_cameras: int = opt(0, "planes of the camera stacks that one fusion task aligns and blends at once "
+                                 "(bounds a task's memory); 0: the output shard depth", lo=0, matlab="slabSize")
     diagnostics: bool = opt(True, "write diagnostic PNGs (needs matplotlib)")
     # -- time-lapse (two-pass) fusion: isoview_dask.pipeline.timelapse, isoview_dask.temporal --
     temporal_smoothing: bool = opt(True, "two-pass fusion: smooth per-timepoint parameters over time with "

@@ -50,6 +50,8 @@ COVERAGE = {
     "fusion_mask_min_object_size": ["test_mask_min_object_size",
                                     "test_fuse_options.py::test_small_objects_are_removed"],
     "fusion_median_filter_range": ["test_median_filter_range_smooths_the_transition_map"],
+    "fusion_precise_gauss": ["test_fusion_precise_gauss_truncates_the_map_smoothing"],
+    "fusion_slab_size_cameras": ["test_slab_size_sets_the_task_depth_not_the_result"],
     "fusion_temporal_smoothing": ["test_temporal_smoothing_and_window"],
     "fusion_smoothing_window": ["test_temporal_smoothing_and_window",
                                 "test_timelapse.py::test_changed_smoothing_refits_without_reestimating"],
@@ -340,6 +342,32 @@ def test_median_filter_range_smooths_the_transition_map(four, depths):
     for r, m in maps.items():
         np.testing.assert_array_equal(m, _map(depths, median_filter_range=r, smoothing_sigma=0.0))
     assert roughness(maps[1]) > 1.5 * roughness(maps[5]) > 1.5 * roughness(maps[15]) * 0.9
+
+
+def test_fusion_precise_gauss_truncates_the_map_smoothing(four, depths):
+    """preciseGauss off: the map's Gaussian stops at 2 sigma; close to the exact map but not equal."""
+    truth, out, _ = four
+    exact, fast = (_estimate(out, fusion_precise_gauss=p) for p in (True, False))
+    np.testing.assert_array_equal(exact, _map(depths))
+    unsmoothed = _map(depths, smoothing_sigma=0.0)
+    from scipy import ndimage
+    np.testing.assert_allclose(fast, ndimage.gaussian_filter(unsmoothed, 4.0, mode="nearest", truncate=2.0),
+                               atol=1e-12)
+    assert not np.array_equal(fast, exact)
+    assert np.abs(fast - exact).max() < 0.5  # planes: a slightly narrower smoothing, nothing more
+
+
+def test_slab_size_sets_the_task_depth_not_the_result(four, tmp_path):
+    """slabSize: planes per fusion task. The lazy fused volume gets that z-chunking (more, smaller tasks:
+    bounded memory); the written result is bit-identical to the default's."""
+    truth, out, default = four
+    depth = open_volume(output_path(out, 0, 0, 0, 0)).shape[0]
+    for slab in (3, 7):
+        lazy = fuse(None, out, apply_fusion=True, fusion_slab_size_cameras=slab, **PAIR01)[KEY].fused
+        assert set(lazy.chunks[0][:-1]) == {slab} and sum(lazy.chunks[0]) == depth
+        fuse_dataset(out, tmp_path / str(slab), progress=False, fusion_slab_size_cameras=slab, **PAIR01)
+        np.testing.assert_array_equal(_fused(tmp_path / str(slab)), _fused(default))
+    assert _params(tmp_path / "3")["blending_range"] == _params(default)["blending_range"]
 
 
 def test_mask_min_object_size(four, tmp_path):

@@ -18,6 +18,7 @@ corrected cameras with foreground masks (see :mod:`isoview_dask.correct`)::
     fused = blend(reference, moving_aligned, transition, blending_range=10, intensity=intensity)
 """
 
+from .apply import fuse_views, fuse_views_numpy
 from .blending import (
     blend,
     blend_channels,
@@ -50,6 +51,8 @@ __all__ = [
     "blending_weights",
     "coordinate_depths",
     "fitted_surface",
+    "fuse_views",
+    "fuse_views_numpy",
     "geometric_transition",
     "inplane_matrix",
     "intensity_factor",

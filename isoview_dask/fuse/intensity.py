@@ -20,6 +20,7 @@ import numpy as np
 
 from ..correct._arrays import as_dask, require_ndim
 from .surface import coordinate_depths, fitted_surface, surface_image
+from .transforms import apply_inplane_transform_numpy, inverse_transform
 
 #: Surface pixels needed in the overlap for a meaningful ratio.
 MIN_OVERLAP_PIXELS = 16
@@ -65,7 +66,7 @@ class IntensityResult:
 
 
 def intensity_factor(reference, moving_aligned, mask_ref, mask_mov, percentile: float | None = None, *,
-                     transition_yx=None, slab_planes: float = 1.0) -> IntensityResult:
+                     transition_yx=None, slab_planes: float = 1.0, moving_transform=None) -> IntensityResult:
     """Brightness ratio of two aligned cameras and the factor that equalises them.
 
     Parameters
@@ -88,6 +89,14 @@ def intensity_factor(reference, moving_aligned, mask_ref, mask_mov, percentile: 
     slab_planes : float
         Half-width (planes, >= 1) of the slab around the surface
         (:func:`~isoview_dask.fuse.surface_image`).
+    moving_transform : (offset_yx, rotation_deg), optional
+        Given, ``moving_aligned`` and ``mask_mov`` are the moving camera and
+        its mask *before* the in-plane transform (after the flips only), and
+        this is the transform of :func:`~isoview_dask.fuse.apply_inplane_transform`
+        that aligns them. The surface is then carried into the moving
+        camera's frame, its slab image taken there, and the two (Y, X)
+        images resampled onto the reference grid: the same comparison
+        without resampling a single plane of the volume.
 
     Returns
     -------
@@ -123,9 +132,18 @@ def intensity_factor(reference, moving_aligned, mask_ref, mask_mov, percentile: 
         surface = fitted_surface(*coordinate_depths(mask_ref, mask_mov), n_planes)
     else:
         surface = np.asarray(transition_yx, dtype=np.float64)
-    images = [surface_image(array, surface, slab_planes)
-              for array in (reference, moving_aligned, as_dask(mask_ref), as_dask(mask_mov))]
+    if moving_transform is None:
+        surface_mov = surface
+    else:
+        offset, rotation = moving_transform
+        surface_mov = _carried_surface(surface, offset, rotation)
+    images = [surface_image(reference, surface, slab_planes), surface_image(moving_aligned, surface_mov, slab_planes),
+              surface_image(as_dask(mask_ref), surface, slab_planes),
+              surface_image(as_dask(mask_mov), surface_mov, slab_planes)]
     ref_s, mov_s, fg_ref, fg_mov = dask.compute(*images)
+    if moving_transform is not None:
+        mov_s = apply_inplane_transform_numpy(mov_s, offset, rotation, order=1, cval=np.nan)
+        fg_mov = apply_inplane_transform_numpy(fg_mov, offset, rotation, order=0, cval=0.0)
     overlap = (fg_ref >= 0.5) & (fg_mov >= 0.5) & np.isfinite(ref_s) & np.isfinite(mov_s)
     overlap &= (ref_s > 0) & (mov_s > 0)
     count = int(overlap.sum())
@@ -139,3 +157,21 @@ def intensity_factor(reference, moving_aligned, mask_ref, mask_mov, percentile: 
     else:
         ratio = np.percentile(mov_values, percentile) / np.percentile(ref_values, percentile)
     return IntensityResult.from_ratio(ratio, count)
+
+
+def _carried_surface(surface, offset_yx, rotation_deg) -> np.ndarray:
+    """The surface ``s(q)`` of the reference grid expressed on the moving camera's grid.
+
+    The moving pixel ``p`` that reference pixel ``q`` samples gets ``s(q)``;
+    pixels no reference pixel samples take the nearest value (the surface is
+    smooth), so the result is finite everywhere.
+    """
+    from scipy import ndimage
+
+    from .transforms import _affine_offset, inplane_matrix
+
+    back_offset, back_rotation = inverse_transform(offset_yx, rotation_deg)
+    surface = np.asarray(surface, dtype=np.float64)
+    matrix = inplane_matrix(back_rotation)
+    shift = _affine_offset(surface.shape, back_offset, matrix, (0.0, 0.0))
+    return ndimage.affine_transform(surface, matrix, offset=shift, order=1, mode="nearest")

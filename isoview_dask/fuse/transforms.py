@@ -73,6 +73,19 @@ def inplane_matrix(rotation_deg: float) -> np.ndarray:
     return np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
 
 
+def inverse_transform(offset_yx, rotation_deg: float) -> tuple[tuple[float, float], float]:
+    """The (offset, rotation) that undoes ``(offset_yx, rotation_deg)`` (the module's convention).
+
+    Sampling ``F`` at ``p = R(theta)(q - c) + c + t`` is undone by sampling at
+    ``q = R(-theta)(p - c) + c - R(-theta) t``: offset ``-R(-theta) t``,
+    rotation ``-theta``. In the parameters record the pair is the motion
+    applied to the moving camera's content.
+    """
+    back = inplane_matrix(-float(rotation_deg))
+    displacement = -back @ np.asarray(offset_yx, dtype=float)
+    return (float(displacement[0]), float(displacement[1])), -float(rotation_deg)
+
+
 def max_displacement_px(frame_shape: Sequence[int], offset_yx, rotation_deg: float) -> float:
     """Largest distance (pixels) between a reference pixel and where it samples the moving frame.
 

@@ -17,15 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 
 from .. import __version__
 from ..config import ProcessingConfig
 from ..correct import coordinate_masks
 from ..errors import IsoviewError
-from ..fuse import (apply_inplane_transform, blend, geometric_transition, intensity_factor,
+from ..fuse import (apply_inplane_transform, apply_inplane_transform_numpy, fuse_views, geometric_transition, intensity_factor,
                     register_pair, transition_plane_map, view_transform)
+from ..fuse.transforms import inverse_transform
 from ..io import open_volume
 from ..io.zarr import CodecSpec, prepare_zarr
 from .common import (StageSummary, completed, fingerprint, output_path, relative_outputs, scan_records,
@@ -95,10 +95,7 @@ def _content_transform(offset_yx, rotation_deg: float) -> tuple[list[float], flo
     Sampling F at p = R(θ)(q - c) + c + t moves content at p to
     q = R(-θ)(p - c) + c - R(-θ) t: a rotation by -θ and a displacement -R(-θ) t.
     """
-    phi = -float(rotation_deg)
-    c, s = np.cos(np.deg2rad(phi)), np.sin(np.deg2rad(phi))
-    rot = np.array([[c, -s], [s, c]])
-    displacement = -rot @ np.asarray(offset_yx, dtype=float)
+    displacement, phi = inverse_transform(offset_yx, rotation_deg)
     return [float(displacement[0]), float(displacement[1])], phi
 
 
@@ -148,6 +145,7 @@ def _prepared(ref: CorrectedView, mov: CorrectedView, fc):
 
 
 def _aligned(moving_f, mask_mov_f, offset, rotation):
+    """The moving camera and its mask resampled onto the reference grid (lazy; for the API and tests)."""
     moving_a = apply_inplane_transform(moving_f, offset, rotation, cval=np.nan)
     mask_mov_a = apply_inplane_transform(mask_mov_f.astype(np.float32), offset, rotation, order=0) > 0.5
     return moving_a, mask_mov_a
@@ -184,19 +182,21 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
         confidence, method = registration.confidence, registration.method
     timings = {"registration_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, offset, rotation)
     if "transition_yx" in fixed:
         transition = np.asarray(fixed["transition_yx"], dtype=np.float64)
     elif "transition_plane" in fixed:
         transition = np.full(reference.shape[1:], float(fixed["transition_plane"]))
     else:
-        depth_ref, depth_mov = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_a)[0],
+        depth_ref, depth_mov = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_f)[0],
                                        progress=progress, label=f"{_label(ref, mov)}: depth maps")
+        # Every plane moves alike, so the aligned mask's depth map is the moving depth map
+        # resampled (nearest neighbour, as the mask itself would be): no volume is resampled.
+        depth_mov = apply_inplane_transform_numpy(depth_mov, offset, rotation, order=0, cval=np.nan)
         transition = transition_plane_map(depth_ref, depth_mov, n_planes,
                                           median_filter_range=fc.median_filter_range,
                                           smoothing_sigma=fc.transition_smoothing_px, rim_px=fc.mask_padding,
                                           mask_mode=fc.mask_fusion_mode,
-                                          min_object_fraction=fc.mask_min_object_size)
+                                          min_object_fraction=fc.mask_min_object_size, precise=fc.precise_gauss)
         if fc.type == "geometric":
             transition = np.full(transition.shape, geometric_transition(depth_ref, depth_mov, n_planes))
     if not fc.intensity_correction:
@@ -204,7 +204,8 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
     elif fixed.get("intensity_ratio_moving_over_reference") is not None:
         intensity = IntensityResult.from_ratio(float(fixed["intensity_ratio_moving_over_reference"]))
     else:
-        intensity = intensity_factor(reference, moving_a, mask_ref, mask_mov_a, transition_yx=transition)
+        intensity = intensity_factor(reference, moving_f, mask_ref, mask_mov_f, transition_yx=transition,
+                                     moving_transform=(offset, rotation))
     timings["estimation_s"] = time.perf_counter() - t1
     return PairEstimate(tuple(offset), float(rotation), float(confidence), method, intensity, transition, timings)
 
@@ -234,24 +235,24 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     t0 = time.perf_counter()
     estimate = estimate_pair(ref, mov, config, progress=progress, fixed=fixed)
     timings = dict(estimate.timings)
-    reference, moving_f, _, mask_mov_f = _prepared(ref, mov, fc)
-    moving_a, _ = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
+    reference, moving_f, _, _ = _prepared(ref, mov, fc)
     n_planes = reference.shape[0]
     transition, intensity = estimate.transition_yx, estimate.intensity
 
-    # Apply big: one blockwise blend written shard by shard, plus projections for the figures.
+    # Apply big: alignment and blend in one blockwise pass written shard by shard, plus
+    # projections for the figures.
     t2 = time.perf_counter()
     blending_range = fc.blending_range[1]
-    fused = blend(reference, moving_a, transition, blending_range, fc.type, intensity,
-                  profile=fc.blending_profile, dtype=reference.dtype)
+    fused = fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, transition, blending_range,
+                       fc.type, intensity, profile=fc.blending_profile, dtype=reference.dtype,
+                       slab_planes=fc.slab_size_cameras or None)
     target = output_path(out, ref.specimen, ref.timepoint, [ref.camera, mov.camera], ref.channel, "fusedStack")
     pending = prepare_zarr(fused, target, codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
                            shards=oc.shards or (), voxel_size_zyx=ref.voxel_size_um, overwrite=True,
                            pyramid_levels=oc.pyramid_levels, name=target.stem)
     small = {"fused_xy": fused.max(axis=0), "fused_xz": fused.max(axis=1)}
     if fc.diagnostics:
-        small.update(reference_xy=reference.max(axis=0), moving_xy=moving_f.max(axis=0),
-                     aligned_xy=da.nan_to_num(moving_a).max(axis=0))
+        small.update(reference_xy=reference.max(axis=0), moving_xy=moving_f.max(axis=0))
     keys = list(small)
     try:
         results = compute(pending.delayed, *[small[k] for k in keys], progress=progress,
@@ -261,6 +262,9 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         raise
     pending.commit()
     images = dict(zip(keys, results[1:]))
+    if fc.diagnostics:  # the overlay shows the moving projection moved as its planes were
+        images["aligned_xy"] = apply_inplane_transform_numpy(images["moving_xy"], estimate.offset_yx,
+                                                             estimate.rotation_deg, order=1, cval=0.0)
     timings["blend_write_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
 

@@ -1,0 +1,165 @@
+"""Alignment and blending of an opposing camera pair in one blockwise pass.
+
+:func:`~isoview_dask.fuse.apply_inplane_transform` followed by
+:func:`~isoview_dask.fuse.blend` is the clearest way to write a fusion, but
+as a graph it materialises the aligned moving camera as float32 blocks and
+then mixes whole blocks in float32/float64 (several copies of each block in
+flight). :func:`fuse_views` does both steps in each output block's task,
+plane by plane: the task holds the reference block, the moving camera's
+window (the block plus a halo as wide as the largest displacement) and its
+output block, and only one plane of temporaries. Planes entirely in front
+of the transition (weight 1 for the reference camera) skip the
+interpolation. The result equals ``blend(reference,
+apply_inplane_transform(moving, ...), ...)`` voxel for voxel whatever the
+chunking (:func:`fuse_views_numpy` is that in-memory reference).
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+from scipy import ndimage
+
+from ..correct._arrays import as_dask
+from .blending import (_cast, _check_pair, _check_ramp, _front_weight, _gains, _output_dtype,
+                       _resolve_transition, blend_numpy)
+from .transforms import (_INTERPOLATION_MARGIN, _SPLINE_MARGIN, _affine_offset, _check_transform,
+                         _merge_small_chunks, apply_inplane_transform_numpy, inplane_matrix, max_displacement_px)
+
+
+def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, frame, offset, rotation_deg, order,
+                halo, blending_range, profile, gains, out_dtype):
+    """Fuse one output block; ``window`` is the moving camera's block plus its halo."""
+    wide = np.float64 in (reference.dtype, window.dtype, np.dtype(out_dtype))
+    work = np.float64 if wide else np.float32
+    out = np.empty(reference.shape, dtype=out_dtype)
+    origin_out = np.array([y_index[0], x_index[0]], dtype=float)
+    origin_win = np.array([max(0, y_index[0] - halo[0]), max(0, x_index[0] - halo[1])], dtype=float)
+    rotation = inplane_matrix(rotation_deg)
+    # Output pixel u is global q = u + origin_out; its source R(q - c) + c + t lies at
+    # v = R u + shift in the window.
+    shift = _affine_offset(frame, offset, rotation, origin_out) + origin_out - origin_win
+    front_only_below = -math.inf
+    if transition is not None:
+        # Weight 1 exactly wherever index - transition <= -range/2 (see _front_weight).
+        limit = -blending_range / 2 if blending_range > 0 else 0.0
+        front_only_below = float(np.min(transition)) + limit
+    plane_shape = reference.shape[1:]
+    g_front, g_back = work(gains[0]), work(gains[1])
+    aligned = np.empty(plane_shape, dtype=work)
+    for i in range(reference.shape[0]):
+        front = reference[i].astype(work) * g_front
+        has_front = np.isfinite(front) if front.dtype.kind == "f" and reference.dtype.kind == "f" else None
+        if transition is not None and z_index[i] <= front_only_below and (has_front is None or has_front.all()):
+            out[i] = _cast(front, out_dtype)
+            continue
+        ndimage.affine_transform(window[i].astype(work, copy=False), rotation, offset=shift,
+                                 output_shape=plane_shape, order=order, mode="constant", cval=np.nan,
+                                 output=aligned)
+        back = aligned * g_back
+        if transition is None:
+            weight = work(0.5)
+        else:
+            weight = _front_weight(z_index[i] - transition, blending_range, profile).astype(work)
+        has_back = np.isfinite(back)
+        if has_front is None:
+            has_front_all = True
+        else:
+            has_front_all = bool(has_front.all())
+        if not (has_back.all() and has_front_all):
+            hf = has_front if has_front is not None else np.ones(plane_shape, bool)
+            weight = np.where(hf & has_back, weight, np.where(hf, work(1), work(0)))
+            front = np.where(hf, front, work(0))
+            back = np.where(has_back, back, work(0))
+        out[i] = _cast(weight * front + (work(1) - weight) * back, out_dtype)
+    return out
+
+
+def fuse_views(reference, moving, offset_yx=(0.0, 0.0), rotation_deg: float = 0.0, transition_yx=None,
+               blending_range: float = 10.0, method: str = "adaptive", intensity=None, *,
+               profile: str = "sigmoid", order: int = 1, dtype=np.float32, slab_planes: int | None = None):
+    """Align the opposing camera onto the reference grid and blend the two, one task per block.
+
+    Parameters
+    ----------
+    reference : dask or numpy array, shape (Z, Y, X)
+        Reference camera (near side = low z), background-corrected.
+    moving : dask or numpy array, shape (Z, Y, X)
+        The opposing camera after :func:`~isoview_dask.fuse.view_transform`
+        (flips), not yet resampled.
+    offset_yx, rotation_deg
+        In-plane transform in the sampling convention of
+        :mod:`isoview_dask.fuse.transforms` (pixels, degrees), as found by
+        :func:`~isoview_dask.fuse.register_pair`.
+    transition_yx, blending_range, method, intensity, profile, dtype
+        As for :func:`~isoview_dask.fuse.blend`.
+    order : int
+        Spline order of the interpolation (1: linear).
+    slab_planes : int, optional
+        Planes per task (the MATLAB ``slabSize``): the reference's z-chunks
+        are merged or split to this depth. Default: the reference's
+        z-chunks (the output shard depth when read from a sharded zarr).
+
+    Returns
+    -------
+    dask.array.Array, shape (Z, Y, X), ``dtype``
+        Equal to ``blend(reference, apply_inplane_transform(moving, offset_yx,
+        rotation_deg, order, cval=nan), transition_yx, ...)``.
+
+    Notes
+    -----
+    The moving camera gets a halo in y and x (the largest displacement of
+    any pixel plus an interpolation margin; none in z) through
+    ``dask.array.overlap.overlap``; then one ``blockwise`` task per output
+    block reads the reference block and the moving window and works plane
+    by plane, so a task's memory is about three blocks of the input dtype
+    plus a few planes of float32, whatever the volume's size.
+    """
+    reference, moving = as_dask(reference), as_dask(moving)
+    _check_pair(reference, moving, "reference", "moving")
+    _check_ramp(blending_range, profile)
+    offset = _check_transform(offset_yx, rotation_deg, order)
+    n_planes, frame = reference.shape[0], tuple(reference.shape[1:])
+    transition = _resolve_transition(method, transition_yx, frame, n_planes)
+    gains = _gains(intensity)
+    dtype = _output_dtype(dtype, reference)
+    margin = _INTERPOLATION_MARGIN.get(order, _SPLINE_MARGIN)
+    halo = int(math.ceil(max_displacement_px(frame, offset, rotation_deg))) + margin
+    z_chunks = reference.chunks[0]
+    if slab_planes:
+        slab_planes = int(slab_planes)
+        if slab_planes < 1:
+            raise ValueError(f"slab_planes must be a positive number of planes, got {slab_planes!r}")
+        z_chunks = tuple(min(slab_planes, n_planes - s) for s in range(0, n_planes, slab_planes))
+    chunks = (z_chunks,) + tuple(_merge_small_chunks(c, halo) for c in reference.chunks[1:])
+    reference = reference.rechunk(chunks)
+    moving = moving.rechunk(chunks)
+    depth = {0: 0, 1: halo if len(chunks[1]) > 1 else 0, 2: halo if len(chunks[2]) > 1 else 0}
+    window = da.overlap.overlap(moving, depth=depth, boundary="none") if depth[1] or depth[2] else moving
+    indices = [da.arange(size, chunks=(c,), dtype=np.int64) for size, c in zip(reference.shape, chunks)]
+    z_index = indices[0].astype(np.float64)
+    if transition is None:
+        tiles, tile_index = None, None
+    else:
+        tiles, tile_index = da.from_array(transition, chunks=chunks[1:]), "yx"
+    return da.blockwise(_fuse_block, "zyx", reference, "zyx", window, "zyx", z_index, "z", indices[1], "y",
+                        indices[2], "x", tiles, tile_index, align_arrays=False,
+                        adjust_chunks={"z": chunks[0], "y": chunks[1], "x": chunks[2]},
+                        frame=frame, offset=tuple(float(v) for v in offset), rotation_deg=float(rotation_deg),
+                        order=int(order), halo=(depth[1], depth[2]), blending_range=float(blending_range),
+                        profile=profile, gains=gains, out_dtype=dtype, dtype=dtype,
+                        meta=np.empty((0, 0, 0), dtype))
+
+
+def fuse_views_numpy(reference, moving, offset_yx=(0.0, 0.0), rotation_deg: float = 0.0, transition_yx=None,
+                     blending_range: float = 10.0, method: str = "adaptive", intensity=None, *,
+                     profile: str = "sigmoid", order: int = 1, dtype=np.float32) -> np.ndarray:
+    """In-memory reference of :func:`fuse_views`: resample the whole moving volume, then blend."""
+    reference = np.asarray(reference)
+    moving = np.asarray(moving)
+    work = np.float64 if np.float64 in (reference.dtype, moving.dtype, np.dtype(dtype)) else np.float32
+    aligned = apply_inplane_transform_numpy(moving, offset_yx, rotation_deg, order=order, cval=np.nan, dtype=work)
+    return blend_numpy(reference, aligned, transition_yx, blending_range, method, intensity, profile=profile,
+                       dtype=dtype)
