@@ -98,6 +98,10 @@ DEFAULT_SHARD_SHAPE = (32, 1024, 1024)
 
 #: A configuration whose first run takes longer than this (seconds) runs once.
 DEFAULT_SLOW_SECONDS = 15.0
+#: Wall-clock budget (seconds) of a study's repeat rounds: every configuration
+#: runs once whatever the budget; further runs happen while the study's
+#: elapsed time plus the run's expected cost stays below it (0: no budget).
+DEFAULT_BUDGET_SECONDS = 540.0
 
 RESULT_NAME = "compression"
 GB = 1e9
@@ -683,77 +687,94 @@ class _Measurer:
         return seconds, None
 
     # ---------------------------------------------------------------- one row
-    def measure(self, case: Case) -> dict[str, Any]:
+    def new_row(self, case: Case) -> dict[str, Any]:
+        return {**case.to_dict(), "runs": [], "verified": False}
+
+    def run_once(self, case: Case, row: dict[str, Any]) -> float:
+        """One write + full read + plane reads of ``case``, appended to ``row["runs"]``; returns its seconds.
+
+        A failed verification or an exception marks the row (``row["error"]``)
+        and ends its runs; one failing configuration never stops the study.
+        """
         path = self.outdir / f"{case.key}{case.suffix}"
-        row: dict[str, Any] = {**case.to_dict(), "runs": [], "verified": False}
-        _remove(path)
-        raw = self.inp.nbytes
+        t_start = time.perf_counter()
         try:
-            for r in range(self.repeats):
-                _remove(path)
-                if not case.in_process:
-                    _warm_file(self.inp.stack_path)
-                else:
-                    self.in_memory()
-                load = _load()
-                cpu0 = self.cpu()
-                t0 = time.perf_counter()
-                self.write(case, path)
-                write_s = time.perf_counter() - t0
-                write_cpu = self.cpu() - cpu0
-                size, files = _path_size(path)
-                read_s, read_cpu, problem = self.full_read(case, path)
-                run: dict[str, Any] = {"write_s": round(write_s, 4), "write_cpu_s": round(write_cpu, 3),
-                                       "size_bytes": size, "files": files, "read_s": round(read_s, 4),
-                                       "read_cpu_s": round(read_cpu, 3), "load_1min": load[0] if load else None}
-                if problem is None:
-                    planes = self.rng.integers(0, self.inp.shape[0], size=self.plane_reads)
-                    times = []
-                    for z in planes:
-                        seconds, problem = self.plane_read(case, path, int(z))
-                        times.append(round(seconds, 5))
-                        if problem or sum(times) > self.slow_seconds / 3:  # slow formats: fewer planes
-                            break
-                    run["plane_z"] = [int(z) for z in planes[:len(times)]]
-                    run["plane_s"] = times
-                row["runs"].append(run)
-                if problem is not None:
-                    row["error"] = f"verification failed: {problem}"
-                    break
-                first = write_s + read_s
-                if r == 0 and self.repeats > 1 and first > self.slow_seconds:
-                    row["repeats_capped"] = (f"first run took {first:.1f} s (> {self.slow_seconds:g} s): "
-                                             f"measured once")
-                    break
+            _remove(path)
+            if not case.in_process:
+                _warm_file(self.inp.stack_path)
+            else:
+                self.in_memory()
+            load = _load()
+            cpu0 = self.cpu()
+            t0 = time.perf_counter()
+            self.write(case, path)
+            write_s = time.perf_counter() - t0
+            write_cpu = self.cpu() - cpu0
+            size, files = _path_size(path)
+            read_s, read_cpu, problem = self.full_read(case, path)
+            run: dict[str, Any] = {"write_s": round(write_s, 4), "write_cpu_s": round(write_cpu, 3),
+                                   "size_bytes": size, "files": files, "read_s": round(read_s, 4),
+                                   "read_cpu_s": round(read_cpu, 3), "load_1min": load[0] if load else None}
+            if problem is None:
+                planes = self.rng.integers(0, self.inp.shape[0], size=self.plane_reads)
+                times = []
+                for z in planes:
+                    seconds, problem = self.plane_read(case, path, int(z))
+                    times.append(round(seconds, 5))
+                    if problem or sum(times) > self.slow_seconds / 3:  # slow formats: fewer planes
+                        break
+                run["plane_z"] = [int(z) for z in planes[:len(times)]]
+                run["plane_s"] = times
+            row["runs"].append(run)
+            if problem is not None:
+                row["error"] = f"verification failed: {problem}"
+            elif len(row["runs"]) == 1 and self.repeats > 1 and write_s + read_s > self.slow_seconds:
+                row["repeats_capped"] = (f"first run took {write_s + read_s:.1f} s (> {self.slow_seconds:g} s): "
+                                         f"measured once")
         except Exception as exc:  # one failing configuration never stops the study
             row["error"] = f"{type(exc).__name__}: {exc}"
             row["traceback"] = traceback.format_exc()
         finally:
             if not self.keep:
                 _remove(path)
+        return time.perf_counter() - t_start
+
+    def wants_more(self, row: dict[str, Any]) -> bool:
+        return "error" not in row and "repeats_capped" not in row and len(row["runs"]) < self.repeats
+
+    def finish(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Medians over the row's runs (in place); returns the row."""
+        raw = self.inp.nbytes
         runs = row["runs"]
-        if "error" not in row and runs:
-            row["verified"] = True
-            sizes = sorted({r["size_bytes"] for r in runs})
-            if len(sizes) > 1:
-                row["size_varies"] = sizes
-            row["size_bytes"] = sizes[-1]
-            row["files"] = runs[-1]["files"]
-            row["ratio"] = round(raw / sizes[-1], 4) if sizes[-1] else None
-            write_s = _median([r["write_s"] for r in runs])
-            read_s = _median([r["read_s"] for r in runs])
-            plane_s = _median([s for r in runs for s in r.get("plane_s", [])])
-            row["write_median_s"] = round(write_s, 4)
-            row["read_median_s"] = round(read_s, 4)
-            row["write_gb_per_s"] = round(raw / GB / write_s, 4) if write_s else None
-            row["read_gb_per_s"] = round(raw / GB / read_s, 4) if read_s else None
-            row["plane_read_ms"] = round(plane_s * 1e3, 2) if plane_s is not None else None
-            row["write_cpu_median_s"] = _median([r["write_cpu_s"] for r in runs])
-            row["read_cpu_median_s"] = _median([r["read_cpu_s"] for r in runs])
-            row["n_runs"] = len(runs)
-        else:
-            row["n_runs"] = len(runs)
+        row["n_runs"] = len(runs)
+        if "error" in row or not runs:
+            return row
+        row["verified"] = True
+        sizes = sorted({r["size_bytes"] for r in runs})
+        if len(sizes) > 1:
+            row["size_varies"] = sizes
+        row["size_bytes"] = sizes[-1]
+        row["files"] = runs[-1]["files"]
+        row["ratio"] = round(raw / sizes[-1], 4) if sizes[-1] else None
+        write_s = _median([r["write_s"] for r in runs])
+        read_s = _median([r["read_s"] for r in runs])
+        plane_s = _median([s for r in runs for s in r.get("plane_s", [])])
+        row["write_median_s"] = round(write_s, 4)
+        row["read_median_s"] = round(read_s, 4)
+        row["write_gb_per_s"] = round(raw / GB / write_s, 4) if write_s else None
+        row["read_gb_per_s"] = round(raw / GB / read_s, 4) if read_s else None
+        row["plane_read_ms"] = round(plane_s * 1e3, 2) if plane_s is not None else None
+        row["write_cpu_median_s"] = _median([r["write_cpu_s"] for r in runs])
+        row["read_cpu_median_s"] = _median([r["read_cpu_s"] for r in runs])
         return row
+
+    def measure(self, case: Case) -> dict[str, Any]:
+        """Every run of one case (up to ``repeats``, fewer for a slow one), summarised."""
+        row = self.new_row(case)
+        self.run_once(case, row)
+        while self.wants_more(row):
+            self.run_once(case, row)
+        return self.finish(row)
 
 
 # --------------------------------------------------------------------------
@@ -832,7 +853,10 @@ def _notes(record: dict[str, Any]) -> list[str]:
         f"benchmark process with {os.cpu_count()} threads, from a copy of the volume already in memory.",
         f"Each number is the median of up to {s['repeats']} runs (column `runs`); a configuration whose first "
         f"write + read took more than {s['slow_seconds']:g} s ran once"
-        + (f" ({', '.join(capped)})." if capped else " (none did)."),
+        + (f" ({', '.join(capped)})." if capped else " (none did).")
+        + (f" Repeats ran cheapest first within a {s['budget_seconds']:g} s budget for the whole study; the "
+           f"budget cut runs of: {', '.join(record['repeats_cut_by_budget'])}."
+           if record.get("repeats_cut_by_budget") else ""),
         "Write: from the raw input in the page cache until the writer returns (data in the page cache, no sync). "
         "Full read: opening the output and decoding every chunk on the cluster, each chunk reduced to its CRC-32 "
         "(pyklb row: `pyklb.readfull`).",
@@ -1010,7 +1034,8 @@ def _now() -> str:
 def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "compression-study", *,
                           codecs: Iterable[str] | str | None = None, sharded: bool | None = None,
                           chunks: Sequence[Sequence[int]] | None = None, shard_shape: Sequence[int] | None = None,
-                          repeats: int = 3, slow_seconds: float = DEFAULT_SLOW_SECONDS, plane_reads: int = 5,
+                          repeats: int = 3, slow_seconds: float = DEFAULT_SLOW_SECONDS,
+                          budget_seconds: float = DEFAULT_BUDGET_SECONDS, plane_reads: int = 5,
                           workers: int = 2, threads_per_worker: int = 1, memory_limit: str | int = "4GiB",
                           workdir: str | os.PathLike | None = None, frame: Sequence[int] | None = None,
                           camera: int | None = None, timepoint: int | None = None, seed: int | None = None,
@@ -1031,6 +1056,11 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
     repeats : int
         Runs per configuration (median reported); a configuration whose
         first run takes longer than ``slow_seconds`` runs once.
+    budget_seconds : float
+        Every configuration runs once; the repeat rounds (cheapest
+        configurations first) stop adding runs once the study's elapsed time
+        plus a run's expected cost would exceed this many seconds (0: no
+        limit). Rows record their number of runs.
     plane_reads : int
         Random single-plane reads per run (they stop early, after at least
         one, once they have taken ``slow_seconds / 3`` seconds).
@@ -1076,7 +1106,7 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
         "settings": {"codecs": [c.key for c in cases], "sharded": sharded,
                      "chunks": [list(c) for c in (chunks or [DEFAULT_CHUNKS])],
                      "shard_shape": list(shard_shape or DEFAULT_SHARD_SHAPE), "repeats": repeats,
-                     "slow_seconds": slow_seconds, "plane_reads": plane_reads,
+                     "slow_seconds": slow_seconds, "budget_seconds": budget_seconds, "plane_reads": plane_reads,
                      "workers": (len(client.scheduler_info()["workers"]) if client is not None else int(workers)),
                      "threads_per_worker": threads_per_worker, "memory_limit": str(memory_limit),
                      "workdir": str(workdir), "seed": seed},
@@ -1092,18 +1122,37 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
             f"({inp.nbytes / MB:,.0f} MB), {len(cases)} configurations, up to {repeats} run(s) each")
         measurer = _Measurer(inp, active_client, outputs_dir, repeats=repeats, slow_seconds=slow_seconds,
                              plane_reads=plane_reads, seed=0 if seed is None else int(seed), keep=keep, say=say)
+        # Round 1: every configuration once, in order. Later rounds repeat the cheapest
+        # configurations first, as long as the time budget allows (each row says how many runs).
+        rows, cost = [], {}
         for i, case in enumerate(cases, 1):
-            t0 = time.perf_counter()
-            row = measurer.measure(case)
+            row = measurer.new_row(case)
+            cost[case.key] = measurer.run_once(case, row)
             if case.key == "klb-pyklb":
                 measurer.release()
-            record["rows"].append(row)
-            status = "ok" if row.get("verified") else f"FAILED: {row.get('error')}"
-            say(f"[{i:2d}/{len(cases)}] {case.key:<34} ratio {_fmt(row.get('ratio'))}  write "
-                f"{_gb(row.get('write_gb_per_s'))} GB/s  read {_gb(row.get('read_gb_per_s'))} GB/s  plane "
-                f"{_fmt(row.get('plane_read_ms'), 1)} ms  runs {row['n_runs']}  ({time.perf_counter() - t0:.0f} s)  "
-                f"{status}")
+            rows.append(row)
+            record["rows"] = [measurer.finish(dict(r)) for r in rows]
+            shown = record["rows"][-1]
+            status = "ok" if shown.get("verified") else f"FAILED: {shown.get('error')}"
+            say(f"[{i:2d}/{len(cases)}] {case.key:<34} ratio {_fmt(shown.get('ratio'))}  write "
+                f"{_gb(shown.get('write_gb_per_s'))} GB/s  read {_gb(shown.get('read_gb_per_s'))} GB/s  plane "
+                f"{_fmt(shown.get('plane_read_ms'), 1)} ms  ({cost[case.key]:.0f} s)  {status}")
             _write_outputs(record, out, final=False, plots=False)
+        skipped = []
+        for _ in range(repeats - 1):
+            for case, row in sorted(zip(cases, rows), key=lambda cr: cost[cr[0].key]):
+                if not measurer.wants_more(row):
+                    continue
+                if budget_seconds and time.perf_counter() - started + 1.2 * cost[case.key] > budget_seconds:
+                    skipped.append(case.key)
+                    continue
+                cost[case.key] = measurer.run_once(case, row)
+                if case.key == "klb-pyklb":
+                    measurer.release()
+        record["rows"] = [measurer.finish(row) for row in rows]
+        record["repeats_cut_by_budget"] = sorted(set(skipped))
+        if skipped:
+            say(f"time budget of {budget_seconds:g} s: fewer runs for {len(set(skipped))} configuration(s)")
         measurer.release()
 
     if client is not None:
@@ -1154,6 +1203,9 @@ def add_compression_arguments(parser: argparse.ArgumentParser, *, default_input:
     parser.add_argument("--slow-seconds", type=float, default=DEFAULT_SLOW_SECONDS,
                         help="a configuration whose first write + read takes longer runs only once "
                              "(default: %(default)s)")
+    parser.add_argument("--budget-seconds", type=float, default=DEFAULT_BUDGET_SECONDS,
+                        help="every configuration runs once; repeats (cheapest first) stop when the study "
+                             "would pass this many seconds, 0: no limit (default: %(default)s)")
     parser.add_argument("--plane-reads", type=int, default=5,
                         help="random single-plane reads per run, fewer once they took SLOW_SECONDS/3 "
                              "(default: %(default)s)")
@@ -1181,6 +1233,7 @@ def compression_command(args: argparse.Namespace) -> int:
     record = run_compression_study(
         args.input, args.out, codecs=args.codecs, sharded=args.sharded, chunks=chunks,
         shard_shape=parse_shape(args.shard_shape), repeats=args.repeats, slow_seconds=args.slow_seconds,
+        budget_seconds=args.budget_seconds,
         plane_reads=args.plane_reads, workers=args.workers, threads_per_worker=args.threads,
         memory_limit=args.memory_limit, workdir=args.workdir, frame=parse_shape(args.frame),
         camera=args.camera, timepoint=args.timepoint, seed=args.seed, keep=args.keep, plots=args.plots)

@@ -176,3 +176,18 @@ def test_cli_bad_input_is_a_user_error(tmp_path, capsys):
                        "--workers", "0"])
     assert status == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_time_budget_limits_repeats_cheapest_first(tmp_path):
+    """Every configuration runs once whatever the budget; repeats stop when the budget would be passed
+    (the rows and the notes say so); with no budget every configuration gets all its runs."""
+    codecs = ["tiff", "blosc-lz4-3", "none"]
+    tight = bench.run_compression_study(TINY, tmp_path / "tight", codecs=codecs, repeats=3, plane_reads=1,
+                                        workers=0, plots=False, budget_seconds=1e-6, log=lambda m: None)
+    assert all(r["verified"] and r["n_runs"] == 1 for r in tight["rows"])
+    assert tight["repeats_cut_by_budget"] == sorted(r["key"] for r in tight["rows"])
+    assert "budget" in (tmp_path / "tight" / "compression.md").read_text()
+    free = bench.run_compression_study(TINY, tmp_path / "free", codecs=codecs, repeats=3, plane_reads=1,
+                                       workers=0, plots=False, budget_seconds=0, log=lambda m: None)
+    assert all(r["verified"] and r["n_runs"] == 3 for r in free["rows"])
+    assert free["repeats_cut_by_budget"] == []
