@@ -81,3 +81,21 @@ def test_wrong_frame_size_and_missing_file(tmp_path, stack_file):
     empty.touch()
     with pytest.raises(StackSizeError, match="empty"):
         open_stack(empty, (40, 52))
+
+
+def test_window_reads_equal_the_memory_map(tmp_path):
+    """Chunks read with preadv (full-width bands, or bands whose columns are copied out) hold exactly the
+    file's values, whatever the window; other keys fall back to the memory map."""
+    from isoview_dask.io.stack import _StackPlanes
+    data = np.random.default_rng(3).integers(0, 65535, (7, 30, 41), dtype=np.uint16)
+    path = tmp_path / "w.stack"
+    data.astype("<u2").tofile(path)
+    planes = _StackPlanes(path, data.shape)
+    for key in [(slice(0, 7), slice(0, 30), slice(0, 41)), (slice(2, 5), slice(3, 17), slice(0, 41)),
+                (slice(1, 6), slice(0, 30), slice(5, 19)), (slice(6, 7), slice(29, 30), slice(40, 41)),
+                (slice(0, 7, 2), slice(0, 30), slice(0, 41)), (3, slice(0, 30), slice(0, 41))]:
+        np.testing.assert_array_equal(planes[key], data[key])
+    with open(path, "r+b") as f:  # the file shrinks under a running read: an error, not zeros
+        f.truncate(2 * 30 * 41 * 3)
+    with pytest.raises(OSError, match="short read"):
+        planes[(slice(0, 7), slice(0, 30), slice(0, 41))]

@@ -88,11 +88,57 @@ class _StackPlanes:
         self.ndim = 3
 
     def __getitem__(self, key):
+        window = self._window(key)
+        if window is not None:
+            return self._read_window(*window)
         mm = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
         try:
             return np.array(mm[key], dtype=self.dtype.newbyteorder("="))
         finally:
             del mm
+
+    def _window(self, key):
+        """(z0, z1, y0, y1, x0, x1) for a key of three step-1 slices (what dask asks for), else None."""
+        if not (isinstance(key, tuple) and len(key) == 3 and all(isinstance(k, slice) for k in key)):
+            return None
+        if self.dtype != self.dtype.newbyteorder("="):  # big-endian host: let numpy swap bytes
+            return None
+        bounds = []
+        for k, n in zip(key, self.shape):
+            start, stop, step = k.indices(n)
+            if step != 1 or stop <= start:
+                return None
+            bounds += [start, stop]
+        return bounds
+
+    def _read_window(self, z0, z1, y0, y1, x0, x1) -> np.ndarray:
+        """Read a (z, y, x) window with ``os.preadv``: each plane's band of rows in one call.
+
+        A band of full-width rows is one contiguous range of the file; it is
+        read straight into the output when the window spans the frame's
+        width, else into a scratch band whose columns are copied out. Much
+        faster than faulting the pages of a memory map in one at a time.
+        """
+        height, width = self.shape[1:]
+        itemsize = self.dtype.itemsize
+        out = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=self.dtype.newbyteorder("="))
+        full_width = x0 == 0 and x1 == width
+        band = None if full_width else np.empty((y1 - y0, width), dtype=out.dtype)
+        nbytes = (y1 - y0) * width * itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, z in enumerate(range(z0, z1)):
+                target = out[i] if full_width else band
+                offset = ((z * height) + y0) * width * itemsize
+                got = os.preadv(fd, [memoryview(target).cast("B")], offset)
+                if got != nbytes:
+                    raise OSError(f"{self.path}: short read at plane {z} ({got} of {nbytes} bytes): "
+                                  "the file changed size while being read")
+                if not full_width:
+                    out[i] = band[:, x0:x1]
+        finally:
+            os.close(fd)
+        return out
 
 
 def open_stack(path: str | os.PathLike, frame_shape: Sequence[int], *, planes: int | None = None,
