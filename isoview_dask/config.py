@@ -239,6 +239,11 @@ class FusionConfig(Section):
     blending_profile: str = opt("sigmoid", "shape of the weight ramp", choices=("sigmoid", "linear"))
     camera_pairs: tuple[tuple[int, int], ...] = opt(((0, 1), (2, 3)), "opposing camera pairs [reference, moving]",
                                                     lo=0, hi=15, matlab="cameraPairs")
+    channel_pairs: tuple[tuple[int, int], ...] = opt((), "illumination-channel pairs [a, b]: two channels one camera "
+                                                     "records of one label, a lit from the low-x side of the "
+                                                     "camera's frame, b from the high-x side; blended along x "
+                                                     "(channel blending range) before the camera fusion; empty: "
+                                                     "off", lo=0, hi=99)
     flip_h: bool = opt(True, "mirror the moving camera left-right before registration", matlab="flipH")
     flip_v: bool = opt(False, "mirror the moving camera up-down", matlab="flipV")
     rotation: int = opt(0, "rotate the moving camera by this many degrees (counter-clockwise)",
@@ -294,6 +299,14 @@ class FusionConfig(Section):
         for pair in self.camera_pairs:
             if len(set(pair)) != 2:
                 raise ConfigError(f"fusion.camera_pairs: {list(pair)} must name two different cameras")
+        seen: set[int] = set()
+        for pair in self.channel_pairs:
+            if len(set(pair)) != 2:
+                raise ConfigError(f"fusion.channel_pairs: {list(pair)} must name two different channels")
+            if seen & set(pair):
+                raise ConfigError(f"fusion.channel_pairs: channel {sorted(seen & set(pair))[0]} is in more than "
+                                  "one pair")
+            seen |= set(pair)
 
 
 SECTIONS = {"input": InputConfig, "correction": CorrectionConfig, "fusion": FusionConfig, "output": OutputConfig}

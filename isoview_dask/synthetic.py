@@ -83,6 +83,37 @@ Per camera, plane and pixel (all in that camera's raw frame):
 The dark frame is integer-valued (``Background_<camera>.tif`` holds it
 exactly): ``dark_level`` + column stripes + per-pixel pattern.
 
+Illumination sides (optional)
+-----------------------------
+With ``illumination_channels = (a, b)`` every camera records the specimen
+twice per timepoint, as two channels of one label, under light sheets
+entering from the two sides of its frame's x axis (columns): channel ``a``
+from the low-x side, channel ``b`` from the high-x side. Let ``u`` be the
+specimen direction of increasing column of the camera's raw frame and
+``v = u`` for channel a, ``v = -u`` for channel b (the direction the light
+travels). Step 2 above gains a factor and step 3 becomes a mix:
+
+2'. ``emitted = clean * exp(-depth / attenuation_length_um)
+    * exp(-depth_v / illumination_attenuation_um) * balance``, where
+    ``depth_v`` is the path length inside the ellipsoid from its entry
+    surface along ``v`` to the point (0 before the body, the whole chord
+    beyond it), and ``balance`` is 1 for channel a and
+    ``illumination_balance`` for channel b.
+3'. ``E = (1 - f) blur_sigma(emitted) + f blur_s2(emitted)`` with
+    ``s2 = sqrt(sigma^2 + illumination_blur_px^2)`` and the blurred fraction
+    ``f = clip((s . v) / a_v, 0, 1)``: 0 on the half of the body the light
+    reaches first (that channel is sharp there), growing linearly to 1 at
+    the far surface; ``s`` is the point (µm, body centre at the origin)
+    and ``a_v`` the body's semi-axis along ``v``.
+
+So channel a is bright and sharp at low x and dim and blurred at high x,
+channel b the reverse; at the body's middle column they see the specimen
+equally (up to ``balance``). ``clean`` and ``body_mask`` are the same for
+both channels; ``ideal`` is per channel. Each channel has its own noise
+(seeded by (timepoint, camera, plane, side)); the dark frame and dead pixels
+are the camera's. Without ``illumination_channels`` nothing of this applies
+and the bytes are those of earlier versions.
+
 Time and the outlier timepoint
 ------------------------------
 Pair offsets and rotations drift: ``t(n) = t0 + v n + A (sin(2 pi n / T +
@@ -201,6 +232,10 @@ CONVENTIONS: dict[str, str] = {
              "n = 0-based timepoint index.",
     "dead_pixels": "hot: level*(1 + 0.03*N(0,1)) every plane, independent of the signal; stuck: constant value.",
     "timepoint_index": "Accessors take the 0-based index n; file names use TM number first_timepoint + n.",
+    "illumination": "With illumination_channels (a, b): channel a is lit from the low-x (low column) side of each "
+                    "camera's raw frame, b from the high-x side; each is attenuated (path length inside the body "
+                    "from the light's entry surface) and progressively blurred on its far half in x; ideal is per "
+                    "channel (truth.ideal(camera, t, channel)), clean and body_mask are shared.",
 }
 
 
@@ -285,6 +320,26 @@ class SyntheticSpec:
         Signal factor, extra noise (counts) and debris photons (x ``photon_scale``)
         of the corrupted moving-camera images.
 
+    Illumination sides
+    ------------------
+    illumination_channels : (a, b), optional
+        None (default): each camera records one channel (``channel_of_camera``).
+        Given: every camera records the same label twice, as channel ``a``
+        lit from the low-x side of its raw frame (low column index) and as
+        channel ``b`` lit from the high-x side (SiMView-style two-sided
+        illumination); ``channel_of_camera`` must then be left unset (it
+        becomes ``a`` for every camera). See "Illumination sides" in the
+        module docstring for the image model.
+    illumination_attenuation_um : float, optional
+        Attenuation length of the light sheet inside the body; default the
+        body's semi-axis along the frame's x direction.
+    illumination_blur_px : float
+        Extra blur (Gaussian sigma, px, added in quadrature) on a channel's
+        far side in x.
+    illumination_balance : float
+        Photons of channel ``b`` relative to channel ``a`` (unequal laser
+        powers); the brightness ratio an intensity correction should find.
+
     Files
     -----
     layout : 'keller', 'flat' or 'both'
@@ -332,6 +387,10 @@ class SyntheticSpec:
     outlier_dim: float = 0.1
     outlier_noise: float = 40.0
     debris_level: float = 3.0
+    illumination_channels: tuple[int, int] | None = None
+    illumination_attenuation_um: float | None = None
+    illumination_blur_px: float = 2.0
+    illumination_balance: float = 1.0
     layout: str = "keller"
     write_truth_volumes: bool = True
     specimen: int = 0
@@ -412,8 +471,25 @@ class SyntheticSpec:
         if not cams or len(set(cams)) != len(cams) or any(c not in (0, 1, 2, 3) for c in cams):
             fail("cameras", "distinct camera numbers from 0-3, at least one")
         set_("cameras", tuple(sorted(cams)))
+        sides = self.illumination_channels
+        if sides is not None:
+            try:
+                sides = tuple(int(v) for v in sides)
+                if any(float(v) != int(v) for v in self.illumination_channels) or len(sides) != 2:
+                    raise ValueError
+            except (TypeError, ValueError):
+                fail("illumination_channels", "two channel numbers (lit from low x, lit from high x) or None")
+            if sides[0] == sides[1] or any(v < 0 or v > 99 for v in sides):
+                fail("illumination_channels", "two different channel numbers 0-99")
+            set_("illumination_channels", sides)
         default_channels = {0: 0, 1: 0, 2: 1, 3: 1}
-        if self.channel_of_camera is None:
+        if sides is not None:
+            given = None if self.channel_of_camera is None else dict(self.channel_of_camera)
+            chans = {c: sides[0] for c in self.cameras}
+            if given is not None and {int(k): v for k, v in given.items()} != chans:
+                fail("channel_of_camera", "left unset with illumination_channels (every camera records both "
+                                          "channels)")
+        elif self.channel_of_camera is None:
             chans = {c: default_channels[c] for c in self.cameras}
         else:
             try:
@@ -519,6 +595,9 @@ class SyntheticSpec:
         number("outlier_dim", 0.0, 1.0)
         number("outlier_noise", 0.0, 1e4)
         number("debris_level", 0.0, 30.0)
+        number("illumination_attenuation_um", 0.0, lo_open=True, optional=True)
+        number("illumination_blur_px", 0.0, 50.0)
+        number("illumination_balance", 0.0, 10.0, lo_open=True)
 
         # files
         if self.layout not in ("keller", "flat", "both"):
@@ -610,10 +689,28 @@ class SyntheticSpec:
 
     @property
     def channels(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.channel_of_camera.values())))
+        return tuple(sorted({ch for c in self.cameras for ch in self.channels_of_camera(c)}))
+
+    def channels_of_camera(self, camera: int) -> tuple[int, ...]:
+        """Channels a camera records: ``illumination_channels``, or its one channel."""
+        if self.illumination_channels is not None:
+            return tuple(self.illumination_channels)
+        return (self.channel_of_camera[camera],)
 
     def cameras_of_channel(self, channel: int) -> tuple[int, ...]:
-        return tuple(c for c in self.cameras if self.channel_of_camera[c] == channel)
+        return tuple(c for c in self.cameras if channel in self.channels_of_camera(c))
+
+    def illumination_side(self, channel: int | None) -> int | None:
+        """0 for the channel lit from low x, 1 for high x, None without illumination sides.
+
+        Raises ValueError for a channel that is not one of ``illumination_channels``.
+        """
+        if self.illumination_channels is None:
+            return None
+        if channel not in self.illumination_channels:
+            raise ValueError(f"channel {channel!r}: this dataset's cameras record channels "
+                             f"{list(self.illumination_channels)} (illumination sides); name one of them")
+        return self.illumination_channels.index(channel)
 
     def _key(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -782,6 +879,10 @@ class _Model:
         for cam in range(4):
             axis = _DETECTION_AXIS[cam]
             self.att_len[cam] = float(s.attenuation_length_um or 1.5 * self.semi[axis])
+        self.ill_len = {}
+        for cam in range(4):
+            u = self._column_direction(cam)
+            self.ill_len[cam] = float(s.illumination_attenuation_um or 1.0 / np.sqrt(np.sum((u / self.semi) ** 2)))
         self.blur_sigma = {}
         for cam in range(4):
             axis = _DETECTION_AXIS[cam]
@@ -815,6 +916,11 @@ class _Model:
         self._nuc_cache: dict[tuple[int, int], tuple] = {}
 
     # ------------------------------------------------------------------ geometry
+    def _column_direction(self, camera: int, t: int = 0) -> np.ndarray:
+        """Unit specimen direction of increasing column index in a camera's raw frame."""
+        ex = self.affine(camera, t)[:3, 2]
+        return ex / np.linalg.norm(ex)
+
     def affine(self, camera: int, t: int) -> np.ndarray:
         a, b = _PAIR_OF[camera]
         A = _reference_affine(a, self.shape, self.p, self.dz)
@@ -925,7 +1031,9 @@ class _Model:
         return (int(math.floor(u0[0] - half[0])) - 1, int(math.ceil(u0[0] + half[0])) + 2,
                 int(math.floor(u0[1] - half[1])) - 1, int(math.ceil(u0[1] + half[1])) + 2)
 
-    def render_plane(self, camera: int, t: int, k: int, kinds: Iterable[str]) -> dict[str, np.ndarray]:
+    def render_plane(self, camera: int, t: int, k: int, kinds: Iterable[str],
+                     side: int | None = None) -> dict[str, np.ndarray]:
+        """Render one plane; ``side`` 0/1 is the illumination side (channel a/b), None without sides."""
         kinds = set(kinds)
         s, Y, X = self.spec, self.Y, self.X
         A = self.affine(camera, t)
@@ -939,6 +1047,8 @@ class _Model:
             win = _union(win, nwin)
         sigma = float(self.blur_sigma[camera][k])
         pad = int(math.ceil(4.0 * sigma)) + 1 if sigma > 0.01 else 0
+        if side is not None:
+            pad = int(math.ceil(4.0 * math.hypot(sigma, s.illumination_blur_px))) + 1
         if win is not None:
             win = (win[0] - pad, win[1] + pad, win[2] - pad, win[3] + pad)
         win = _clip_window(win, Y, X)
@@ -980,7 +1090,9 @@ class _Model:
             half_chord = np.float32(self.semi[axis]) * np.sqrt(np.maximum(h2, 0))
             depth = np.clip(sign * coords[axis] + half_chord, 0, 2 * half_chord)
             emitted = clean * np.exp(-depth / np.float32(self.att_len[camera]))
-            if sigma > 0.01:
+            if side is not None:
+                emitted = self._illuminated(emitted, coords, r2, camera, t, side, sigma)
+            elif sigma > 0.01:
                 emitted = ndimage.gaussian_filter(emitted, sigma, mode="constant", truncate=4.0)
             E[y0:y1, x0:x1] = emitted
         active = win
@@ -1004,13 +1116,40 @@ class _Model:
         if mask_full is not None:
             out["body_mask"] = mask_full
         if "raw" in kinds:
-            out["raw"] = self._noisy(camera, t, k, E, active, outlier)
+            out["raw"] = self._noisy(camera, t, k, E, active, outlier, side)
         return out
 
-    def _noisy(self, camera: int, t: int, k: int, E: np.ndarray, active, outlier: bool) -> np.ndarray:
+    def _illuminated(self, emitted, coords, r2, camera: int, t: int, side: int, sigma: float) -> np.ndarray:
+        """One illumination side's image of a window: attenuation along the light and a growing blur.
+
+        ``emitted`` is the detection-attenuated signal on the window, ``coords`` its specimen
+        coordinates (µm) and ``r2`` the squared ellipsoidal radius (see the module docstring, 2' and 3').
+        """
+        s = self.spec
+        travel = self._column_direction(camera, t) * (1.0 if side == 0 else -1.0)
+        scaled = travel / self.semi
+        a = float(np.sum(scaled**2))
+        b = sum(coords[d] * np.float32(scaled[d] / self.semi[d]) for d in range(3))
+        disc = np.maximum(b * b - np.float32(a) * (r2 - 1), 0)
+        root = np.sqrt(disc)
+        entry = (-b - root) / np.float32(a)          # position of the entry surface along the light, µm
+        chord = 2 * root / np.float32(a)
+        depth = np.where(disc > 0, np.clip(-entry, 0, chord), 0).astype(np.float32)
+        lit = emitted * np.exp(-depth / np.float32(self.ill_len[camera]))
+        if side == 1:
+            lit = lit * np.float32(s.illumination_balance)
+        along = sum(coords[d] * np.float32(travel[d]) for d in range(3)) * np.float32(math.sqrt(a))
+        far = np.clip(along, 0, 1).astype(np.float32)
+        sharp = ndimage.gaussian_filter(lit, sigma, mode="constant", truncate=4.0) if sigma > 0.01 else lit
+        wide = math.hypot(sigma, s.illumination_blur_px)
+        blurred = ndimage.gaussian_filter(lit, wide, mode="constant", truncate=4.0) if wide > 0.01 else lit
+        return ((1 - far) * sharp + far * blurred).astype(np.float32)
+
+    def _noisy(self, camera: int, t: int, k: int, E: np.ndarray, active, outlier: bool,
+               side: int | None = None) -> np.ndarray:
         s, Y, X = self.spec, self.Y, self.X
         tm = s.first_timepoint + t
-        r = _rng(s.seed, _S_NOISE, tm, camera, k)
+        r = _rng(s.seed, _S_NOISE, tm, camera, k) if side is None else _rng(s.seed, _S_NOISE, tm, camera, k, 1 + side)
         gain = np.float32(self.gains[camera])
         photons = None
         if active is not None:
@@ -1034,11 +1173,12 @@ class _Model:
         raw16[dead["y"][n_hot:], dead["x"][n_hot:]] = dead["value"][n_hot:].astype(np.uint16)
         return raw16
 
-    def render_slab(self, camera: int, t: int, k0: int, k1: int, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    def render_slab(self, camera: int, t: int, k0: int, k1: int, kinds: Sequence[str],
+                    side: int | None = None) -> dict[str, np.ndarray]:
         dtypes = {"raw": np.uint16, "ideal": np.float32, "clean": np.float32, "body_mask": bool}
         out = {kind: np.empty((k1 - k0, self.Y, self.X), dtypes[kind]) for kind in kinds}
         for i, k in enumerate(range(k0, k1)):
-            plane = self.render_plane(camera, t, k, kinds)
+            plane = self.render_plane(camera, t, k, kinds, side)
             for kind in kinds:
                 out[kind][i] = plane[kind]
         return out
@@ -1102,13 +1242,13 @@ def _check_timepoint(spec: SyntheticSpec, t: int) -> None:
         raise ValueError(f"timepoint {t!r}: expected a 0-based index below {spec.timepoints}")
 
 
-def _render_block(spec: SyntheticSpec, camera: int, t: int, kind: str, block_info=None):
+def _render_block(spec: SyntheticSpec, camera: int, t: int, kind: str, side=None, block_info=None):
     k0, k1 = block_info[None]["array-location"][0]
-    return _model_for(spec).render_slab(camera, t, k0, k1, (kind,))[kind]
+    return _model_for(spec).render_slab(camera, t, k0, k1, (kind,), side)[kind]
 
 
 def synthetic_volume(spec: SyntheticSpec | None = None, camera: int = 0, timepoint: int = 0, kind: str = "raw",
-                     slab_planes: int = 8):
+                     slab_planes: int = 8, channel: int | None = None):
     """One camera's volume as a lazy dask array, rendered slab by slab (nothing is written).
 
     Parameters
@@ -1121,6 +1261,9 @@ def synthetic_volume(spec: SyntheticSpec | None = None, camera: int = 0, timepoi
         What to render; identical values to what :func:`generate_dataset` writes.
     slab_planes : int
         Planes per dask chunk (does not change the values).
+    channel : int, optional
+        With ``spec.illumination_channels``: which of the two channels
+        ('raw' and 'ideal' differ between them; needed for those kinds).
     """
     import dask.array as da
 
@@ -1130,11 +1273,23 @@ def synthetic_volume(spec: SyntheticSpec | None = None, camera: int = 0, timepoi
     dtypes = {"raw": np.uint16, "ideal": np.float32, "clean": np.float32, "body_mask": np.bool_}
     if kind not in dtypes:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(dtypes)}")
+    side = _side_for(spec, channel, kind)
     Z, Y, X = spec.shape
     chunks = (_slabs(Z, slab_planes), (Y,), (X,))
-    return da.map_blocks(_render_block, spec, camera, timepoint, kind, chunks=chunks, dtype=dtypes[kind],
+    suffix = "" if side is None else f"-side{side}"
+    return da.map_blocks(_render_block, spec, camera, timepoint, kind, side, chunks=chunks, dtype=dtypes[kind],
                          meta=np.empty((0, 0, 0), dtypes[kind]),
-                         name=f"synthetic-{kind}-cm{camera}-t{timepoint}-" + _short_hash(spec._key()))
+                         name=f"synthetic-{kind}-cm{camera}-t{timepoint}{suffix}-" + _short_hash(spec._key()))
+
+
+def _side_for(spec: SyntheticSpec, channel: int | None, kind: str) -> int | None:
+    """Illumination side of ``channel`` for a kind that depends on it (None when it does not)."""
+    if spec.illumination_channels is None or kind in ("clean", "body_mask"):
+        return None
+    if channel is None:
+        raise ValueError(f"this dataset's cameras record channels {list(spec.illumination_channels)} "
+                         f"(illumination sides): give channel= for kind {kind!r}")
+    return spec.illumination_side(channel)
 
 
 def _short_hash(text: str) -> str:
@@ -1153,8 +1308,8 @@ def _slabs(Z: int, slab_planes: int) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _stack_name(spec: SyntheticSpec, tm: int, camera: int) -> str:
-    ch = spec.channel_of_camera[camera]
+def _stack_name(spec: SyntheticSpec, tm: int, camera: int, channel: int | None = None) -> str:
+    ch = spec.channel_of_camera[camera] if channel is None else channel
     return f"SPC{spec.specimen:02d}_TM{tm:05d}_ANG000_CM{camera}_CHN{ch:02d}_PH0.stack"
 
 
@@ -1222,14 +1377,14 @@ def _zarr_chunk_planes(slab_planes: int, Y: int, X: int) -> int:
 
 
 def _write_slab(spec_dict: dict, camera: int, t: int, k0: int, k1: int, stack_paths: list[str],
-                volume_paths: dict[str, str]) -> tuple[int, int, int]:
-    """Render planes [k0, k1) of one camera and write them (runs in a dask task)."""
+                volume_paths: dict[str, str], side: int | None = None) -> tuple[int, int, int]:
+    """Render planes [k0, k1) of one camera (one illumination side) and write them (runs in a dask task)."""
     import zarr
 
     spec = SyntheticSpec.from_dict(spec_dict)
     model = _model_for(spec)
     kinds = ["raw", *volume_paths]
-    slab = model.render_slab(camera, t, k0, k1, kinds)
+    slab = model.render_slab(camera, t, k0, k1, kinds, side)
     for path in stack_paths:
         mm = np.memmap(path, dtype="<u2", mode="r+", shape=spec.shape)
         mm[k0:k1] = slab["raw"]
@@ -1348,12 +1503,13 @@ def generate_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, 
         for t in range(spec.timepoints):
             tm = spec.first_timepoint + t
             tasks[t] = []
-            for cam in spec.cameras:
+            for cam, channel in ((c, ch) for c in spec.cameras for ch in spec.channels_of_camera(c)):
+                side = spec.illumination_side(channel)
                 paths = []
                 if keller is not None:
-                    paths.append(keller / f"TM{tm:05d}" / "ANG000" / _stack_name(spec, tm, cam))
+                    paths.append(keller / f"TM{tm:05d}" / "ANG000" / _stack_name(spec, tm, cam, channel))
                 if flat is not None:
-                    paths.append(flat / _stack_name(spec, tm, cam))
+                    paths.append(flat / _stack_name(spec, tm, cam, channel))
                 for path in paths:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with open(path, "wb") as fh:
@@ -1362,13 +1518,20 @@ def generate_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, 
                 if spec.write_truth_volumes:
                     cam_group = group.require_group(f"TM{tm:05d}").require_group(f"CM{cam}")
                     for kind, dtype in (("ideal", "float32"), ("clean", "float32"), ("body_mask", "bool")):
-                        cam_group.create_array(kind, shape=(Z, Y, X), chunks=(zplanes, Y, X), dtype=dtype)
-                        volumes[kind] = str(group_path / f"TM{tm:05d}" / f"CM{cam}" / kind)
+                        if side == 1 and kind != "ideal":
+                            continue  # each side has its own ideal; clean and mask are written once (side 0)
+                        key = _truth_key(kind, side, channel)
+                        parent = cam_group.require_group(key.rpartition("/")[0]) if "/" in key else cam_group
+                        parent.create_array(key.rpartition("/")[2], shape=(Z, Y, X), chunks=(zplanes, Y, X),
+                                            dtype=dtype)
+                        volumes[kind] = str(group_path / f"TM{tm:05d}" / f"CM{cam}" / key)
+                suffix = "" if side is None else f"-ch{channel}"
                 k0 = 0
                 for n in slabs:
                     tasks[t].append(dask.delayed(_write_slab, pure=False)(
-                        spec.to_dict(), cam, t, k0, k0 + n, [str(p) for p in paths], volumes,
-                        dask_key_name=f"synthetic-slab-{tm}-{cam}-{k0}-{_short_hash(spec._key() + str(out))}"))
+                        spec.to_dict(), cam, t, k0, k0 + n, [str(p) for p in paths], volumes, side,
+                        dask_key_name=f"synthetic-slab-{tm}-{cam}{suffix}-{k0}-"
+                                      f"{_short_hash(spec._key() + str(out))}"))
                     k0 += n
         sched = scheduler if scheduler is not None else _default_scheduler(spec)
         compute_kw: dict[str, Any] = {}
@@ -1402,6 +1565,11 @@ def generate_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, 
     return load_truth(out)
 
 
+def _truth_key(kind: str, side: int | None, channel: int | None) -> str:
+    """Name of a truth array in a camera's group: ``ideal`` is per channel with illumination sides."""
+    return f"CHN{channel:02d}/{kind}" if side is not None and kind == "ideal" else kind
+
+
 def _truth_dict(spec: SyntheticSpec, model: _Model, keller: bool, flat: bool) -> dict:
     pairs = []
     for a, b in PAIRS:
@@ -1419,11 +1587,13 @@ def _truth_dict(spec: SyntheticSpec, model: _Model, keller: bool, flat: bool) ->
         dead = model.dead(cam)
         cameras[str(cam)] = {
             "channel": spec.channel_of_camera[cam],
+            "channels": list(spec.channels_of_camera(cam)),
             "gain": model.gains[cam],
             "role": "reference" if cam in (0, 2) else "moving",
             "detection_axis": "zyx"[_DETECTION_AXIS[cam]],
             "near_side": "low plane index" if _NEAR_SIGN[cam] > 0 else "high plane index",
             "attenuation_length_um": model.att_len[cam],
+            "illumination_attenuation_length_um": model.ill_len[cam] if spec.illumination_channels else None,
             "blur_sigma_px": model.blur_sigma[cam].tolist(),
             "dark": {"mean": float(dark.mean()), "std": float(dark.std()), "min": float(dark.min()),
                      "max": float(dark.max()), "column_std": float(dark.mean(axis=0).std())},
@@ -1452,6 +1622,11 @@ def _truth_dict(spec: SyntheticSpec, model: _Model, keller: bool, flat: bool) ->
         "body": {"centre_um": [0.0, 0.0, 0.0], "semi_axes_um": model.semi.tolist(),
                  "edge_halfwidth_radius": model.edge_w, "level_photons": model.level,
                  "n_nuclei": int(len(model.nuc_centre))},
+        "illumination": None if spec.illumination_channels is None else {
+            "channels": list(spec.illumination_channels),
+            "low_x_channel": spec.illumination_channels[0], "high_x_channel": spec.illumination_channels[1],
+            "sharp_side": {str(spec.illumination_channels[0]): "low x", str(spec.illumination_channels[1]): "high x"},
+            "extra_blur_px": spec.illumination_blur_px, "balance_b_over_a": spec.illumination_balance},
         "outlier": {"timepoint": spec.outlier_timepoint, "cameras": [c for c in (1, 3) if c in spec.cameras],
                     "dim": spec.outlier_dim, "extra_noise": spec.outlier_noise},
         "files": {"raw_dir": "raw" if keller else None, "flat_dir": "raw_flat" if flat else None,
@@ -1560,7 +1735,24 @@ class SyntheticTruth:
         return float(self._pair(pair)["gain_ratio"])
 
     def channel(self, camera: int) -> int:
+        """The camera's channel (with illumination sides: the low-x one, see :meth:`channels_of_camera`)."""
         return int(self._camera(camera)["channel"])
+
+    def channels_of_camera(self, camera: int) -> tuple[int, ...]:
+        """Channels a camera recorded (two with illumination sides)."""
+        entry = self._camera(camera)
+        return tuple(entry.get("channels", [entry["channel"]]))
+
+    @property
+    def illumination_channels(self) -> tuple[int, int] | None:
+        """(channel lit from low x, channel lit from high x), or None (one channel per camera)."""
+        sides = self.data.get("illumination")
+        return None if sides is None else tuple(sides["channels"])  # type: ignore[return-value]
+
+    def illumination_balance(self) -> float:
+        """Photons of the high-x channel over the low-x one (the ratio intensity matching should find)."""
+        sides = self.data.get("illumination")
+        return 1.0 if sides is None else float(sides["balance_b_over_a"])
 
     def camera_affine(self, camera: int, timepoint: int = 0) -> np.ndarray:
         """4x4 map of raw voxel (k, y, x, 1) to specimen (z, y, x, 1) in µm."""
@@ -1598,20 +1790,24 @@ class SyntheticTruth:
             raise InputNotFoundError(f"{path / key}: truth array missing ({exc})") from exc
         return np.asarray(arr[...])
 
-    def _volume(self, kind: str, camera: int, timepoint: int) -> np.ndarray:
+    def _volume(self, kind: str, camera: int, timepoint: int, channel: int | None = None) -> np.ndarray:
         self._camera(camera)
         t = self._t(timepoint)
+        side = _side_for(self.spec, channel, kind)
         if not self.data["files"]["truth_volumes_written"]:
             raise InputNotFoundError(
                 f"{self.root}: truth volumes were not written (write_truth_volumes=False); "
                 "use isoview_dask.synthetic.synthetic_volume(truth.spec, ...) to render them"
             )
         tm = self.data["timepoint_numbers"][t]
-        return self._array(f"TM{tm:05d}/CM{int(camera)}/{kind}")
+        return self._array(f"TM{tm:05d}/CM{int(camera)}/{_truth_key(kind, side, channel)}")
 
-    def ideal(self, camera: int, timepoint: int = 0) -> np.ndarray:
-        """Expected raw minus dark (float32, (Z, Y, X), camera's raw frame)."""
-        return self._volume("ideal", camera, timepoint)
+    def ideal(self, camera: int, timepoint: int = 0, channel: int | None = None) -> np.ndarray:
+        """Expected raw minus dark (float32, (Z, Y, X), camera's raw frame).
+
+        With illumination sides each channel has its own; ``channel`` is then required.
+        """
+        return self._volume("ideal", camera, timepoint, channel)
 
     def clean(self, camera: int, timepoint: int = 0) -> np.ndarray:
         """Sharp, unattenuated specimen in photons (float32, (Z, Y, X), camera's raw frame)."""
@@ -1622,12 +1818,18 @@ class SyntheticTruth:
         return self._volume("body_mask", camera, timepoint)
 
     # ------------------------------------------------------------ files
-    def stack_path(self, camera: int, timepoint: int = 0, layout: str | None = None) -> Path:
-        """Path of a camera's ``.stack`` ('keller' or 'flat'; default: whichever exists, Keller first)."""
+    def stack_path(self, camera: int, timepoint: int = 0, layout: str | None = None,
+                   channel: int | None = None) -> Path:
+        """Path of a camera's ``.stack`` ('keller' or 'flat'; default: whichever exists, Keller first).
+
+        ``channel`` picks one of the two channels of a camera with illumination sides.
+        """
         spec = self.spec
         self._camera(camera)
         tm = self.data["timepoint_numbers"][self._t(timepoint)]
-        name = _stack_name(spec, tm, camera)
+        if _side_for(spec, channel, "raw") is None:
+            channel = None
+        name = _stack_name(spec, tm, camera, channel)
         layout = layout or ("keller" if self.raw_dir is not None else "flat")
         if layout == "keller" and self.raw_dir is not None:
             return self.raw_dir / _keller_dir(spec) / f"TM{tm:05d}" / "ANG000" / name
@@ -1635,9 +1837,10 @@ class SyntheticTruth:
             return self.flat_dir / name
         raise ValueError(f"layout {layout!r} was not written for {self.root}")
 
-    def raw(self, camera: int, timepoint: int = 0, layout: str | None = None) -> np.ndarray:
-        """Read a camera's raw stack into memory (uint16 (Z, Y, X))."""
-        path = self.stack_path(camera, timepoint, layout)
+    def raw(self, camera: int, timepoint: int = 0, layout: str | None = None,
+            channel: int | None = None) -> np.ndarray:
+        """Read a camera's raw stack into memory (uint16 (Z, Y, X)); ``channel`` as for :meth:`stack_path`."""
+        path = self.stack_path(camera, timepoint, layout, channel)
         return np.fromfile(path, dtype="<u2").reshape(self.shape)
 
 

@@ -56,9 +56,11 @@ def subtract_background(volume, background) -> da.Array:
         info = np.iinfo(volume.dtype)
         if np.all(values == np.round(values)) and values.min() >= 0 and values.max() <= info.max:
             dark = values.astype(volume.dtype)
-            if dark.ndim:
-                dark = da.from_array(dark, chunks=volume.chunks[1:])
-            return volume - da.minimum(volume, dark)
+            if not dark.ndim:
+                dark = np.full(volume.shape[1:], dark, dtype=volume.dtype)
+            tiles = da.from_array(dark, chunks=volume.chunks[1:])
+            return da.blockwise(_subtract_clipped, "zyx", volume, "zyx", tiles, "yx", dtype=volume.dtype,
+                                meta=np.empty((0, 0, 0), volume.dtype))
     work_dtype = np.float64 if volume.dtype == np.float64 else np.float32
     if np.ndim(background) == 0:
         dark = float(background)
@@ -120,3 +122,10 @@ def estimate_background_level(
     if nonzero.size == 0:
         return 0.0
     return float(np.percentile(nonzero, percentile))
+
+
+def _subtract_clipped(block: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """``block - min(block, dark)`` for unsigned integers, with one output array and no other temporary."""
+    out = np.minimum(block, dark[None])
+    np.subtract(block, out, out=out)
+    return out

@@ -276,9 +276,14 @@ def correct_dead_pixels(volume, mask) -> da.Array:
     themselves (so two adjacent defects do not vote for each other). If
     none is left (a 3 x 3 cluster of defects) the median of the whole
     in-frame neighbourhood is used instead. Integer results are rounded to
-    the nearest integer. The work is blockwise (``map_overlap`` with a
-    halo of one pixel in y and x, ``boundary='none'``), so chunk borders
-    make no difference.
+    the nearest integer.
+
+    The work is blockwise without halos: each block repairs the dead pixels
+    whose 3 x 3 neighbourhood lies inside it; the few whose neighbourhood
+    crosses a chunk border are repaired from their own small (Z, 3, 3)
+    windows, and those values are handed to the block that holds the
+    pixel. No block is copied into a padded one, and chunk borders make no
+    difference.
     """
     volume = as_dask(volume)
     require_ndim(volume, 3, "volume")
@@ -286,20 +291,58 @@ def correct_dead_pixels(volume, mask) -> da.Array:
         raise ValueError(
             f"mask shape {tuple(mask.shape)} does not match the frame shape {volume.shape[1:]} (Y, X)"
         )
-    if isinstance(mask, np.ndarray) and not mask.any():
+    mask = np.asarray(mask.compute() if isinstance(mask, da.Array) else mask).astype(bool)
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
         return volume
-    mask_blocks = da.asarray(mask).astype(bool)[np.newaxis].rechunk(
-        ((1,), volume.chunks[1], volume.chunks[2])
-    )
-    return da.map_overlap(
-        _repair_block,
-        volume,
-        mask_blocks,
-        depth={0: 0, 1: 1, 2: 1},
-        boundary="none",
-        dtype=volume.dtype,
-        meta=np.empty((0, 0, 0), dtype=volume.dtype),
-    )
+    height, width = mask.shape
+    y_start = np.cumsum((0,) + volume.chunks[1])
+    x_start = np.cumsum((0,) + volume.chunks[2])
+
+    def block_of(index, starts):
+        return np.searchsorted(starts, index, side="right") - 1
+
+    # A pixel's neighbourhood (clipped to the frame) crosses a border when its first and
+    # last rows (or columns) fall in different chunks.
+    crossing = ((block_of(np.maximum(rows - 1, 0), y_start) != block_of(np.minimum(rows + 1, height - 1), y_start))
+                | (block_of(np.maximum(cols - 1, 0), x_start) != block_of(np.minimum(cols + 1, width - 1), x_start)))
+    edge_rows, edge_cols = rows[crossing], cols[crossing]
+    if edge_rows.size:
+        windows = []
+        for r, c in zip(edge_rows.tolist(), edge_cols.tolist()):
+            y0, y1, x0, x1 = max(r - 1, 0), min(r + 2, height), max(c - 1, 0), min(c + 2, width)
+            window = volume[:, y0:y1, x0:x1].rechunk({1: -1, 2: -1})
+            windows.append(window.map_blocks(_repair_window, mask[y0:y1, x0:x1], (r - y0, c - x0),
+                                             drop_axis=[1, 2], new_axis=1, chunks=(window.chunks[0], (1,)),
+                                             dtype=volume.dtype, meta=np.empty((0, 0), volume.dtype)))
+        edge_values = da.concatenate(windows, axis=1).rechunk({1: -1})
+    else:
+        edge_values = da.zeros((volume.shape[0], 0), dtype=volume.dtype, chunks=(volume.chunks[0], (0,)))
+    y_index = da.arange(height, chunks=(volume.chunks[1],))
+    x_index = da.arange(width, chunks=(volume.chunks[2],))
+    return da.blockwise(_repair_chunk, "zyx", volume, "zyx", edge_values, "zk", y_index, "y", x_index, "x",
+                        concatenate=True, mask=mask, edge_rows=edge_rows, edge_cols=edge_cols, dtype=volume.dtype,
+                        meta=np.empty((0, 0, 0), dtype=volume.dtype))
+
+
+def _repair_window(window: np.ndarray, mask_window: np.ndarray, centre) -> np.ndarray:
+    """Repaired values (Z, 1) of the dead pixel at ``centre`` of a clipped 3 x 3 ``window``."""
+    repaired = _repair_block(window, mask_window[None])
+    return repaired[:, centre[0], centre[1]][:, None]
+
+
+def _repair_chunk(block, edge_values, y_index, x_index, *, mask, edge_rows, edge_cols):
+    """Repair one chunk: its interior dead pixels from the chunk itself, the border ones from ``edge_values``."""
+    y0, x0 = int(y_index[0]), int(x_index[0])
+    local = mask[y0:y0 + block.shape[1], x0:x0 + block.shape[2]]
+    if not local.any():
+        return block
+    out = _repair_block(block, local[None])
+    inside = ((edge_rows >= y0) & (edge_rows < y0 + block.shape[1])
+              & (edge_cols >= x0) & (edge_cols < x0 + block.shape[2]))
+    if inside.any():
+        out[:, edge_rows[inside] - y0, edge_cols[inside] - x0] = edge_values[:, inside]
+    return out
 
 
 def _repair_block(block: np.ndarray, mask_block: np.ndarray) -> np.ndarray:

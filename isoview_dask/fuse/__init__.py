@@ -28,7 +28,7 @@ from .blending import (
     geometric_transition,
     transition_plane_map,
 )
-from .intensity import IntensityResult, intensity_factor
+from .intensity import IntensityResult, channel_intensity_factor, intensity_factor
 from .registration import RegistrationResult, register_images, register_pair
 from .surface import coordinate_depths, fitted_surface, surface_image
 from .transforms import (
@@ -49,6 +49,7 @@ __all__ = [
     "blend_channels_numpy",
     "blend_numpy",
     "blending_weights",
+    "channel_intensity_factor",
     "coordinate_depths",
     "fitted_surface",
     "fuse_views",

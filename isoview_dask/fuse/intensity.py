@@ -7,7 +7,9 @@ comparison is made where the two see the same tissue through the same
 depth: on the transition surface (the middle of the specimen along z,
 :mod:`isoview_dask.fuse.surface`), in the overlap of both foreground
 masks. The ratio found there is the gain ratio; the dimmer camera is
-scaled up by it so that the blend shows no seam.
+scaled up by it so that the blend shows no seam. Two illumination channels
+of one camera are matched the same way along x
+(:func:`channel_intensity_factor`).
 """
 
 from __future__ import annotations
@@ -157,6 +159,53 @@ def intensity_factor(reference, moving_aligned, mask_ref, mask_mov, percentile: 
     else:
         ratio = np.percentile(mov_values, percentile) / np.percentile(ref_values, percentile)
     return IntensityResult.from_ratio(ratio, count)
+
+
+def channel_intensity_factor(view_a, view_b, mask_a, mask_b, transition_zy, percentile: float | None = None, *,
+                             slab_columns: float = 1.0) -> IntensityResult:
+    """Brightness ratio of two illumination channels of one camera, compared on their transition.
+
+    Parameters
+    ----------
+    view_a, view_b : dask or numpy array, shape (Z, Y, X)
+        The channel lit from the low-x side and the one lit from the
+        high-x side (background-corrected, one frame).
+    mask_a, mask_b : dask or numpy array of bool, shape (Z, Y, X)
+        Their foreground masks.
+    transition_zy : float or array_like, shape (Z, Y)
+        Transition column per plane and row (fractional column index),
+        e.g. ``transition_plane_map(xz_a, xz_b, X)``.
+    percentile : float, optional
+        As for :func:`intensity_factor`.
+    slab_columns : float
+        Half-width (columns, >= 1) of the slab around the transition.
+
+    Returns
+    -------
+    IntensityResult
+        ``ratio = b / a``; ``scaled_camera`` 'reference' means channel a is
+        scaled up, 'moving' channel b.
+
+    Notes
+    -----
+    The same comparison as :func:`intensity_factor` with x in the role of
+    z: the volumes are viewed as (X, Z, Y) (a transpose, no copy), so the
+    transition columns are a surface over (Z, Y). At the middle of the
+    specimen along x both light sheets have crossed the same depth of
+    tissue, so their attenuation cancels and what remains is the ratio of
+    the two illumination powers.
+    """
+    arrays = [as_dask(v) for v in (view_a, view_b, mask_a, mask_b)]
+    require_ndim(arrays[0], 3, "view_a")
+    columns = np.asarray(transition_zy, dtype=np.float64)
+    if columns.ndim == 2 and columns.shape != tuple(arrays[0].shape[:2]):
+        raise ValueError(f"transition_zy must be a number or a {tuple(arrays[0].shape[:2])} (Z, Y) map, got shape "
+                         f"{columns.shape}")
+    turned = [a.transpose(2, 0, 1) for a in arrays]
+    try:
+        return intensity_factor(*turned, percentile, transition_yx=columns, slab_planes=slab_columns)
+    except ValueError as exc:
+        raise ValueError(f"illumination channels: {exc}".replace("both cameras'", "both channels'")) from exc
 
 
 def _carried_surface(surface, offset_yx, rotation_deg) -> np.ndarray:

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -27,11 +28,17 @@ log = logging.getLogger(__name__)
 SUFFIX = {"zarr": ".zarr", "klb": ".klb", "tif": ".tif"}
 
 
-def volume_stem(specimen: int, timepoint: int, cameras: int | Sequence[int], channel: int) -> str:
-    """MATLAB-compatible base name, e.g. ``SPM00_TM000000_CM00_CHN00`` or ``..._CM00_CM01_CHN00``."""
-    cams = [cameras] if isinstance(cameras, int) else list(cameras)
+def volume_stem(specimen: int, timepoint: int, cameras: int | Sequence[int], channel: int | Sequence[int]) -> str:
+    """MATLAB-compatible base name, e.g. ``SPM00_TM000000_CM00_CHN00`` or ``..._CM00_CM01_CHN00``.
+
+    Several channels (an illumination-channel fusion) are all named:
+    ``..._CM00_CM01_CHN00_CHN01``; a one-element list names one channel.
+    """
+    cams = [cameras] if isinstance(cameras, Integral) else list(cameras)
+    chans = [channel] if isinstance(channel, Integral) else list(channel)
     cam_part = "_".join(f"CM{c:02d}" for c in cams)
-    return f"SPM{specimen:02d}_TM{timepoint:06d}_{cam_part}_CHN{channel:02d}"
+    chan_part = "_".join(f"CHN{c:02d}" for c in chans)
+    return f"SPM{specimen:02d}_TM{timepoint:06d}_{cam_part}_{chan_part}"
 
 
 def timepoint_dir(out: str | Path, specimen: int, timepoint: int) -> Path:
@@ -39,8 +46,8 @@ def timepoint_dir(out: str | Path, specimen: int, timepoint: int) -> Path:
     return Path(out) / f"SPM{specimen:02d}" / f"TM{timepoint:06d}"
 
 
-def output_path(out: str | Path, specimen: int, timepoint: int, cameras: int | Sequence[int], channel: int,
-                kind: str = "", fmt: str = "zarr") -> Path:
+def output_path(out: str | Path, specimen: int, timepoint: int, cameras: int | Sequence[int],
+                channel: int | Sequence[int], kind: str = "", fmt: str = "zarr") -> Path:
     """Path of one output volume or file.
 
     Parameters
