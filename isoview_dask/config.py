@@ -234,8 +234,9 @@ class FusionConfig(Section):
     _name: typing.ClassVar[str] = "fusion"
     type: str = opt("adaptive", "blending: per-pixel transition plane, one plane, or the mean",
                     choices=("adaptive", "geometric", "average"), matlab="fusionType")
-    blending_range: tuple[float, float] = opt((20.0, 10.0), "transition widths in planes: [channel, camera]",
-                                              lo=0.0, matlab="blendingRange")
+    blending_range: tuple[float, float] = opt((20.0, 10.0), "transition widths: [channel (columns along x, "
+                                              "for channel_pairs), camera (planes along z)]", lo=0.0,
+                                              matlab="blendingRange")
     blending_profile: str = opt("sigmoid", "shape of the weight ramp", choices=("sigmoid", "linear"))
     camera_pairs: tuple[tuple[int, int], ...] = opt(((0, 1), (2, 3)), "opposing camera pairs [reference, moving]",
                                                     lo=0, hi=15, matlab="cameraPairs")

@@ -369,6 +369,87 @@ def test_gain_ratio_visible_in_overlap(ds):
         assert moved[m].sum() / ideal_a[m].sum() == pytest.approx(ds.gain_ratio((a, b)), rel=0.10)
 
 
+# ----------------------------------------------------------------------------------------------- illumination sides
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory):
+    """Cameras 0 and 3, each recording channel 0 lit from low x and channel 1 from high x."""
+    out = tmp_path_factory.mktemp("synth") / "sides"
+    return generate_dataset(out, preset="tiny", cameras=(0, 3), seed=2, illumination_channels=(0, 1),
+                            illumination_balance=0.7, layout="both")
+
+
+def test_illumination_sides_files_and_truth(sides):
+    assert sides.illumination_channels == (0, 1) and sides.illumination_balance() == 0.7
+    for cam in (0, 3):
+        assert sides.channels_of_camera(cam) == (0, 1)
+        for layout in ("keller", "flat"):
+            names = {sides.stack_path(cam, 0, layout, channel=ch).name for ch in (0, 1)}
+            assert names == {f"SPC00_TM00000_ANG000_CM{cam}_CHN{ch:02d}_PH0.stack" for ch in (0, 1)}
+        a, b = sides.raw(cam, channel=0), sides.raw(cam, channel=1)
+        assert not np.array_equal(a, b)                      # each channel has its own image and noise
+        np.testing.assert_array_equal(synthetic_volume(sides.spec, cam, 0, "raw", channel=1).compute(), b)
+    for ch in (0, 1):
+        assert read_push_config(sides.raw_dir / "SPM00" / "TM00000" / f"ch{ch}.xml").camera_indices == (0, 3)
+    with pytest.raises(ValueError, match="channel"):
+        sides.ideal(0)
+    with pytest.raises(ValueError, match="channel"):
+        sides.ideal(0, 0, channel=2)
+
+
+def test_illumination_sides_brightness(sides):
+    """Channel 0 keeps more of the light at low x, channel 1 at high x, in the ratio of their powers."""
+    X = sides.shape[2]
+    quarter = slice(None, X // 4), slice(X - X // 4, None)
+    clean = sides.clean(0).astype(np.float64)
+    ideal = {ch: sides.ideal(0, 0, ch) / sides.gain(0) for ch in (0, 1)}
+    kept = {ch: [ideal[ch][..., q].sum() / clean[..., q].sum() for q in quarter] for ch in (0, 1)}
+    assert kept[0][0] > 2 * kept[0][1] and kept[1][1] > 2 * kept[1][0]
+    # mirror symmetry of the light paths, up to the power ratio (the body is symmetric, its content not)
+    assert kept[1][1] / kept[0][0] == pytest.approx(0.7, rel=0.15)
+
+
+def _one_effect(**overrides):
+    """Camera 0's clean volume and its two channels' ideal photons with detection optics switched off."""
+    spec = SyntheticSpec.tiny(cameras=(0,), seed=2, illumination_channels=(0, 1), blur_growth_px=0.0,
+                              attenuation_length_um=1e12, **overrides)
+    from isoview_dask.synthetic import _model_for   # the drawn gain (truth.json is not written here)
+    gain = _model_for(spec).gains[0]
+    clean = synthetic_volume(spec, 0, 0, "clean").compute().astype(np.float64)
+    ideal = {ch: synthetic_volume(spec, 0, 0, "ideal", channel=ch).compute() / gain for ch in (0, 1)}
+    return clean, ideal
+
+
+def test_illumination_blur_only_on_the_far_half():
+    """Blur alone: each channel is exactly the clean signal on the half its light reaches first."""
+    clean, ideal = _one_effect(illumination_attenuation_um=1e12, illumination_blur_px=2.0)
+    half = clean.shape[2] // 2
+    np.testing.assert_allclose(ideal[0][..., :half - 4], clean[..., :half - 4], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ideal[1][..., half + 4:], clean[..., half + 4:], rtol=1e-4, atol=1e-3)
+    for far, ch in ((slice(half + 8, None), 0), (slice(None, half - 8), 1)):
+        planes = [k for k in range(clean.shape[0]) if clean[k][:, far].sum() > 1e4]
+        kept = [_sharpness(ideal[ch][k][:, far]) / _sharpness(clean[k][:, far]) for k in planes]
+        assert len(planes) >= 6 and max(kept) < 0.9 and np.median(kept) < 0.75, kept   # measured: 0.45-0.86
+    np.testing.assert_allclose(ideal[0].sum(), clean.sum(), rtol=0.01)       # blur moves light, keeps it
+
+
+def test_illumination_attenuation_follows_the_light_path():
+    """Attenuation alone: the kept fraction falls with the path length from the lit side, mirror-like."""
+    clean, ideal = _one_effect(illumination_blur_px=0.0)
+    body = clean > 0.2 * clean.max()
+    kept = {ch: np.where(body, ideal[ch] / np.where(body, clean, 1.0), np.nan) for ch in (0, 1)}
+    columns = body.any(axis=(0, 1))
+    profile = {ch: np.full(clean.shape[2], np.nan) for ch in (0, 1)}
+    for ch in (0, 1):
+        profile[ch][columns] = np.nanmean(kept[ch][..., columns], axis=(0, 1))
+    inside = np.flatnonzero(np.isfinite(profile[0]) & np.isfinite(profile[1]))
+    assert len(inside) > 20
+    assert np.all(np.diff(profile[0][inside]) < 0) and np.all(np.diff(profile[1][inside]) > 0)
+    assert profile[0][inside[0]] > 0.8 and profile[1][inside[-1]] > 0.8
+    assert np.nanmax(kept[0]) <= 1 + 1e-5 and np.nanmax(kept[1]) <= 1 + 1e-5
+
+
 # ----------------------------------------------------------------------------------------------- time
 
 
@@ -464,6 +545,10 @@ def test_outlier_timepoint(timelapse):
     ("layout", "nested"),
     ("nucleus_sigma_um", (2.0, 1.0)),
     ("write_truth_volumes", "yes"),
+    ("illumination_channels", (1, 1)),
+    ("illumination_channels", (0, 1, 2)),
+    ("illumination_balance", 0.0),
+    ("illumination_blur_px", -1.0),
 ])
 def test_invalid_spec_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -8,13 +8,35 @@ the overlap of both foreground masks, blend the two along z, and write the
 fused volume (sharded zarr), a parameters JSON beside it (the contract other
 tools read), and diagnostic PNGs. Estimation uses reductions (coordinate
 masks, slab images); the blend is one blockwise graph written shard by shard.
+
+Illumination channels (``fusion.channel_pairs``, the channel half of the
+MATLAB ``blendingRange = [channel, camera]``): where each camera records one
+label twice, as channel ``a`` lit from the low-x side of its frame and channel
+``b`` from the high-x side, the two channels of every camera are blended
+along x first (:class:`ChannelFusedView`): the transition column per (z, y)
+comes from the two channels' xz coordinate masks, channel b is matched in
+brightness to channel a on that transition, the weights ramp over the
+channel blending range, and the foreground mask is the union of the two.
+The channel-fused cameras are never written on their own when they belong
+to a camera pair: they enter the camera fusion above lazily (each task
+blends the two channels' blocks before aligning and blending the cameras),
+so no intermediate volume is stored. Outputs name both channels::
+
+    SPM00_TM000000_CM00_CM01_CHN00_CHN01.fusedStack.zarr   camera pair 0+1, channels 0 and 1
+    SPM00_TM000000_CM00_CHN00_CHN01.fusedStack.zarr        camera 0 in no camera pair: its channels alone
+
+with a parameters JSON beside each (``channels``, ``channel_blending_range``
+and, per camera, ``channel_fusion``: transition-column statistics, the
+channel intensity factor). Channels of a pair are fused only as that pair,
+not one by one. A camera that belongs to no configured camera pair (e.g.
+``fusion.camera_pairs = []``) is channel-fused on its own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +45,9 @@ from .. import __version__
 from ..config import ProcessingConfig
 from ..correct import coordinate_masks
 from ..errors import IsoviewError
-from ..fuse import (apply_inplane_transform, apply_inplane_transform_numpy, fuse_views, geometric_transition, intensity_factor,
-                    register_pair, transition_plane_map, view_transform)
+from ..fuse import (IntensityResult, apply_inplane_transform, apply_inplane_transform_numpy, blend, blend_channels,
+                    channel_intensity_factor, fuse_views, geometric_transition, intensity_factor, register_pair,
+                    transition_plane_map, view_transform)
 from ..fuse.transforms import inverse_transform
 from ..io import open_volume
 from ..io.zarr import CodecSpec, prepare_zarr
@@ -63,6 +86,218 @@ class CorrectedView:
     def voxel_size_um(self):
         return self.record.get("voxel_size_um_zyx")
 
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return (self.channel,)
+
+    @property
+    def name(self) -> str:
+        return str(self.path())
+
+    def inputs(self) -> list[str]:
+        """The corrected volumes this view reads."""
+        return [str(self.path())]
+
+    def fingerprint_inputs(self) -> list[dict]:
+        return [{"record": str(self.record_path), "fingerprint": self.record.get("fingerprint")}]
+
+    def prepare(self, config: ProcessingConfig | None = None, *, progress: bool = True) -> "CorrectedView":
+        """Nothing to estimate for a corrected view (see :meth:`ChannelFusedView.prepare`)."""
+        return self
+
+    def open_arrays(self):
+        """The corrected volume and its foreground mask (bool), lazily, (Z, Y, X)."""
+        if not self.record.get("segmented", True):
+            raise MissingInputError(f"{self.record_path}: was corrected without segmentation; fusion needs masks")
+        return open_volume(self.path()), open_volume(self.path("segmentationMask")).astype(bool)
+
+
+@dataclass
+class ChannelEstimate:
+    """What channel fusion estimates for one camera's two illumination channels.
+
+    Attributes
+    ----------
+    channels : (a, b)
+        The channel lit from low x and the one lit from high x.
+    transition_zy : ndarray (Z, Y) or float
+        Transition column per plane and row (fractional column index), or
+        one column for the whole volume (``fusion.type = 'geometric'``).
+    intensity : IntensityResult or None
+        ``ratio = b / a``; 'reference' scales channel a, 'moving' channel b.
+    mean_column : (float, float)
+        Mean foreground column of each channel (NaN without foreground). The
+        channel lit from low x sees more of the specimen there, so a's mean
+        is expected to be the smaller; ``orientation_consistent`` says so.
+    timings : dict
+    """
+
+    channels: tuple[int, int]
+    transition_zy: object
+    intensity: IntensityResult | None
+    mean_column: tuple[float, float]
+    timings: dict
+
+    @property
+    def orientation_consistent(self) -> bool | None:
+        a, b = self.mean_column
+        return None if not (np.isfinite(a) and np.isfinite(b)) else bool(a <= b)
+
+    def summary(self) -> dict:
+        columns = np.atleast_1d(np.asarray(self.transition_zy, dtype=np.float64))
+        finite = columns[np.isfinite(columns)]
+        intensity = self.intensity
+        return {
+            "channels": list(self.channels),
+            "transition_column": {"min": float(finite.min()), "median": float(np.median(finite)),
+                                  "max": float(finite.max())} if finite.size else None,
+            "intensity_ratio_b_over_a": intensity.ratio if intensity else None,
+            "intensity_factor": intensity.factor if intensity else 1.0,
+            "intensity_scaled_channel": (self.channels[0] if intensity.scaled_camera == "reference"
+                                         else self.channels[1]) if intensity else None,
+            "mean_foreground_column": [None if not np.isfinite(v) else float(v) for v in self.mean_column],
+            "orientation_consistent": self.orientation_consistent,
+        }
+
+
+def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: ProcessingConfig | None = None, *,
+                      progress: bool = True) -> ChannelEstimate:
+    """Estimate the transition column map and intensity ratio of one camera's two illumination channels.
+
+    Parameters
+    ----------
+    view_a, view_b : CorrectedView
+        The same camera and timepoint; ``view_a`` is the channel lit from
+        the low-x side of the frame.
+    config : ProcessingConfig, optional
+        ``fusion``: ``type`` ('adaptive': a (Z, Y) map of columns;
+        'geometric': one column; 'average': the mean of the channels, the
+        map is still reported), the transition-map options shared with the
+        camera fusion (``mask_fusion_mode``, ``mask_padding``,
+        ``mask_min_object_size``, ``median_filter_range``,
+        ``transition_smoothing_px``, ``precise_gauss``) and
+        ``intensity_correction``.
+
+    Returns
+    -------
+    ChannelEstimate
+
+    Notes
+    -----
+    Only reductions are computed: the two xz coordinate masks (mean
+    foreground column per (z, y)) and, for the intensity ratio, a slab
+    one column either side of the transition.
+    """
+    from ..cluster import compute
+
+    config = config or ProcessingConfig()
+    fc = config.fusion
+    t0 = time.perf_counter()
+    volume_a, mask_a = view_a.open_arrays()
+    volume_b, mask_b = view_b.open_arrays()
+    if volume_a.shape != volume_b.shape:
+        raise IsoviewError(f"{view_a.name} and {view_b.name}: shapes {volume_a.shape} and {volume_b.shape} differ; "
+                           "two illumination channels of one camera must record the same planes and frame")
+    n_columns = volume_a.shape[2]
+    label = f"TM{view_a.timepoint:06d} CM{view_a.camera:02d} CHN{view_a.channel:02d}+CHN{view_b.channel:02d}"
+    xz_a, xz_b = compute(coordinate_masks(mask_a)[1], coordinate_masks(mask_b)[1], progress=progress,
+                         label=f"{label}: column maps")
+    # the transition map of the camera fusion, with x for z: (Z, Y) maps of mean column
+    transition = transition_plane_map(xz_a, xz_b, n_columns, median_filter_range=fc.median_filter_range,
+                                      smoothing_sigma=fc.transition_smoothing_px, rim_px=fc.mask_padding,
+                                      mask_mode=fc.mask_fusion_mode, min_object_fraction=fc.mask_min_object_size,
+                                      precise=fc.precise_gauss)
+    if fc.type == "geometric":
+        transition = geometric_transition(xz_a, xz_b, n_columns)
+    intensity = (channel_intensity_factor(volume_a, volume_b, mask_a, mask_b, transition)
+                 if fc.intensity_correction else None)
+    mean_column = tuple(float(np.nanmean(m)) if np.isfinite(m).any() else float("nan") for m in (xz_a, xz_b))
+    estimate = ChannelEstimate((view_a.channel, view_b.channel), transition, intensity, mean_column,
+                               {"channel_estimation_s": time.perf_counter() - t0})
+    if estimate.orientation_consistent is False:
+        log.warning("%s: channel %d's foreground lies at higher x (mean column %.1f) than channel %d's (%.1f); "
+                    "fusion.channel_pairs lists the channel lit from low x first: check the order",
+                    label, view_a.channel, mean_column[0], view_b.channel, mean_column[1])
+    return estimate
+
+
+@dataclass(frozen=True)
+class ChannelFusedView:
+    """One camera's two illumination channels blended along x: a view the camera fusion can use.
+
+    It stands wherever a :class:`CorrectedView` does (same ``specimen``,
+    ``timepoint``, ``camera``; ``channel`` is channel a, ``channels`` both).
+    :meth:`prepare` estimates the channel fusion (:func:`estimate_channels`);
+    :meth:`open_arrays` then gives the blended volume and the union of the
+    two masks, lazily.
+    """
+
+    view_a: CorrectedView
+    view_b: CorrectedView
+    estimate: ChannelEstimate | None = None
+
+    def __post_init__(self):
+        a, b = self.view_a, self.view_b
+        if (a.specimen, a.timepoint, a.camera) != (b.specimen, b.timepoint, b.camera) or a.channel == b.channel:
+            raise ValueError("a channel fusion needs two different channels of one camera, specimen and timepoint; "
+                             f"got {a.name} and {b.name}")
+
+    specimen = property(lambda self: self.view_a.specimen)
+    timepoint = property(lambda self: self.view_a.timepoint)
+    camera = property(lambda self: self.view_a.camera)
+    channel = property(lambda self: self.view_a.channel)
+    voxel_size_um = property(lambda self: self.view_a.voxel_size_um)
+
+    @property
+    def channels(self) -> tuple[int, int]:
+        return (self.view_a.channel, self.view_b.channel)
+
+    @property
+    def name(self) -> str:
+        return f"{self.view_a.name} + {self.view_b.name}"
+
+    def inputs(self) -> list[str]:
+        return self.view_a.inputs() + self.view_b.inputs()
+
+    def fingerprint_inputs(self) -> list[dict]:
+        return self.view_a.fingerprint_inputs() + self.view_b.fingerprint_inputs()
+
+    def prepare(self, config: ProcessingConfig | None = None, *, progress: bool = True) -> "ChannelFusedView":
+        """This view with its channel estimate (estimated now unless it already has one)."""
+        if self.estimate is not None:
+            return self
+        return replace(self, estimate=estimate_channels(self.view_a, self.view_b, config, progress=progress))
+
+    def open_arrays(self, fc=None):
+        """The channel-fused volume (the corrected dtype) and its mask (a OR b), lazily, (Z, Y, X).
+
+        ``fc`` (a :class:`~isoview_dask.config.FusionConfig`; default the
+        defaults) gives the channel blending range, ``type`` and profile.
+        """
+        if self.estimate is None:
+            raise IsoviewError(f"{self.name}: the channel fusion is not estimated yet (call prepare first)")
+        fc = fc or ProcessingConfig().fusion
+        volume_a, mask_a = self.view_a.open_arrays()
+        volume_b, mask_b = self.view_b.open_arrays()
+        fused = channel_blend(volume_a, volume_b, self.estimate, fc.blending_range[0], fc.type,
+                              fc.blending_profile)
+        return fused, mask_a | mask_b
+
+
+def channel_blend(volume_a, volume_b, estimate: ChannelEstimate, blending_range: float, method: str = "adaptive",
+                  profile: str = "sigmoid"):
+    """Blend two illumination channels with an estimate's transition and intensity (lazy, blockwise).
+
+    'adaptive' and 'geometric' are :func:`~isoview_dask.fuse.blend_channels`
+    along x (the estimate's (Z, Y) map or single column); 'average' is the
+    mean of the two (matched) channels. The result keeps ``volume_a``'s dtype.
+    """
+    if method == "average":
+        return blend(volume_a, volume_b, None, 0.0, "average", estimate.intensity, profile=profile,
+                     dtype=volume_a.dtype)
+    return blend_channels(volume_a, volume_b, blending_range, "x", estimate.transition_zy, profile=profile,
+                          intensity=estimate.intensity, dtype=volume_a.dtype)
+
 
 def find_corrected(root: str | Path) -> dict[tuple[int, int, int, int], CorrectedView]:
     """Complete corrected views under ``root``, keyed by (specimen, timepoint, camera, channel)."""
@@ -75,16 +310,18 @@ def find_corrected(root: str | Path) -> dict[tuple[int, int, int, int], Correcte
             if len(cams) == 1}
 
 
-def _open_pair(ref: CorrectedView, mov: CorrectedView):
-    for view in (ref, mov):
-        if not view.record.get("segmented", True):
-            raise MissingInputError(f"{view.record_path}: was corrected without segmentation; fusion needs masks")
-    reference = open_volume(ref.path())
-    moving = open_volume(mov.path())
-    mask_ref = open_volume(ref.path("segmentationMask")).astype(bool)
-    mask_mov = open_volume(mov.path("segmentationMask")).astype(bool)
+def _open_arrays(view, fc):
+    if isinstance(view, ChannelFusedView):
+        return view.open_arrays(fc)
+    return view.open_arrays()
+
+
+def _open_pair(ref, mov, fc=None):
+    """Reference and moving volumes and masks (corrected views, or channel-fused ones once prepared)."""
+    reference, mask_ref = _open_arrays(ref, fc)
+    moving, mask_mov = _open_arrays(mov, fc)
     if reference.shape != moving.shape:
-        raise IsoviewError(f"{ref.path()} and {mov.path()}: shapes {reference.shape} and {moving.shape} differ; "
+        raise IsoviewError(f"{ref.name} and {mov.name}: shapes {reference.shape} and {moving.shape} differ; "
                            "opposing cameras must record the same planes and frame")
     return reference, moving, mask_ref, mask_mov
 
@@ -134,12 +371,12 @@ class PairEstimate:
         }
 
 
-def _prepared(ref: CorrectedView, mov: CorrectedView, fc):
-    reference, moving, mask_ref, mask_mov = _open_pair(ref, mov)
+def _prepared(ref, mov, fc):
+    reference, moving, mask_ref, mask_mov = _open_pair(ref, mov, fc)
     flips = dict(flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation, flip_z=fc.flip_z)
     moving_f, mask_mov_f = view_transform(moving, **flips), view_transform(mask_mov, **flips)
     if moving_f.shape != reference.shape:
-        raise IsoviewError(f"{mov.path()}: after rotation by {fc.rotation} degrees its frame "
+        raise IsoviewError(f"{mov.name}: after rotation by {fc.rotation} degrees its frame "
                            f"{moving_f.shape[1:]} no longer matches {reference.shape[1:]}")
     return reference, moving_f, mask_ref, mask_mov_f
 
@@ -160,14 +397,16 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
     ``sampling_rotation_deg``, ``intensity_ratio_moving_over_reference`` and
     ``transition_yx`` (a (Y, X) map) or ``transition_plane`` (one plane);
     those are used instead of being estimated (time-smoothed parameters).
+    ``ref`` and ``mov`` may be :class:`ChannelFusedView` s (estimated here
+    if they are not yet).
     """
     from ..cluster import compute
-    from ..fuse import IntensityResult
 
     config = config or ProcessingConfig()
     fc = config.fusion
     fixed = fixed or {}
     t0 = time.perf_counter()
+    ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
     reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
     n_planes = reference.shape[0]
     if "sampling_offset_yx_px" in fixed:
@@ -216,10 +455,13 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
 
     Parameters
     ----------
-    ref, mov : CorrectedView
-        The reference camera (its near side is low z) and the opposing one.
+    ref, mov : CorrectedView or ChannelFusedView
+        The reference camera (its near side is low z) and the opposing one;
+        as channel-fused views, each camera's two illumination channels are
+        blended along x first (in the same graph).
     out : path
-        Output root; ``<out>/SPM##/TM######/SPM##_TM######_CM<a>_CM<b>_CHN##.fusedStack.zarr``.
+        Output root; ``<out>/SPM##/TM######/SPM##_TM######_CM<a>_CM<b>_CHN##.fusedStack.zarr``
+        (``..._CHN<a>_CHN<b>.fusedStack.zarr`` for channel-fused views).
     fixed : dict, optional
         Parameters to use instead of estimating them (see :func:`estimate_pair`).
 
@@ -233,8 +475,9 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     config = config or ProcessingConfig()
     fc, oc = config.fusion, config.output
     t0 = time.perf_counter()
+    ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
     estimate = estimate_pair(ref, mov, config, progress=progress, fixed=fixed)
-    timings = dict(estimate.timings)
+    timings = {**_channel_timings(ref, mov), **estimate.timings}
     reference, moving_f, _, _ = _prepared(ref, mov, fc)
     n_planes = reference.shape[0]
     transition, intensity = estimate.transition_yx, estimate.intensity
@@ -246,22 +489,11 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     fused = fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, transition, blending_range,
                        fc.type, intensity, profile=fc.blending_profile, dtype=reference.dtype,
                        slab_planes=fc.slab_size_cameras or None)
-    target = output_path(out, ref.specimen, ref.timepoint, [ref.camera, mov.camera], ref.channel, "fusedStack")
-    pending = prepare_zarr(fused, target, codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
-                           shards=oc.shards or (), voxel_size_zyx=ref.voxel_size_um, overwrite=True,
-                           pyramid_levels=oc.pyramid_levels, name=target.stem)
-    small = {"fused_xy": fused.max(axis=0), "fused_xz": fused.max(axis=1)}
-    if fc.diagnostics:
-        small.update(reference_xy=reference.max(axis=0), moving_xy=moving_f.max(axis=0))
-    keys = list(small)
-    try:
-        results = compute(pending.delayed, *[small[k] for k in keys], progress=progress,
-                          label=f"{_label(ref, mov)}: fusing and writing")
-    except BaseException:
-        pending.abort()
-        raise
-    pending.commit()
-    images = dict(zip(keys, results[1:]))
+    target = output_path(out, ref.specimen, ref.timepoint, [ref.camera, mov.camera], list(ref.channels),
+                         "fusedStack")
+    extra = {"reference_xy": reference.max(axis=0), "moving_xy": moving_f.max(axis=0)} if fc.diagnostics else {}
+    images = _write_fused(fused, target, ref.voxel_size_um, oc, extra, progress,
+                          f"{_label(ref, mov)}: fusing and writing")
     if fc.diagnostics:  # the overlay shows the moving projection moved as its planes were
         images["aligned_xy"] = apply_inplane_transform_numpy(images["moving_xy"], estimate.offset_yx,
                                                              estimate.rotation_deg, order=1, cval=0.0)
@@ -272,6 +504,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     params = {
         "package_version": __version__,
         "reference_camera": ref.camera, "moving_camera": mov.camera, "channel": ref.channel,
+        "channels": list(ref.channels),
         "timepoint": ref.timepoint, "specimen": ref.specimen,
         "view_transform": {"flip_h": fc.flip_h, "flip_v": fc.flip_v, "rotation": fc.rotation,
                            "flip_z": fc.flip_z},
@@ -289,11 +522,12 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         "blending_method": fc.type,
         "blending_range": blending_range,
         "blending_profile": fc.blending_profile,
+        **_channel_fields(fc, ref, mov),
         "shape_zyx": list(reference.shape),
         "voxel_size_um_zyx": ref.voxel_size_um,
-        "inputs": [str(ref.path()), str(mov.path())],
+        "inputs": ref.inputs() + mov.inputs(),
         "timings": timings,
-        "input_bytes": int(2 * reference.nbytes),
+        "input_bytes": int(reference.nbytes * len(ref.inputs() + mov.inputs())),
     }
     outputs = [target]
     if fc.diagnostics:
@@ -306,22 +540,151 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     return params
 
 
-def _label(ref: CorrectedView, mov: CorrectedView) -> str:
-    return f"TM{ref.timepoint:06d} CM{ref.camera:02d}+CM{mov.camera:02d} CHN{ref.channel:02d}"
+def _write_fused(fused, target: Path, voxel_size_um, oc, extra: dict, progress: bool, label: str) -> dict:
+    """Write a fused volume as sharded zarr (atomically) and return its xy/xz max projections and ``extra``."""
+    from ..cluster import compute
+
+    pending = prepare_zarr(fused, target, codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
+                           shards=oc.shards or (), voxel_size_zyx=voxel_size_um, overwrite=True,
+                           pyramid_levels=oc.pyramid_levels, name=target.stem)
+    small = {"fused_xy": fused.max(axis=0), "fused_xz": fused.max(axis=1), **extra}
+    keys = list(small)
+    try:
+        results = compute(pending.delayed, *[small[k] for k in keys], progress=progress, label=label)
+    except BaseException:
+        pending.abort()
+        raise
+    pending.commit()
+    return dict(zip(keys, results[1:]))
 
 
-def _fingerprint(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig, fixed: dict | None = None) -> str:
-    inputs = [{"record": str(v.record_path), "fingerprint": v.record.get("fingerprint")} for v in (ref, mov)]
+def _channel_timings(*views) -> dict:
+    seconds = sum(v.estimate.timings["channel_estimation_s"] for v in views if isinstance(v, ChannelFusedView))
+    return {"channel_estimation_s": seconds} if any(isinstance(v, ChannelFusedView) for v in views) else {}
+
+
+def _channel_fields(fc, *views) -> dict:
+    """Parameters-JSON fields of the channel fusion (null when the views are single channels)."""
+    fused = [v for v in views if isinstance(v, ChannelFusedView)]
+    if not fused:
+        return {"channel_blending_range": None, "channel_fusion": None}
+    return {"channel_blending_range": fc.blending_range[0],
+            "channel_fusion": [{"camera": v.camera, **v.estimate.summary()} for v in fused]}
+
+
+def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingConfig | None = None, *,
+                  progress: bool = True) -> dict:
+    """Blend one camera's two illumination channels along x and write the result (no camera pair).
+
+    Parameters
+    ----------
+    view : ChannelFusedView
+        The camera's two channels (estimated here if not yet).
+    out : path
+        Output root; ``<out>/SPM##/TM######/SPM##_TM######_CM<c>_CHN<a>_CHN<b>.fusedStack.zarr``.
+
+    Returns
+    -------
+    dict
+        The parameters record (also written beside the volume): camera,
+        channels, ``channel_blending_range``, ``channel_fusion`` (transition
+        columns, intensity factor), ``blending_profile``, ``shape_zyx``,
+        inputs, timings, outputs and fingerprint.
+    """
+    config = config or ProcessingConfig()
+    fc, oc = config.fusion, config.output
+    t0 = time.perf_counter()
+    view = view.prepare(config, progress=progress)
+    fused, _ = view.open_arrays(fc)
+    target = output_path(out, view.specimen, view.timepoint, view.camera, list(view.channels), "fusedStack")
+    t1 = time.perf_counter()
+    _write_fused(fused, target, view.voxel_size_um, oc, {}, progress,
+                 f"TM{view.timepoint:06d} CM{view.camera:02d} CHN{view.channels[0]:02d}+CHN{view.channels[1]:02d}: "
+                 "fusing and writing")
+    timings = {**_channel_timings(view), "blend_write_s": time.perf_counter() - t1,
+               "total_s": time.perf_counter() - t0}
+    params = {
+        "package_version": __version__,
+        "camera": view.camera, "channel": view.channel, "channels": list(view.channels),
+        "timepoint": view.timepoint, "specimen": view.specimen,
+        "blending_method": fc.type,
+        "blending_profile": fc.blending_profile,
+        **_channel_fields(fc, view),
+        "shape_zyx": list(fused.shape),
+        "voxel_size_um_zyx": view.voxel_size_um,
+        "inputs": view.inputs(),
+        "timings": timings,
+        "input_bytes": int(2 * fused.nbytes),
+        "outputs": relative_outputs(target.with_suffix(".json"), [target]),
+        "fingerprint": _fingerprint(view, None, config),
+    }
+    write_json(target.with_suffix(".json"), params)
+    return params
+
+
+def _label(ref, mov) -> str:
+    channels = "+".join(f"CHN{c:02d}" for c in ref.channels)
+    return f"TM{ref.timepoint:06d} CM{ref.camera:02d}+CM{mov.camera:02d} {channels}"
+
+
+def _fingerprint(ref, mov, config: ProcessingConfig, fixed: dict | None = None) -> str:
+    inputs = [entry for v in (ref, mov) if v is not None for entry in v.fingerprint_inputs()]
     from .timelapse import TEMPORAL_FIELDS
     import hashlib
     # Temporal options shape which parameters are fixed, not how a fusion runs with them.
     fusion = {k: v for k, v in config.fusion.to_dict().items() if k not in TEMPORAL_FIELDS}
+    if not fusion.get("channel_pairs"):
+        fusion.pop("channel_pairs", None)  # off: the fingerprints of earlier outputs stay valid
     parameters = {"fusion": fusion,
                   "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"},
                   "fixed": {k: (hashlib.sha256(np.ascontiguousarray(v, dtype=np.float64).tobytes()).hexdigest()
                                 if k == "transition_yx" else v)
                             for k, v in sorted((fixed or {}).items())}}
     return fingerprint(inputs, parameters)
+
+
+def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summary: StageSummary,
+                        progress: bool) -> None:
+    """The channel-pair part of :func:`fuse_dataset`: camera pairs of channel-fused cameras, and lone cameras."""
+    sel, fc = config.input, config.fusion
+    paired_cameras = {c for pair in fc.camera_pairs for c in pair}
+    groups = sorted({(s, t, pair) for s, t, _, ch in views for pair in fc.channel_pairs
+                     if ch in pair and (sel.specimens is None or s in sel.specimens)
+                     and (sel.timepoints is None or t in sel.timepoints)
+                     and (sel.channels is None or set(pair) & set(sel.channels))})
+    for specimen, timepoint, (ch_a, ch_b) in groups:
+        recorded = sorted({c for s, t, c, ch in views
+                           if (s, t) == (specimen, timepoint) and ch in (ch_a, ch_b)
+                           and (sel.cameras is None or c in sel.cameras)})
+        jobs = [((a, b), [a, b]) for a, b in fc.camera_pairs if a in recorded or b in recorded]
+        jobs += [((c,), c) for c in recorded if c not in paired_cameras]
+        for cameras, name_cameras in jobs:
+            target = output_path(out, specimen, timepoint, name_cameras, [ch_a, ch_b], "fusedStack")
+            missing = [f"camera {c} channel {ch}" for c in cameras for ch in (ch_a, ch_b)
+                       if (specimen, timepoint, c, ch) not in views]
+            if missing:
+                summary.failed[str(target)] = (f"{', '.join(missing)}: no complete corrected volume for timepoint "
+                                               f"{timepoint}; channel fusion needs channels {ch_a} and {ch_b} of "
+                                               f"camera(s) {', '.join(map(str, cameras))}")
+                log.error("%s: %s", target, summary.failed[str(target)])
+                continue
+            fused_views = [ChannelFusedView(views[(specimen, timepoint, c, ch_a)],
+                                            views[(specimen, timepoint, c, ch_b)]) for c in cameras]
+            expected = _fingerprint(fused_views[0], fused_views[1] if len(fused_views) > 1 else None, config)
+            if not config.output.overwrite and completed(target.with_suffix(".json"), expected):
+                summary.skipped.append(str(target))
+                continue
+            try:
+                if len(fused_views) == 2:
+                    params = fuse_pair(fused_views[0], fused_views[1], out, config, progress=progress)
+                else:
+                    params = fuse_channels(fused_views[0], out, config, progress=progress)
+            except (IsoviewError, ValueError, OSError) as exc:
+                summary.failed[str(target)] = str(exc)
+                log.error("fusion of %s failed: %s", target, exc)
+                continue
+            summary.written.append(str(target))
+            summary.input_bytes += params["input_bytes"]
 
 
 def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,
@@ -335,19 +698,32 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
     out : path, optional
         Where fused volumes go (default: beside the corrected ones).
     config : ProcessingConfig, optional
-        ``fusion`` and ``output`` sections are used; ``input.timepoints`` and
-        ``input.specimens`` select; ``flags`` override (e.g. ``fusion_type="average"``).
+        ``fusion`` and ``output`` sections are used; ``input.timepoints``,
+        ``input.specimens`` and ``input.channels`` select (a channel pair is
+        selected by either of its channels); ``flags`` override (e.g.
+        ``fusion_type="average"``).
     fixed_parameters : callable, optional
         ``fixed_parameters(specimen, timepoint, (a, b), channel)`` returns a dict
         of parameters to use instead of estimating them (see
         :func:`estimate_pair`), or None: how time-smoothed values enter.
+        Not consulted for channel-fused pairs (``fusion.channel_pairs``),
+        which are always estimated per timepoint.
 
     Returns
     -------
     StageSummary
         Fused volumes written, skipped (complete with the same inputs and
-        parameters) and failed (a pair with a missing camera, a failed
-        registration...); one failure never stops the others.
+        parameters) and failed (a pair with a missing camera, a camera
+        without one of a channel pair's channels, a failed registration...);
+        one failure never stops the others.
+
+    Notes
+    -----
+    With ``fusion.channel_pairs``, the channels of a pair are not fused one
+    by one: for each camera pair whose two cameras recorded both channels,
+    the two channel-fused cameras are fused (``..._CM<a>_CM<b>_CHN<c>_CHN<d>``),
+    and each camera in no camera pair is channel-fused alone
+    (``..._CM<a>_CHN<c>_CHN<d>``, see :func:`fuse_channels`).
     """
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     out = Path(out) if out is not None else Path(corrected)
@@ -355,10 +731,16 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
     summary = StageSummary("fuse")
     start = time.perf_counter()
     sel = config.input
+    paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
     groups = sorted({(s, t, ch) for s, t, _, ch in views
                      if (sel.specimens is None or s in sel.specimens)
                      and (sel.timepoints is None or t in sel.timepoints)
-                     and (sel.channels is None or ch in sel.channels)})
+                     and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
+    if config.fusion.channel_pairs:
+        if fixed_parameters is not None:
+            log.warning("fixed (time-smoothed) parameters are not applied to channel-fused pairs; they are "
+                        "estimated per timepoint")
+        _fuse_channel_pairs(views, out, config, summary, progress)
     for specimen, timepoint, channel in groups:
         for a, b in config.fusion.camera_pairs:
             ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))
