@@ -468,10 +468,12 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     Returns
     -------
     dict
-        The parameters record (also written beside the fused volume).
+        The parameters record (also written beside the fused volume). With
+        channel-fused views it also holds ``channels``,
+        ``channel_blending_range`` and ``channel_fusion`` (one entry per
+        camera; see :meth:`ChannelEstimate.summary`); otherwise those two are
+        null and ``channels`` is ``[channel]``.
     """
-    from ..cluster import compute
-
     config = config or ProcessingConfig()
     fc, oc = config.fusion, config.output
     t0 = time.perf_counter()
@@ -576,6 +578,9 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
                   progress: bool = True) -> dict:
     """Blend one camera's two illumination channels along x and write the result (no camera pair).
 
+    The volume keeps the corrected dtype; no diagnostic figures are drawn
+    (the parameters JSON holds the transition-column statistics).
+
     Parameters
     ----------
     view : ChannelFusedView
@@ -663,28 +668,42 @@ def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summar
             missing = [f"camera {c} channel {ch}" for c in cameras for ch in (ch_a, ch_b)
                        if (specimen, timepoint, c, ch) not in views]
             if missing:
-                summary.failed[str(target)] = (f"{', '.join(missing)}: no complete corrected volume for timepoint "
-                                               f"{timepoint}; channel fusion needs channels {ch_a} and {ch_b} of "
-                                               f"camera(s) {', '.join(map(str, cameras))}")
-                log.error("%s: %s", target, summary.failed[str(target)])
+                _missing(summary, target, f"{', '.join(missing)}: no complete corrected volume for timepoint "
+                                          f"{timepoint}; channel fusion needs channels {ch_a} and {ch_b} of "
+                                          f"camera(s) {', '.join(map(str, cameras))}")
                 continue
-            fused_views = [ChannelFusedView(views[(specimen, timepoint, c, ch_a)],
-                                            views[(specimen, timepoint, c, ch_b)]) for c in cameras]
-            expected = _fingerprint(fused_views[0], fused_views[1] if len(fused_views) > 1 else None, config)
-            if not config.output.overwrite and completed(target.with_suffix(".json"), expected):
-                summary.skipped.append(str(target))
-                continue
-            try:
-                if len(fused_views) == 2:
-                    params = fuse_pair(fused_views[0], fused_views[1], out, config, progress=progress)
-                else:
-                    params = fuse_channels(fused_views[0], out, config, progress=progress)
-            except (IsoviewError, ValueError, OSError) as exc:
-                summary.failed[str(target)] = str(exc)
-                log.error("fusion of %s failed: %s", target, exc)
-                continue
-            summary.written.append(str(target))
-            summary.input_bytes += params["input_bytes"]
+            fused = [ChannelFusedView(views[(specimen, timepoint, c, ch_a)], views[(specimen, timepoint, c, ch_b)])
+                     for c in cameras]
+            if len(fused) == 2:
+                _fuse_one(summary, target, _fingerprint(fused[0], fused[1], config), config,
+                          lambda: fuse_pair(fused[0], fused[1], out, config, progress=progress))
+            else:
+                _fuse_one(summary, target, _fingerprint(fused[0], None, config), config,
+                          lambda: fuse_channels(fused[0], out, config, progress=progress))
+
+
+def _missing(summary: StageSummary, target: Path, why: str) -> None:
+    summary.failed[str(target)] = why
+    log.error("%s: %s", target, why)
+
+
+def _fuse_one(summary: StageSummary, target: Path, expected_fingerprint: str, config: ProcessingConfig,
+              work) -> None:
+    """Skip ``target`` if complete with this fingerprint, else run ``work()`` and note the outcome.
+
+    ``work`` returns the parameters record; a failure is noted, never raised, so the others go on.
+    """
+    if not config.output.overwrite and completed(target.with_suffix(".json"), expected_fingerprint):
+        summary.skipped.append(str(target))
+        return
+    try:
+        params = work()
+    except (IsoviewError, ValueError, OSError) as exc:
+        summary.failed[str(target)] = str(exc)
+        log.error("fusion of %s failed: %s", target, exc)
+        return
+    summary.written.append(str(target))
+    summary.input_bytes += params["input_bytes"]
 
 
 def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,
@@ -723,7 +742,8 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
     by one: for each camera pair whose two cameras recorded both channels,
     the two channel-fused cameras are fused (``..._CM<a>_CM<b>_CHN<c>_CHN<d>``),
     and each camera in no camera pair is channel-fused alone
-    (``..._CM<a>_CHN<c>_CHN<d>``, see :func:`fuse_channels`).
+    (``..._CM<a>_CHN<c>_CHN<d>``, see :func:`fuse_channels`). There,
+    ``input.cameras`` also restricts which cameras take part.
     """
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     out = Path(out) if out is not None else Path(corrected)
@@ -748,24 +768,12 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
                 continue
             target = output_path(out, specimen, timepoint, [a, b], channel, "fusedStack")
             if ref is None or mov is None:
-                missing = a if ref is None else b
-                summary.failed[str(target)] = (f"camera {missing} has no complete corrected volume for timepoint "
-                                               f"{timepoint}, channel {channel}")
-                log.error("%s: %s", target, summary.failed[str(target)])
+                _missing(summary, target, f"camera {a if ref is None else b} has no complete corrected volume "
+                                          f"for timepoint {timepoint}, channel {channel}")
                 continue
-            record = target.with_suffix(".json")
             fixed = fixed_parameters(specimen, timepoint, (a, b), channel) if fixed_parameters else None
-            if not config.output.overwrite and completed(record, _fingerprint(ref, mov, config, fixed)):
-                summary.skipped.append(str(target))
-                continue
-            try:
-                params = fuse_pair(ref, mov, out, config, progress=progress, fixed=fixed)
-            except (IsoviewError, ValueError, OSError) as exc:
-                summary.failed[str(target)] = str(exc)
-                log.error("fusion of %s failed: %s", target, exc)
-                continue
-            summary.written.append(str(target))
-            summary.input_bytes += params["input_bytes"]
+            _fuse_one(summary, target, _fingerprint(ref, mov, config, fixed), config,
+                      lambda: fuse_pair(ref, mov, out, config, progress=progress, fixed=fixed))
     summary.seconds = time.perf_counter() - start
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("fuse", out, summary, config=config, source=corrected, fixed_parameters=fixed_parameters)
