@@ -137,8 +137,9 @@ index-to-specimen affine per timepoint, and the outlier. ``<out>/truth/
 volumes.zarr`` is a zarr v3 group (default codecs) with ``dark/CM<n>``
 (float32 (Y, X)) always and, when ``write_truth_volumes``,
 ``TM<nnnnn>/CM<n>/{ideal,clean,body_mask}`` (float32, float32, bool; (Z, Y,
-X) in the camera's raw frame, chunked by planes). :func:`load_truth` reads
-it all back.
+X) in the camera's raw frame, chunked by planes); with illumination sides
+``ideal`` is per channel, ``TM<nnnnn>/CM<n>/CHN<cc>/ideal``. :func:`load_truth`
+reads it all back.
 
 Reproducibility
 ---------------
