@@ -320,9 +320,10 @@ def correct_dead_pixels(volume, mask) -> da.Array:
         edge_values = da.zeros((volume.shape[0], 0), dtype=volume.dtype, chunks=(volume.chunks[0], (0,)))
     y_index = da.arange(height, chunks=(volume.chunks[1],))
     x_index = da.arange(width, chunks=(volume.chunks[2],))
-    return da.blockwise(_repair_chunk, "zyx", volume, "zyx", edge_values, "zk", y_index, "y", x_index, "x",
-                        concatenate=True, mask=mask, edge_rows=edge_rows, edge_cols=edge_cols, dtype=volume.dtype,
-                        meta=np.empty((0, 0, 0), dtype=volume.dtype))
+    tiles = da.from_array(mask, chunks=volume.chunks[1:])  # each task gets its own tile of the mask
+    return da.blockwise(_repair_chunk, "zyx", volume, "zyx", edge_values, "zk", tiles, "yx", y_index, "y",
+                        x_index, "x", concatenate=True, edge_rows=edge_rows, edge_cols=edge_cols,
+                        dtype=volume.dtype, meta=np.empty((0, 0, 0), dtype=volume.dtype))
 
 
 def _repair_window(window: np.ndarray, mask_window: np.ndarray, centre) -> np.ndarray:
@@ -331,10 +332,10 @@ def _repair_window(window: np.ndarray, mask_window: np.ndarray, centre) -> np.nd
     return repaired[:, centre[0], centre[1]][:, None]
 
 
-def _repair_chunk(block, edge_values, y_index, x_index, *, mask, edge_rows, edge_cols):
-    """Repair one chunk: its interior dead pixels from the chunk itself, the border ones from ``edge_values``."""
+def _repair_chunk(block, edge_values, local, y_index, x_index, *, edge_rows, edge_cols):
+    """Repair one chunk: its interior dead pixels from the chunk itself, the border ones from ``edge_values``
+    (``local`` is the chunk's tile of the dead-pixel mask)."""
     y0, x0 = int(y_index[0]), int(x_index[0])
-    local = mask[y0:y0 + block.shape[1], x0:x0 + block.shape[2]]
     if not local.any():
         return block
     out = _repair_block(block, local[None])
