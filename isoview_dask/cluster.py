@@ -62,6 +62,23 @@ class ClusterError(IsoviewError, ValueError):
     """Cluster options that do not fit together, or a batch cluster lacking a required setting."""
 
 
+#: glibc allocator settings for worker processes (see ``ClusterSpec.malloc_trim``):
+#: distributed's default ``MALLOC_TRIM_THRESHOLD_=65536`` also freezes glibc's
+#: mmap threshold at 128 KiB, so every large buffer is a fresh mmap whose pages
+#: fault in one by one; these keep buffers below 32 MiB on the heap and trim
+#: only beyond 256 MiB of free memory.
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": 268435456, "MALLOC_MMAP_THRESHOLD_": 33554432}
+
+
+def _worker_environ_config(spec: "ClusterSpec") -> dict:
+    """dask config that gives nanny-spawned workers :data:`WORKER_MALLOC_ENV` (empty with malloc_trim)."""
+    if spec.malloc_trim:
+        return {}
+    import distributed  # noqa: F401  (its defaults, the nanny's environment among them, join the config)
+    current = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    return {"distributed.nanny.pre-spawn-environ": {**current, **WORKER_MALLOC_ENV}}
+
+
 @dataclass
 class ClusterSpec:
     """How and where to run: see the module docstring.
@@ -107,6 +124,14 @@ class ClusterSpec:
         free port; batch default from the config, dask-jobqueue's ``":8787"``).
     retries : int, optional
         Retries of a failing task (default :data:`DEFAULT_RETRIES`).
+    malloc_trim : bool
+        Keep distributed's default ``MALLOC_TRIM_THRESHOLD_=65536`` in the
+        workers' environment (freed memory goes back to the OS at once).
+        Default False: workers get :data:`WORKER_MALLOC_ENV` instead, which
+        lets glibc reuse the large buffers compression and zarr shard
+        writes allocate; on this project's 2-core test machine a 64 MiB
+        blosc-zstd shard write took 0.30 s instead of 0.72 s, for about
+        150 MB more resident memory per worker.
     performance_report : str, optional
         HTML file for ``distributed.performance_report`` over the whole run
         (:func:`client_context` only).
@@ -140,6 +165,7 @@ class ClusterSpec:
     # any cluster
     dashboard_address: str | None = None
     retries: int | None = None
+    malloc_trim: bool = False
     performance_report: str | None = None
 
     def __post_init__(self) -> None:
@@ -226,10 +252,14 @@ def jobqueue_options(spec: ClusterSpec) -> dict[str, Any]:
         value = getattr(spec, attr)
         if value is not None:
             options[keyword] = value
+    # The workers' nannies read their own dask config: pass the allocator settings as environment.
+    # (one variable holding the whole mapping: dask lower-cases keys spelled out in variable names)
+    environ = _worker_environ_config(spec).get("distributed.nanny.pre-spawn-environ")
+    malloc_exports = [f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{environ!r}\""] if environ else []
     for attr, key, fallback in (("job_extra_directives", "job-extra-directives", "job-extra"),
                                 ("job_directives_skip", "job-directives-skip", "header-skip"),
                                 ("job_script_prologue", "job-script-prologue", "env-extra")):
-        extra = getattr(spec, attr)
+        extra = list(getattr(spec, attr)) + (malloc_exports if attr == "job_script_prologue" else [])
         if extra:
             base = _configured(kind, key) or _configured(kind, fallback) or []
             base = list(base) if isinstance(base, (list, tuple)) else []
@@ -330,9 +360,11 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
         if n_workers is None:
             n_workers = cores if spec.processes else 1
         threads = spec.threads_per_worker or max(1, cores // n_workers)
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=spec.memory_limit,
-                               processes=spec.processes,
-                               dashboard_address=":0" if spec.dashboard_address is None else spec.dashboard_address)
+        with dask.config.set(_worker_environ_config(spec)):
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=spec.memory_limit,
+                                   processes=spec.processes,
+                                   dashboard_address=":0" if spec.dashboard_address is None
+                                   else spec.dashboard_address)
         client = Client(cluster)
         detail = f"local: {n_workers} worker(s) x {threads} thread(s)"
     lines = [f"Dask dashboard: {client.dashboard_link}"] + ([f"Dask cluster: {detail}"] if detail else [])

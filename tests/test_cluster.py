@@ -119,9 +119,10 @@ def test_jobqueue_options_override_only_what_is_given():
               "jobqueue.slurm.scheduler-options": {"port": 0, "interface": "ib0"}}
     import dask
     with dask.config.set(config):
-        assert jobqueue_options(ClusterSpec(cluster="slurm")) == {}  # all from the config
+        assert jobqueue_options(ClusterSpec(cluster="slurm", malloc_trim=True)) == {}  # all from the config
         options = jobqueue_options(ClusterSpec(cluster="slurm", walltime="00:10:00", account="lab",
-                                               job_extra_directives=["--exclusive"], scheduler_host="10.0.0.1"))
+                                               job_extra_directives=["--exclusive"], scheduler_host="10.0.0.1",
+                                               malloc_trim=True))
         assert options == {"walltime": "00:10:00", "account": "lab",
                            "job_extra_directives": ["--qos=normal", "--exclusive"],
                            "scheduler_options": {"port": 0, "host": "10.0.0.1"}}
@@ -129,6 +130,28 @@ def test_jobqueue_options_override_only_what_is_given():
     with dask.config.set({"jobqueue.pbs.cores": None, "jobqueue.pbs.memory": None}):
         with pytest.raises(ClusterError, match=r"--memory, or jobqueue.pbs.memory"):
             jobqueue_options(ClusterSpec(cluster="pbs", cores=4))
+
+
+def test_workers_get_the_allocator_settings(monkeypatch):
+    """Local workers run with WORKER_MALLOC_ENV (not distributed's 64 KiB trim threshold) unless
+    malloc_trim is asked for; batch jobs export the same through the nanny's dask config."""
+    import os
+
+    from isoview_dask.cluster import WORKER_MALLOC_ENV, _worker_environ_config, client_context
+
+    def environ():
+        return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    for name in WORKER_MALLOC_ENV:  # the nanny lets variables already exported win; start clean
+        monkeypatch.delenv(name, raising=False)
+    with client_context(n_workers=1, threads_per_worker=1, memory_limit="1GiB", quiet=True) as client:
+        assert list(client.run(environ).values()) == [{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}]
+    # (the in-process nanny exported them into this process too: monkeypatch puts the environment back)
+    assert _worker_environ_config(ClusterSpec(malloc_trim=True)) == {}
+    assert _worker_environ_config(ClusterSpec())["distributed.nanny.pre-spawn-environ"]["OMP_NUM_THREADS"] == 1
+    prologue = jobqueue_options(ClusterSpec(cluster="slurm", cores=2, memory="4GiB"))["job_script_prologue"]
+    line = [p for p in prologue if "PRE_SPAWN_ENVIRON" in p]
+    assert len(line) == 1 and "'MALLOC_MMAP_THRESHOLD_': 33554432" in line[0]
+    assert "OMP_NUM_THREADS" in line[0]  # the rest of the defaults are kept
 
 
 @pytest.mark.parametrize("kind, expected", [
