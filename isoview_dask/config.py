@@ -183,8 +183,8 @@ class CorrectionConfig(Section):
     dead_pixel_correction: bool = opt(True, "detect and replace dead (hot/stuck) pixels")
     dead_pixel_kernel: int = opt(3, "median kernel for dead-pixel detection and replacement, px", lo=3, hi=9)
     dead_pixel_min_zscore: float = opt(8.0, "statistical floor: robust z-score a dead pixel must exceed", lo=0.0)
-    dead_pixel_sample_planes: int = opt(128, "planes (evenly spread) over which per-pixel statistics are taken; "
-                                        "0 for all", lo=0)
+    dead_pixel_sample_planes: int = opt(128, "at least this many planes, in whole chunks evenly spread, over "
+                                        "which per-pixel statistics are taken; 0 for all", lo=0)
     background_percentile: float = opt(5.0, "percentile of non-zero voxels used as background when there is "
                                        "no dark frame", lo=0.0, hi=100.0)
     use_dark_frame: bool = opt(True, "subtract Background_<camera>.tif when present")
@@ -195,7 +195,7 @@ class CorrectionConfig(Section):
                                    hi=1.0)
     mask_percentile: float = opt(1.0, "percentile of the smoothed volume taken as minI", lo=0.0, hi=100.0)
     precise_gauss: bool = opt(True, "exact Gaussian (else a faster truncated one)", matlab="preciseGauss")
-    segment_sample_slabs: int = opt(8, "slabs of planes (evenly spread) whose histogram gives the segmentation "
+    segment_sample_slabs: int = opt(4, "slabs of planes (evenly spread) whose histogram gives the segmentation "
                                     "level; 0 for the whole volume", lo=0)
     segment_downsample: int = opt(4, "segment at 1/N lateral resolution (the smoothing hides the difference; "
                                   "N x N cheaper)", lo=1, hi=8)

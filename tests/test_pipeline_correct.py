@@ -94,6 +94,8 @@ def test_statistics_record_and_small_outputs(synth, corrected):
     seg = record["segmentation"]
     assert seg["min_intensity"] < seg["level"] < seg["mean_intensity"]
     assert 0.02 < seg["foreground_fraction"] < 0.6
+    mask = open_volume(_path(corrected, 1, "segmentationMask")).compute()  # counted from the reduced mask
+    assert seg["foreground_fraction"] == pytest.approx(float(mask.astype(bool).mean()), rel=1e-12)
     assert set(record["timings"]) >= {"statistics_s", "segmentation_level_s", "write_s", "total_s"}
     xy = tifffile.imread(_path(corrected, 1, "xyMask", "tif"))
     xz = tifffile.imread(_path(corrected, 1, "xzMask", "tif"))

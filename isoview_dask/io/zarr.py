@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -208,6 +207,12 @@ class PendingZarrWrite:
     Build with :func:`prepare_zarr`; compute :attr:`delayed` (possibly
     together with other pending writes, on any cluster), then call
     :meth:`commit` to rename the temporary directory to its final name.
+
+    :attr:`delayed` is a 0-d dask array (bytes written): computed together
+    with other dask arrays of the same source (projections, statistics),
+    the whole graph is optimised as one and every input chunk is read and
+    computed once. (A ``dask.delayed`` store would be optimised apart
+    from them and recompute the shared part.)
     """
 
     def __init__(self, final: Path, tmp: Path, delayed, overwrite: bool):
@@ -256,13 +261,25 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
             compressors=spec.zarr_compressors(np.dtype(level_arr.dtype).itemsize),
             dimension_names=("z", "y", "x"), fill_value=0)
         aligned = level_arr.rechunk(write_chunks(inner, shard))
-        stores.append(da.store(aligned, target, lock=False, compute=False))
+        stores.append(_store_blocks(aligned, target))
         level_arr = aligned
-    return PendingZarrWrite(final, tmp, dask.delayed(_all_done)(*stores), overwrite)
+    total = stores[0] if len(stores) == 1 else da.stack(stores).sum()
+    return PendingZarrWrite(final, tmp, total, overwrite)
 
 
-def _all_done(*_):
-    return None
+def _store_blocks(source: da.Array, target) -> da.Array:
+    """Write every block of ``source`` into ``target`` (one task per block, no lock: the
+    blocks are whole shards or chunks); a 0-d dask array of the bytes written."""
+    written = source.map_blocks(_write_block, target=target, dtype=np.int64,
+                                chunks=tuple((1,) * len(c) for c in source.chunks),
+                                meta=np.empty((0,) * source.ndim, np.int64))
+    return written.sum()
+
+
+def _write_block(block: np.ndarray, target=None, block_info=None) -> np.ndarray:
+    region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
+    target[region] = block
+    return np.full((1,) * block.ndim, block.nbytes, dtype=np.int64)
 
 
 def write_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "blosc-zstd", level: int | None = None,

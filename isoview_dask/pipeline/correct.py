@@ -65,23 +65,43 @@ def _check_selection(dataset: Dataset, config: ProcessingConfig) -> list[CameraV
 
 
 def _sample_planes(volume: da.Array, planes: int) -> da.Array:
-    """At most ``planes`` evenly spread planes of a volume (all for 0 or a shallow volume)."""
-    depth = volume.shape[0]
-    if planes <= 0 or depth <= planes:
+    """At least ``planes`` planes of a volume, as whole chunks evenly spread (all for 0 or a shallow volume).
+
+    Whole chunks, so that the statistics read only the chunks they use, and
+    the same chunks as the segmentation histogram's (:func:`_sample_slabs`)
+    when the counts agree: pass 1 then reads each sampled chunk once.
+    """
+    if planes <= 0 or volume.shape[0] <= planes:
         return volume
-    index = np.unique(np.linspace(0, depth - 1, planes).round().astype(int))
-    return volume[index]
+    depth = max(volume.chunks[0])
+    return _sample_slabs(volume, -(-planes // depth))
 
 
-def _sample_slabs(volume: da.Array, slabs: int) -> da.Array:
-    """At most ``slabs`` evenly spread chunks of planes (whole chunks, so the smoothing
-    computes only what it needs); all of them for 0 or a volume of few chunks."""
+def _slab_list(volume: da.Array, slabs: int) -> list[da.Array]:
+    """At most ``slabs`` evenly spread chunks of planes, each its own array (all the volume,
+    as one, for 0 or a volume of few chunks)."""
     bounds = np.cumsum((0,) + volume.chunks[0])
     count = len(volume.chunks[0])
     if slabs <= 0 or count <= slabs:
-        return volume
+        return [volume]
     chosen = np.unique(np.linspace(0, count - 1, slabs).round().astype(int))
-    return da.concatenate([volume[bounds[i]:bounds[i + 1]] for i in chosen], axis=0)
+    return [volume[bounds[i]:bounds[i + 1]] for i in chosen]
+
+
+def _sample_slabs(volume: da.Array, slabs: int) -> da.Array:
+    """:func:`_slab_list` joined along z."""
+    parts = _slab_list(volume, slabs)
+    return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
+
+
+def _expansion_counts(small_shape, factor: int, full_shape) -> np.ndarray:
+    """Full-resolution pixels per reduced pixel under :func:`upsample_lateral` (Y, X)."""
+    counts = []
+    for n_small, n_full in zip(small_shape, full_shape):
+        per = np.full(n_small, factor, dtype=np.int64)
+        per[-1] += n_full - n_small * factor  # rows/columns dropped by the reduction repeat the last one
+        counts.append(per)
+    return np.outer(counts[0], counts[1])
 
 
 def _parameters(config: ProcessingConfig, camera: int) -> dict:
@@ -151,13 +171,20 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
 
     # Pass 1: per-pixel z statistics (dead pixels) and the histogram of the smoothed volume
     # (segmentation level), in one read. The few dead pixels do not move the histogram.
-    mean_yx, std_yx = pixel_statistics(_sample_planes(raw, cc.dead_pixel_sample_planes))
-    lazy_stats = [mean_yx, std_yx, raw.max()]
+    sampled = _sample_planes(raw, cc.dead_pixel_sample_planes)
+    mean_yx, std_yx = pixel_statistics(sampled)
+    lazy_stats = [mean_yx, std_yx, sampled.max()]  # the whole volume's max only if this is 0
     if cc.segment:
-        smoothed = segmentation_input(subtract_background(raw, background))
-        lazy_stats.append(intensity_histogram(_sample_slabs(smoothed, cc.segment_sample_slabs)))
+        # Each sampled slab is smoothed on its own: a halo from the chunks beside it would
+        # read them too, and the level comes from the histogram, not from any one voxel.
+        slabs = _slab_list(subtract_background(raw, background), cc.segment_sample_slabs)
+        smoothed = [segmentation_input(slab) for slab in slabs]
+        lazy_stats.append(intensity_histogram(smoothed[0] if len(smoothed) == 1
+                                              else da.concatenate(smoothed, axis=0)))
     stats = compute(*lazy_stats, progress=progress, label=f"{view.path.name}: statistics")
     mean_yx, std_yx, peak = stats[:3]
+    if int(peak) == 0:
+        peak = compute(raw.max(), progress=False)[0]
     if int(peak) == 0:
         raise EmptyVolumeError(f"{view.path}: every voxel is zero; nothing to correct")
     if cc.dead_pixel_correction:
@@ -192,7 +219,11 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
         xz_mask = da.repeat(xz_small * factor + (factor - 1) / 2.0, factor, axis=1)
         if xz_mask.shape[1] < raw.shape[1]:
             xz_mask = da.pad(xz_mask, ((0, 0), (0, raw.shape[1] - xz_mask.shape[1])), mode="edge")
-        lazy.update(xy_mask=xy_mask, xz_mask=xz_mask, foreground=mask.sum())
+        # Foreground voxels of the full mask: each reduced voxel stands for the full-resolution
+        # pixels upsample_lateral gives it (factor x factor, more in the last row/column).
+        lazy.update(xy_mask=xy_mask, xz_mask=xz_mask,
+                    foreground=(small_mask.sum(axis=0) * _expansion_counts(small_mask.shape[1:], factor,
+                                                                           raw.shape[1:])).sum())
     timings["segmentation_level_s"] = time.perf_counter() - t1
 
     # Pass 2: write volumes and compute every small output in one graph.
