@@ -67,6 +67,20 @@ def test_pyramid_for_large_frames():
     assert abs(result.rotation_deg - 1.4) < 0.05
 
 
+@pytest.mark.parametrize("fine_size", [128, 64])
+def test_rotation_searched_on_a_binned_level_only(monkeypatch, fine_size):
+    """Frames above FINE_SIZE search the rotation on a binned level and refine only the translation at
+    full size (how 2048 x 2048 frames are registered); the accuracy holds and fewer resamplings run."""
+    from isoview_dask.fuse import registration
+    reference, moving = blob_pair((300, 280), (-22.6, 15.3), 1.4, seed=2, noise=0.05)
+    full = register_images(reference, moving)
+    monkeypatch.setattr(registration, "FINE_SIZE", fine_size)
+    binned = register_images(reference, moving)
+    assert np.abs(np.subtract(binned.offset_yx, (-22.6, 15.3))).max() < 0.05
+    assert abs(binned.rotation_deg - 1.4) < 0.05
+    assert binned.details["evaluations"] < full.details["evaluations"]
+
+
 def test_masks_exclude_debris():
     reference, moving = blob_pair((128, 128), (5.2, -3.7), 0.4, seed=3)
     moving[100:126, 2:28] += 5 * np.hanning(26)[:, None] * np.hanning(26)[None, :]  # bright debris

@@ -186,21 +186,59 @@ def coordinate_masks(mask) -> tuple[da.Array, da.Array]:
     work on stacks larger than memory; compute them together to read the
     mask once.
     """
-    mask = as_dask(mask).astype(bool)
+    mask = as_dask(mask)
     require_ndim(mask, 3, "mask")
-    z_index = da.arange(mask.shape[0], chunks=mask.chunks[0], dtype=np.int64)[:, None, None]
-    x_index = da.arange(mask.shape[2], chunks=mask.chunks[2], dtype=np.int64)[None, None, :]
-    xy = _mean_index(mask, z_index, axis=0)
-    xz = _mean_index(mask, x_index, axis=2)
-    return xy, xz
+    if mask.dtype != bool and mask.dtype != np.uint8:
+        mask = mask.astype(bool)
+    return _mean_index(mask, axis=0), _mean_index(mask, axis=2)
 
 
-def _mean_index(mask: da.Array, index: da.Array, axis: int) -> da.Array:
-    """Mean of ``index`` over the True voxels of ``mask`` along ``axis`` (NaN if none)."""
-    weighted = da.where(mask, index, 0).sum(axis=axis, dtype=np.int64)
-    count = mask.sum(axis=axis, dtype=np.int64)
-    mean = weighted.astype(np.float64) / da.maximum(count, 1)
-    return da.where(count > 0, mean, np.nan).astype(np.float32)
+def _mean_index(mask: da.Array, axis: int) -> da.Array:
+    """Mean of the ``axis`` index over the nonzero voxels of ``mask`` (NaN if none), float32.
+
+    Each block yields exact partial sums (index times mask, and counts;
+    float64 holds these integers exactly) of its own extent along ``axis``
+    without any block-sized temporary of a wider type; the partials are
+    summed across the blocks along ``axis``.
+    """
+    starts = np.cumsum((0,) + mask.chunks[axis])[:-1]
+    # Each block's partial keeps the reduced axis with length 1 (dropping it in map_blocks
+    # would first join all blocks along it into one).
+    partial_chunks = ((2,),) + tuple((1,) * len(c) if i == axis else c for i, c in enumerate(mask.chunks))
+
+    def partial(block, block_info=None):
+        start = int(starts[block_info[0]["chunk-location"][axis]])
+        return np.expand_dims(_index_sums(block, axis, start), axis + 1)
+
+    partials = mask.map_blocks(partial, chunks=partial_chunks, new_axis=0, dtype=np.float64,
+                               meta=np.empty((0,) * 4, np.float64))
+    weighted, count = partials.sum(axis=axis + 1)
+    return da.where(count > 0, weighted / da.maximum(count, 1), np.nan).astype(np.float32)
+
+
+def _index_sums(block: np.ndarray, axis: int, start: int) -> np.ndarray:
+    """(2, ...) float64: sum of ``start + index`` over the nonzero voxels of ``block`` along ``axis``, and
+    their count (axis 0: plane by plane in int32; axis 2: one matrix-vector product per plane)."""
+    block = block.view(np.uint8) if block.dtype == bool else (block != 0).view(np.uint8)
+    if axis == 0:
+        count = np.zeros(block.shape[1:], np.int32)
+        offset_sum = np.zeros(block.shape[1:], np.int32)  # sum of k * b[k], as sums of suffix counts
+        for k in range(block.shape[0] - 1, -1, -1):
+            count += block[k]
+            if k:
+                offset_sum += count
+        count_f = count.astype(np.float64)
+        return np.stack([offset_sum.astype(np.float64) + start * count_f, count_f])
+    if axis == 2:
+        index = np.arange(start, start + block.shape[2], dtype=np.float64)
+        weighted = np.empty(block.shape[:2], np.float64)
+        count = np.empty(block.shape[:2], np.float64)
+        for k in range(block.shape[0]):
+            plane = block[k].astype(np.float64)
+            weighted[k] = plane @ index
+            count[k] = plane.sum(axis=1)
+        return np.stack([weighted, count])
+    raise ValueError(f"axis must be 0 or 2, got {axis}")
 
 
 #: Bins of :func:`intensity_histogram`: one per integer count of a 16-bit camera.

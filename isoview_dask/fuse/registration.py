@@ -54,6 +54,10 @@ METHOD = "phase-correlation translation + normalised-correlation rotation search
 COARSE_SIZE = 256
 #: Grid step of the rotation search: the angle moving a pixel at the half-diagonal by this many pixels.
 ROTATION_STEP_PX = 1.0
+#: Largest image side (pixels) on which the rotation is searched; larger images are
+#: used, binned 2 x 2 down to it, for the rotation, and at full size for the final
+#: sub-pixel translation only.
+FINE_SIZE = 1024
 #: Dilation (pixels) and softening (sigma, pixels) of the foreground masks used as weights.
 MASK_DILATION_PX = 3
 MASK_SOFTENING_PX = 2.0
@@ -125,6 +129,8 @@ def register_pair(reference, moving_flipped, *, mask_ref=None, mask_mov=None, xy
         average of both cameras' maps. Default: the two masks' maps (the
         moving one need not be aligned), or the middle plane without masks.
         The images are taken on a smooth surface fitted to it (see Notes).
+        A pair ``(depth_ref, depth_mov)`` of the two masks' maps, already
+        computed, is accepted too (their fit, without reading the masks).
     search_px : float
         Largest translation (pixels, per axis) searched for. An estimate
         beyond it is clamped to it and rejected (confidence 0).
@@ -187,6 +193,8 @@ def register_pair(reference, moving_flipped, *, mask_ref=None, mask_mov=None, xy
     n_planes = reference.shape[0]
     if xy_coordinate_mask is None:
         depth_maps = coordinate_depths(mask_ref, mask_mov)
+    elif isinstance(xy_coordinate_mask, (tuple, list)) and len(xy_coordinate_mask) == 2:
+        depth_maps = [None if m is None else np.asarray(m, dtype=np.float64) for m in xy_coordinate_mask]
     else:
         depth_maps = [np.asarray(xy_coordinate_mask, dtype=np.float64), None]
     surface = fitted_surface(*depth_maps, n_planes, degree=surface_degree)
@@ -254,6 +262,10 @@ def register_images(reference, moving, *, mask_ref=None, mask_mov=None, search_p
 
     estimate = _Estimate(search_px, max_rotation_deg, int(upsample))
     coarsest = len(pyramid) - 1
+    # The rotation search (many resamplings) stops at the first level no larger than
+    # FINE_SIZE; finer levels only refine the translation (a few resamplings each).
+    fine = min(level for level in range(len(pyramid)) if max(pyramid[level][0].shape) <= FINE_SIZE) \
+        if max(pyramid[-1][0].shape) <= FINE_SIZE else coarsest
     evaluations = 0
     for level in range(coarsest, -1, -1):
         if level < coarsest:
@@ -264,8 +276,12 @@ def register_images(reference, moving, *, mask_ref=None, mask_mov=None, search_p
             estimate.start(matcher, scale)
         else:
             estimate.offset = estimate.offset * 2.0
-            estimate.refine(matcher, scale, rounds=1, span_steps=2.0)
-    estimate.refine(matcher, 1.0, rounds=int(iterations), span_steps=1.0)
+            if level >= fine:
+                estimate.refine(matcher, scale, rounds=1, span_steps=2.0)
+        if level == fine:
+            estimate.refine(matcher, scale, rounds=int(iterations), span_steps=1.0)
+        elif level < fine:
+            estimate._translate(matcher, scale)
     return estimate.result(matcher, len(pyramid), evaluations)
 
 

@@ -409,13 +409,19 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
     ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
     reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
     n_planes = reference.shape[0]
+    need_depths = "sampling_offset_yx_px" not in fixed or not ("transition_yx" in fixed
+                                                               or "transition_plane" in fixed)
+    if need_depths:  # one pass over both masks serves the registration surface and the transition map
+        depth_ref, depth_mov_f = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_f)[0],
+                                         progress=progress, label=f"{_label(ref, mov)}: depth maps")
     if "sampling_offset_yx_px" in fixed:
         offset = tuple(float(v) for v in fixed["sampling_offset_yx_px"])
         rotation = float(fixed.get("sampling_rotation_deg", 0.0))
         confidence, method = float(fixed.get("registration_confidence", float("nan"))), "fixed"
     else:
         registration = register_pair(reference, moving_f, mask_ref=mask_ref, mask_mov=mask_mov_f,
-                                     search_px=fc.search_px, max_rotation_deg=fc.max_rotation_deg,
+                                     xy_coordinate_mask=(depth_ref, depth_mov_f), search_px=fc.search_px,
+                                     max_rotation_deg=fc.max_rotation_deg,
                                      slab_planes=fc.registration_slab_planes)
         offset, rotation = registration.offset_yx, registration.rotation_deg
         confidence, method = registration.confidence, registration.method
@@ -426,11 +432,9 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
     elif "transition_plane" in fixed:
         transition = np.full(reference.shape[1:], float(fixed["transition_plane"]))
     else:
-        depth_ref, depth_mov = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_f)[0],
-                                       progress=progress, label=f"{_label(ref, mov)}: depth maps")
         # Every plane moves alike, so the aligned mask's depth map is the moving depth map
         # resampled (nearest neighbour, as the mask itself would be): no volume is resampled.
-        depth_mov = apply_inplane_transform_numpy(depth_mov, offset, rotation, order=0, cval=np.nan)
+        depth_mov = apply_inplane_transform_numpy(depth_mov_f, offset, rotation, order=0, cval=np.nan)
         transition = transition_plane_map(depth_ref, depth_mov, n_planes,
                                           median_filter_range=fc.median_filter_range,
                                           smoothing_sigma=fc.transition_smoothing_px, rim_px=fc.mask_padding,
