@@ -41,11 +41,15 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
     # Output pixel u is global q = u + origin_out; its source R(q - c) + c + t lies at
     # v = R u + shift in the window.
     shift = _affine_offset(frame, offset, rotation, origin_out) + origin_out - origin_win
-    front_only_below = -math.inf
+    front_only_below, back_only_above = -math.inf, math.inf
     if transition is not None:
-        # Weight 1 exactly wherever index - transition <= -range/2 (see _front_weight).
-        limit = -blending_range / 2 if blending_range > 0 else 0.0
-        front_only_below = float(np.min(transition)) + limit
+        # Weight exactly 1 wherever index - transition <= -range/2, exactly 0 wherever it is
+        # >= range/2 (> 0 for a hard switch); see _front_weight.
+        half = blending_range / 2
+        front_only_below = float(np.min(transition)) - half
+        back_only_above = float(np.max(transition)) + half
+        if blending_range == 0:
+            back_only_above = math.nextafter(back_only_above, math.inf)
     plane_shape = reference.shape[1:]
     g_front, g_back = work(gains[0]), work(gains[1])
     aligned = np.empty(plane_shape, dtype=work)
@@ -61,6 +65,8 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
         back = aligned * g_back
         if transition is None:
             weight = work(0.5)
+        elif z_index[i] >= back_only_above:
+            weight = work(0.0)
         else:
             weight = _front_weight(z_index[i] - transition, blending_range, profile).astype(work)
         has_back = np.isfinite(back)
@@ -73,6 +79,9 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
             weight = np.where(hf & has_back, weight, np.where(hf, work(1), work(0)))
             front = np.where(hf, front, work(0))
             back = np.where(has_back, back, work(0))
+        elif np.ndim(weight) == 0 and weight == 0:  # behind the transition everywhere: 0 * front + 1 * back
+            out[i] = _cast(back, out_dtype)
+            continue
         out[i] = _cast(weight * front + (work(1) - weight) * back, out_dtype)
     return out
 
