@@ -102,6 +102,11 @@ DEFAULT_SLOW_SECONDS = 15.0
 #: runs once whatever the budget; further runs happen while the study's
 #: elapsed time plus the run's expected cost stays below it (0: no budget).
 DEFAULT_BUDGET_SECONDS = 540.0
+#: A configuration whose write + read of the whole volume is predicted (from
+#: encoding and decoding one inner chunk) to take longer than this many seconds
+#: is measured on the first planes of the volume only, as many whole chunks as
+#: fit in this time (0: always the whole volume).
+DEFAULT_SUBSET_SECONDS = 20.0
 
 RESULT_NAME = "compression"
 GB = 1e9
@@ -567,6 +572,47 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def _probe_seconds_per_byte(case: "Case", sample: np.ndarray, workdir: Path) -> float:
+    """Single-thread seconds per raw byte to encode and decode ``sample`` with the case's codec."""
+    import tempfile
+
+    if case.fmt == "tiff" or sample.size == 0:
+        return 0.0
+    t0 = time.perf_counter()
+    if case.fmt == "klb":
+        import pyklb
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            path = os.path.join(tmp, "probe.klb")
+            pyklb.writefull(np.ascontiguousarray(sample), path, numthreads=1)
+            pyklb.readfull(path, numthreads=1)
+    else:
+        import zarr
+        from .io.zarr import CodecSpec
+        spec = CodecSpec.parse(case.codec_text)
+        arr = zarr.create_array(store=zarr.storage.MemoryStore(), shape=sample.shape, chunks=sample.shape,
+                                dtype=sample.dtype, compressors=spec.zarr_compressors(sample.dtype.itemsize),
+                                fill_value=0)
+        arr[...] = sample
+        arr[...]
+    return (time.perf_counter() - t0) / sample.nbytes
+
+
+def _subset_input(inp: "StudyInput", planes: int, workdir: Path) -> "StudyInput":
+    """The first ``planes`` planes of the input as a raw file of their own (reused if present)."""
+    shape = (int(planes),) + tuple(inp.shape[1:])
+    target = workdir / f"{inp.stack_path.stem}-first{planes}.stack"
+    if not _stack_is_complete(target, shape):
+        nbytes = 2 * math.prod(shape)
+        with open(inp.stack_path, "rb") as src, open(target, "wb") as dst:
+            remaining = nbytes
+            while remaining:
+                block = src.read(min(remaining, 64 * 2**20))
+                dst.write(block)
+                remaining -= len(block)
+    return StudyInput(f"{inp.text} (first {planes} planes)", inp.kind, target, shape, 0.0,
+                      {**inp.details, "subset_of": str(inp.stack_path)})
+
+
 class _Measurer:
     """Runs every case of a study on one input, with one client (or none)."""
 
@@ -688,7 +734,8 @@ class _Measurer:
 
     # ---------------------------------------------------------------- one row
     def new_row(self, case: Case) -> dict[str, Any]:
-        return {**case.to_dict(), "runs": [], "verified": False}
+        return {**case.to_dict(), "runs": [], "verified": False, "planes_measured": int(self.inp.shape[0]),
+                "raw_bytes_measured": int(self.inp.nbytes)}
 
     def run_once(self, case: Case, row: dict[str, Any]) -> float:
         """One write + full read + plane reads of ``case``, appended to ``row["runs"]``; returns its seconds.
@@ -810,9 +857,11 @@ def compression_table(rows: Sequence[dict[str, Any]]) -> str:
         return (not row.get("verified"), -(row.get("ratio") or 0.0), -(row.get("write_gb_per_s") or 0.0))
 
     several_chunks = len({tuple(r["chunks"]) for r in rows if r.get("chunks")}) > 1
+    subsets = len({r.get("planes_measured") for r in rows}) > 1
     headers = ["format", "codec", "level", "sharded"] + (["chunks"] if several_chunks else []) + \
-        ["ratio", "size MB", "write GB/s", "read GB/s", "plane read ms", "runs", "verified"]
-    right = {"level", "ratio", "size MB", "write GB/s", "read GB/s", "plane read ms", "runs"}
+        ["ratio", "size MB", "write GB/s", "read GB/s", "plane read ms", "runs"] + \
+        (["planes"] if subsets else []) + ["verified"]
+    right = {"level", "ratio", "size MB", "write GB/s", "read GB/s", "plane read ms", "runs", "planes"}
     lines = []
     for row in sorted(rows, key=sort_key):
         ok = bool(row.get("verified"))
@@ -825,8 +874,8 @@ def compression_table(rows: Sequence[dict[str, Any]]) -> str:
                   _gb(row.get("write_gb_per_s")) if ok else "–",
                   _gb(row.get("read_gb_per_s")) if ok else "–",
                   _fmt(row.get("plane_read_ms"), 1) if ok else "–",
-                  str(row.get("n_runs", 0)),
-                  "yes" if ok else "FAILED"]
+                  str(row.get("n_runs", 0))] + ([str(row.get("planes_measured", "–"))] if subsets else []) + \
+                 ["yes" if ok else "FAILED"]
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(headers)]
 
@@ -857,6 +906,13 @@ def _notes(record: dict[str, Any]) -> list[str]:
         + (f" Repeats ran cheapest first within a {s['budget_seconds']:g} s budget for the whole study; the "
            f"budget cut runs of: {', '.join(record['repeats_cut_by_budget'])}."
            if record.get("repeats_cut_by_budget") else ""),
+        *([f"Slow configurations (one inner chunk encoded and decoded here predicted more than "
+           f"{s.get('subset_seconds', 0):g} s for the whole volume) were measured on the first planes only, "
+           "column `planes`: "
+           + ", ".join(f"{r['key']} ({r['planes_measured']})" for r in record["rows"]
+                       if r.get("planes_measured", z) < z)
+           + ". Throughput is per raw byte, so their GB/s compare with the other rows; ratio and size are those "
+             "of the planes measured."] if any(r.get("planes_measured", z) < z for r in record["rows"]) else []),
         "Write: from the raw input in the page cache until the writer returns (data in the page cache, no sync). "
         "Full read: opening the output and decoding every chunk on the cluster, each chunk reduced to its CRC-32 "
         "(pyklb row: `pyklb.readfull`).",
@@ -1035,7 +1091,8 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
                           codecs: Iterable[str] | str | None = None, sharded: bool | None = None,
                           chunks: Sequence[Sequence[int]] | None = None, shard_shape: Sequence[int] | None = None,
                           repeats: int = 3, slow_seconds: float = DEFAULT_SLOW_SECONDS,
-                          budget_seconds: float = DEFAULT_BUDGET_SECONDS, plane_reads: int = 5,
+                          budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+                          subset_seconds: float = DEFAULT_SUBSET_SECONDS, plane_reads: int = 5,
                           workers: int = 2, threads_per_worker: int = 1, memory_limit: str | int = "4GiB",
                           workdir: str | os.PathLike | None = None, frame: Sequence[int] | None = None,
                           camera: int | None = None, timepoint: int | None = None, seed: int | None = None,
@@ -1061,6 +1118,13 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
         configurations first) stop adding runs once the study's elapsed time
         plus a run's expected cost would exceed this many seconds (0: no
         limit). Rows record their number of runs.
+    subset_seconds : float
+        A configuration predicted (from one inner chunk encoded and decoded
+        in this process) to need longer than this for one write + read of
+        the whole volume is measured on the first planes only, whole
+        chunks, as many as fit in this time; its row says how many (0:
+        every configuration on the whole volume). Throughput is per byte,
+        so such rows stay comparable.
     plane_reads : int
         Random single-plane reads per run (they stop early, after at least
         one, once they have taken ``slow_seconds / 3`` seconds).
@@ -1106,7 +1170,8 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
         "settings": {"codecs": [c.key for c in cases], "sharded": sharded,
                      "chunks": [list(c) for c in (chunks or [DEFAULT_CHUNKS])],
                      "shard_shape": list(shard_shape or DEFAULT_SHARD_SHAPE), "repeats": repeats,
-                     "slow_seconds": slow_seconds, "budget_seconds": budget_seconds, "plane_reads": plane_reads,
+                     "slow_seconds": slow_seconds, "budget_seconds": budget_seconds,
+                     "subset_seconds": subset_seconds, "plane_reads": plane_reads,
                      "workers": (len(client.scheduler_info()["workers"]) if client is not None else int(workers)),
                      "threads_per_worker": threads_per_worker, "memory_limit": str(memory_limit),
                      "workdir": str(workdir), "seed": seed},
@@ -1120,18 +1185,44 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
         record["input"] = inp.to_dict()
         say(f"compression study of {inp.text}: {'x'.join(map(str, inp.shape))} uint16 "
             f"({inp.nbytes / MB:,.0f} MB), {len(cases)} configurations, up to {repeats} run(s) each")
-        measurer = _Measurer(inp, active_client, outputs_dir, repeats=repeats, slow_seconds=slow_seconds,
-                             plane_reads=plane_reads, seed=0 if seed is None else int(seed), keep=keep, say=say)
+        options = dict(repeats=repeats, slow_seconds=slow_seconds, plane_reads=plane_reads,
+                       seed=0 if seed is None else int(seed), keep=keep, say=say)
+        measurer = _Measurer(inp, active_client, outputs_dir, **options)
+        # Slow configurations (predicted from one inner chunk) are measured on the first planes only.
+        measurers = {case.key: measurer for case in cases}
+        if subset_seconds and subset_seconds > 0:
+            depth = int(min(c.chunks[0] for c in cases if c.chunks) if any(c.chunks for c in cases) else 8)
+            depth = max(1, min(depth, inp.shape[0]))
+            sample = np.fromfile(inp.stack_path, dtype="<u2", count=depth * inp.shape[1] * inp.shape[2]
+                                 ).reshape(depth, *inp.shape[1:])[:, :256, :256].copy()
+            parallel = max(1, int(record["settings"]["workers"] or 1) * int(threads_per_worker or 1))
+            subsets: dict[int, _Measurer] = {}
+            for case in cases:
+                per_byte = _probe_seconds_per_byte(case, sample, workdir)
+                lanes = (os.cpu_count() or 1) if case.in_process else parallel
+                predicted = inp.nbytes * per_byte / lanes
+                if predicted <= subset_seconds:
+                    continue
+                planes = int(inp.shape[0] * subset_seconds / predicted) // depth * depth
+                planes = max(depth, min(planes, inp.shape[0]))
+                if planes >= inp.shape[0]:
+                    continue
+                if planes not in subsets:
+                    subsets[planes] = _Measurer(_subset_input(inp, planes, workdir), active_client, outputs_dir,
+                                                **options)
+                measurers[case.key] = subsets[planes]
+                say(f"{case.key}: predicted {predicted:.0f} s for the whole volume; measured on the first "
+                    f"{planes} planes")
         # Round 1: every configuration once, in order. Later rounds repeat the cheapest
         # configurations first, as long as the time budget allows (each row says how many runs).
         rows, cost = [], {}
         for i, case in enumerate(cases, 1):
-            row = measurer.new_row(case)
-            cost[case.key] = measurer.run_once(case, row)
+            row = measurers[case.key].new_row(case)
+            cost[case.key] = measurers[case.key].run_once(case, row)
             if case.key == "klb-pyklb":
-                measurer.release()
+                measurers[case.key].release()
             rows.append(row)
-            record["rows"] = [measurer.finish(dict(r)) for r in rows]
+            record["rows"] = [measurers[c.key].finish(dict(r)) for c, r in zip(cases, rows)]
             shown = record["rows"][-1]
             status = "ok" if shown.get("verified") else f"FAILED: {shown.get('error')}"
             say(f"[{i:2d}/{len(cases)}] {case.key:<34} ratio {_fmt(shown.get('ratio'))}  write "
@@ -1141,19 +1232,20 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
         skipped = []
         for _ in range(repeats - 1):
             for case, row in sorted(zip(cases, rows), key=lambda cr: cost[cr[0].key]):
-                if not measurer.wants_more(row):
+                if not measurers[case.key].wants_more(row):
                     continue
                 if budget_seconds and time.perf_counter() - started + 1.2 * cost[case.key] > budget_seconds:
                     skipped.append(case.key)
                     continue
-                cost[case.key] = measurer.run_once(case, row)
+                cost[case.key] = measurers[case.key].run_once(case, row)
                 if case.key == "klb-pyklb":
-                    measurer.release()
-        record["rows"] = [measurer.finish(row) for row in rows]
+                    measurers[case.key].release()
+        record["rows"] = [measurers[c.key].finish(row) for c, row in zip(cases, rows)]
         record["repeats_cut_by_budget"] = sorted(set(skipped))
         if skipped:
             say(f"time budget of {budget_seconds:g} s: fewer runs for {len(set(skipped))} configuration(s)")
-        measurer.release()
+        for used in {id(m): m for m in measurers.values()}.values():
+            used.release()
 
     if client is not None:
         body(client)
@@ -1206,6 +1298,9 @@ def add_compression_arguments(parser: argparse.ArgumentParser, *, default_input:
     parser.add_argument("--budget-seconds", type=float, default=DEFAULT_BUDGET_SECONDS,
                         help="every configuration runs once; repeats (cheapest first) stop when the study "
                              "would pass this many seconds, 0: no limit (default: %(default)s)")
+    parser.add_argument("--subset-seconds", type=float, default=DEFAULT_SUBSET_SECONDS,
+                        help="a configuration predicted to need longer for the whole volume is measured on its "
+                             "first planes only, 0: never (default: %(default)s)")
     parser.add_argument("--plane-reads", type=int, default=5,
                         help="random single-plane reads per run, fewer once they took SLOW_SECONDS/3 "
                              "(default: %(default)s)")
@@ -1233,7 +1328,7 @@ def compression_command(args: argparse.Namespace) -> int:
     record = run_compression_study(
         args.input, args.out, codecs=args.codecs, sharded=args.sharded, chunks=chunks,
         shard_shape=parse_shape(args.shard_shape), repeats=args.repeats, slow_seconds=args.slow_seconds,
-        budget_seconds=args.budget_seconds,
+        budget_seconds=args.budget_seconds, subset_seconds=args.subset_seconds,
         plane_reads=args.plane_reads, workers=args.workers, threads_per_worker=args.threads,
         memory_limit=args.memory_limit, workdir=args.workdir, frame=parse_shape(args.frame),
         camera=args.camera, timepoint=args.timepoint, seed=args.seed, keep=args.keep, plots=args.plots)

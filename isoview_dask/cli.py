@@ -61,6 +61,9 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dashboard-address", metavar="[HOST]:PORT",
                    help="where the dashboard is served (local default: a free port; batch default :8787)")
     g.add_argument("--retries", type=int, metavar="N", help="retries of a failing task (default 2)")
+    g.add_argument("--malloc-trim", action="store_true",
+                   help="keep distributed's MALLOC_TRIM_THRESHOLD_=65536 in the workers (memory back to the OS "
+                        "at once, ~2.4x slower zarr shard writes); default: glibc keeps large buffers")
     g.add_argument("--performance-report", metavar="FILE",
                    help="write dask's performance report (task stream, profile, workers) as HTML")
     b = p.add_argument_group("batch jobs", "with --cluster slurm|pbs|lsf|sge; an option not given keeps its "
@@ -294,7 +297,8 @@ def _cluster(args):
                            "minimum_jobs", "maximum_jobs", "interface", "scheduler_host", "log_directory",
                            "job_name", "dashboard_address", "retries", "performance_report")},
                        **{name: getattr(args, name, None) or [] for name in (
-                           "job_extra_directives", "job_directives_skip", "job_script_prologue")})
+                           "job_extra_directives", "job_directives_skip", "job_script_prologue")},
+                       malloc_trim=bool(getattr(args, "malloc_trim", False)))
     return client_context(spec)
 
 

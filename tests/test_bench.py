@@ -191,3 +191,24 @@ def test_time_budget_limits_repeats_cheapest_first(tmp_path):
                                        workers=0, plots=False, budget_seconds=0, log=lambda m: None)
     assert all(r["verified"] and r["n_runs"] == 3 for r in free["rows"])
     assert free["repeats_cut_by_budget"] == []
+
+
+def test_slow_configurations_are_measured_on_the_first_planes(tmp_path, monkeypatch):
+    """A configuration predicted too slow for the whole volume is written, read and verified on its first
+    planes only (whole chunks); the row, the table and the notes say how many."""
+    monkeypatch.setattr(bench, "_probe_seconds_per_byte",
+                        lambda case, sample, workdir: 1e-3 if case.codec_text.startswith("gzip") else 0.0)
+    record = bench.run_compression_study("synthetic:32x128x128", tmp_path / "out", codecs=["gzip-6", "blosc-lz4-3"],
+                                         sharded=True, repeats=1, plane_reads=1, workers=0, plots=False,
+                                         subset_seconds=1e-3 * (2 * 32 * 128 * 128) / 2,  # half the prediction
+                                         log=lambda m: None)
+    rows = _rows(record)
+    depth = record["input"]["shape"][0]
+    slow, fast = rows["zarr-gzip-6-sharded"], rows["zarr-blosc-lz4-3-sharded"]
+    assert slow["verified"] and fast["verified"]
+    assert fast["planes_measured"] == depth
+    assert slow["planes_measured"] == 16  # half the planes, whole 8-plane chunks
+    assert slow["raw_bytes_measured"] == slow["planes_measured"] * record["input"]["raw_bytes"] // depth
+    md = (tmp_path / "out" / "compression.md").read_text()
+    assert "planes" in md.splitlines()[2]  # the table's header
+    assert f"zarr-gzip-6-sharded ({slow['planes_measured']})" in md

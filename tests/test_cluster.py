@@ -197,7 +197,9 @@ def test_cli_options_build_the_spec(monkeypatch, tmp_path, capsys):
     seen.clear()
     with _cluster(build_parser().parse_args(["convert", "in", "--out", "o", "--workers", "3", "--threads", "1"])):
         pass
-    assert seen == [ClusterSpec(n_workers=3, threads_per_worker=1)]
+    with _cluster(build_parser().parse_args(["convert", "in", "--out", "o", "--malloc-trim"])):
+        pass
+    assert seen == [ClusterSpec(n_workers=3, threads_per_worker=1), ClusterSpec(malloc_trim=True)]
     monkeypatch.undo()
     # contradictions are one-line errors with exit status 2, before any work
     assert main(["convert", str(tmp_path), "--out", str(tmp_path / "o"), "--cluster", "slurm", "--scheduler",
