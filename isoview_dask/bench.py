@@ -104,7 +104,7 @@ DEFAULT_SLOW_SECONDS = 15.0
 DEFAULT_BUDGET_SECONDS = 540.0
 #: A configuration whose write + read of the whole volume is predicted (from
 #: encoding and decoding one inner chunk) to take longer than this many seconds
-#: is measured on the first planes of the volume only, as many whole chunks as
+#: is measured on fewer planes (inner-chunk slabs spread evenly), as many as
 #: fit in this time (0: always the whole volume).
 DEFAULT_SUBSET_SECONDS = 20.0
 
@@ -597,20 +597,29 @@ def _probe_seconds_per_byte(case: "Case", sample: np.ndarray, workdir: Path) -> 
     return (time.perf_counter() - t0) / sample.nbytes
 
 
-def _subset_input(inp: "StudyInput", planes: int, workdir: Path) -> "StudyInput":
-    """The first ``planes`` planes of the input as a raw file of their own (reused if present)."""
-    shape = (int(planes),) + tuple(inp.shape[1:])
-    target = workdir / f"{inp.stack_path.stem}-first{planes}.stack"
+def _subset_input(inp: "StudyInput", planes: int, depth: int, workdir: Path) -> "StudyInput":
+    """``planes`` planes of the input, as ``depth``-plane slabs spread evenly through it, written as a
+    raw file of their own (reused if present): a specimen that fills some planes more than others
+    is sampled throughout, so the ratio stays that of the whole volume."""
+    n_slabs = max(1, planes // depth)
+    total_slabs = inp.shape[0] // depth
+    starts = [int(round(i)) * depth for i in np.linspace(0, max(total_slabs - 1, 0), n_slabs)]
+    shape = (n_slabs * depth,) + tuple(inp.shape[1:])
+    target = workdir / f"{inp.stack_path.stem}-{n_slabs}x{depth}planes.stack"
+    plane_bytes = 2 * inp.shape[1] * inp.shape[2]
     if not _stack_is_complete(target, shape):
-        nbytes = 2 * math.prod(shape)
         with open(inp.stack_path, "rb") as src, open(target, "wb") as dst:
-            remaining = nbytes
-            while remaining:
-                block = src.read(min(remaining, 64 * 2**20))
-                dst.write(block)
-                remaining -= len(block)
-    return StudyInput(f"{inp.text} (first {planes} planes)", inp.kind, target, shape, 0.0,
-                      {**inp.details, "subset_of": str(inp.stack_path)})
+            for start in starts:
+                src.seek(start * plane_bytes)
+                remaining = depth * plane_bytes
+                while remaining:
+                    block = src.read(min(remaining, 64 * 2**20))
+                    if not block:
+                        raise StudyError(f"{inp.stack_path}: shorter than its {inp.shape[0]} planes")
+                    dst.write(block)
+                    remaining -= len(block)
+    return StudyInput(f"{inp.text} ({n_slabs} slabs of {depth} planes)", inp.kind, target, shape, 0.0,
+                      {**inp.details, "subset_of": str(inp.stack_path), "subset_first_planes": starts})
 
 
 class _Measurer:
@@ -907,7 +916,8 @@ def _notes(record: dict[str, Any]) -> list[str]:
            f"budget cut runs of: {', '.join(record['repeats_cut_by_budget'])}."
            if record.get("repeats_cut_by_budget") else ""),
         *([f"Slow configurations (one inner chunk encoded and decoded here predicted more than "
-           f"{s.get('subset_seconds', 0):g} s for the whole volume) were measured on the first planes only, "
+           f"{s.get('subset_seconds', 0):g} s for the whole volume) were measured on fewer planes, slabs of one inner "
+           "chunk's depth spread evenly through the volume, "
            "column `planes`: "
            + ", ".join(f"{r['key']} ({r['planes_measured']})" for r in record["rows"]
                        if r.get("planes_measured", z) < z)
@@ -1121,8 +1131,8 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
     subset_seconds : float
         A configuration predicted (from one inner chunk encoded and decoded
         in this process) to need longer than this for one write + read of
-        the whole volume is measured on the first planes only, whole
-        chunks, as many as fit in this time; its row says how many (0:
+        the whole volume is measured on fewer planes (inner-chunk slabs spread
+        evenly), as many as fit in this time; its row says how many (0:
         every configuration on the whole volume). Throughput is per byte,
         so such rows stay comparable.
     plane_reads : int
@@ -1188,7 +1198,7 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
         options = dict(repeats=repeats, slow_seconds=slow_seconds, plane_reads=plane_reads,
                        seed=0 if seed is None else int(seed), keep=keep, say=say)
         measurer = _Measurer(inp, active_client, outputs_dir, **options)
-        # Slow configurations (predicted from one inner chunk) are measured on the first planes only.
+        # Slow configurations (predicted from one inner chunk) are measured on fewer planes.
         measurers = {case.key: measurer for case in cases}
         if subset_seconds and subset_seconds > 0:
             depth = int(min(c.chunks[0] for c in cases if c.chunks) if any(c.chunks for c in cases) else 8)
@@ -1197,8 +1207,9 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
                                  ).reshape(depth, *inp.shape[1:])[:, :256, :256].copy()
             parallel = max(1, int(record["settings"]["workers"] or 1) * int(threads_per_worker or 1))
             subsets: dict[int, _Measurer] = {}
+            _probe_seconds_per_byte(cases[0], sample, workdir)  # warm-up: imports, first allocations
             for case in cases:
-                per_byte = _probe_seconds_per_byte(case, sample, workdir)
+                per_byte = min(_probe_seconds_per_byte(case, sample, workdir) for _ in range(2))
                 lanes = (os.cpu_count() or 1) if case.in_process else parallel
                 predicted = inp.nbytes * per_byte / lanes
                 if predicted <= subset_seconds:
@@ -1208,11 +1219,11 @@ def run_compression_study(input: str | os.PathLike, out: str | os.PathLike = "co
                 if planes >= inp.shape[0]:
                     continue
                 if planes not in subsets:
-                    subsets[planes] = _Measurer(_subset_input(inp, planes, workdir), active_client, outputs_dir,
-                                                **options)
+                    subsets[planes] = _Measurer(_subset_input(inp, planes, depth, workdir), active_client,
+                                                outputs_dir, **options)
                 measurers[case.key] = subsets[planes]
-                say(f"{case.key}: predicted {predicted:.0f} s for the whole volume; measured on the first "
-                    f"{planes} planes")
+                say(f"{case.key}: predicted {predicted:.0f} s for the whole volume; measured on {planes} planes "
+                    f"(evenly spread slabs of {depth})")
         # Round 1: every configuration once, in order. Later rounds repeat the cheapest
         # configurations first, as long as the time budget allows (each row says how many runs).
         rows, cost = [], {}
@@ -1300,7 +1311,7 @@ def add_compression_arguments(parser: argparse.ArgumentParser, *, default_input:
                              "would pass this many seconds, 0: no limit (default: %(default)s)")
     parser.add_argument("--subset-seconds", type=float, default=DEFAULT_SUBSET_SECONDS,
                         help="a configuration predicted to need longer for the whole volume is measured on its "
-                             "first planes only, 0: never (default: %(default)s)")
+                             "planes (inner-chunk slabs spread evenly), 0: never (default: %(default)s)")
     parser.add_argument("--plane-reads", type=int, default=5,
                         help="random single-plane reads per run, fewer once they took SLOW_SECONDS/3 "
                              "(default: %(default)s)")

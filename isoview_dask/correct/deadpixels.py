@@ -236,13 +236,23 @@ def dead_pixel_mask(
     if scale_tile is not None and scale_tile < 4:
         raise ValueError(f"scale_tile must be at least 4 pixels (or None), got {scale_tile}")
 
-    tests = [_OutlierTest(image, kernel, scale_tile, z_floor) for image in (std_yx, mean_yx)]
-    mask = np.zeros(mean_yx.shape, bool)
-    for _ in range(_MAX_PASSES):
-        found = tests[0].flag(mask) | tests[1].flag(mask)
-        if np.array_equal(found, mask):
-            break
-        mask = found
+    # The two images are tested side by side in two threads (numpy's sorts and filters
+    # release the GIL); each pass needs both before the next.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tests = list(pool.map(lambda image: _OutlierTest(image, kernel, scale_tile, z_floor), (std_yx, mean_yx)))
+        mask = np.zeros(mean_yx.shape, bool)
+        for _ in range(_MAX_PASSES):
+            flags = list(pool.map(lambda test: test.flag(mask), tests))
+            found = flags[0] | flags[1]
+            if np.array_equal(found, mask):
+                break
+            mask = found
+    return _dead_pixel_result(found, tests)
+
+
+def _dead_pixel_result(found, tests):
     return DeadPixelResult(
         mask=found,
         std_threshold=tests[0].threshold,
