@@ -603,7 +603,8 @@ def _subset_input(inp: "StudyInput", planes: int, depth: int, workdir: Path) -> 
     is sampled throughout, so the ratio stays that of the whole volume."""
     n_slabs = max(1, planes // depth)
     total_slabs = inp.shape[0] // depth
-    starts = [int(round(i)) * depth for i in np.linspace(0, max(total_slabs - 1, 0), n_slabs)]
+    # slab i of n at the middle of its n-th of the volume (one slab: the middle one)
+    starts = [int((i + 0.5) * total_slabs / n_slabs) * depth for i in range(n_slabs)]
     shape = (n_slabs * depth,) + tuple(inp.shape[1:])
     target = workdir / f"{inp.stack_path.stem}-{n_slabs}x{depth}planes.stack"
     plane_bytes = 2 * inp.shape[1] * inp.shape[2]
