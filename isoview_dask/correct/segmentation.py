@@ -320,11 +320,26 @@ def upsample_lateral(image, factor: int, shape_yx) -> da.Array:
     height, width = (int(v) for v in shape_yx)
     if factor == 1:
         return image
-    out = da.repeat(da.repeat(image, factor, axis=1), factor, axis=2)
-    pad_y, pad_x = height - out.shape[1], width - out.shape[2]
-    if pad_y or pad_x:
-        out = da.pad(out, ((0, 0), (0, pad_y), (0, pad_x)), mode="edge")
-    return out
+    # One task per block, each block growing by the factor: the chunks stay aligned with
+    # those of the full-resolution volume the image was reduced from (da.repeat would cut
+    # them into odd sizes that must be merged again). The last block row/column also takes
+    # the rows/columns the reduction dropped.
+    extra = (height - image.shape[1] * factor, width - image.shape[2] * factor)
+    if min(extra) < 0:
+        raise ValueError(f"shape_yx {tuple(shape_yx)} is smaller than the image {image.shape[1:]} "
+                         f"times the factor {factor}")
+    n_blocks = (len(image.chunks[1]), len(image.chunks[2]))
+    out_chunks = (image.chunks[0],) + tuple(
+        tuple(c * factor + (extra[i] if j == n_blocks[i] - 1 else 0) for j, c in enumerate(image.chunks[i + 1]))
+        for i in range(2))
+
+    def expand(block, block_info=None):
+        location = block_info[0]["chunk-location"]
+        out = np.repeat(np.repeat(block, factor, axis=1), factor, axis=2)
+        pad = [(0, 0)] + [(0, extra[i] if location[i + 1] == n_blocks[i] - 1 else 0) for i in range(2)]
+        return np.pad(out, pad, mode="edge") if pad[1][1] or pad[2][1] else out
+
+    return image.map_blocks(expand, chunks=out_chunks, dtype=image.dtype)
 
 
 def intensity_histogram(volume) -> da.Array:
