@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 from isoview_dask import fuse
@@ -302,6 +303,8 @@ def test_view_orientation_flags(four, tmp_path, flags, transform):
     shutil.copytree(out, changed)
     for kind in ("", "segmentationMask"):
         _rewrite(output_path(changed, 0, 0, 1, 0, kind), transform)
+    xy_mask = output_path(changed, 0, 0, 1, 0, "xyMask", "tif")  # the depth map fusion reads, in step
+    tifffile.imwrite(xy_mask, np.ascontiguousarray(transform(tifffile.imread(xy_mask)[None])[0]))
     unfixed = fuse(None, changed, apply_fusion=False, **PAIR01)[KEY].parameters
     assert unfixed["registration_confidence"] < 0.5 or \
         np.abs(np.subtract(unfixed["sampling_offset_yx_px"], truth.offset((0, 1)))).max() > 5
@@ -412,6 +415,9 @@ def test_mask_min_object_size(four, tmp_path):
         mask[3:5, :6, :6] = 1  # mean depth 3.5 planes
         return mask
     _rewrite(output_path(specked, 0, 0, 0, 0, "segmentationMask"), add_speck)
+    # the depth map the correction saved (and fusion reads) follows the edited mask, as it would have
+    edited = open_volume(output_path(specked, 0, 0, 0, 0, "segmentationMask")).astype(bool)
+    tifffile.imwrite(output_path(specked, 0, 0, 0, 0, "xyMask", "tif"), coordinate_masks(edited)[0].compute())
     plain = dict(fusion_mask_fusion_mode="reference", fusion_median_filter_range=1,
                  fusion_transition_smoothing_px=0, fusion_mask_padding=0)
     kept = _estimate(specked, fusion_mask_min_object_size=0.0, **plain)

@@ -153,3 +153,28 @@ def test_fixed_parameters_replace_estimates(fused, tmp_path):
     assert params["registration_method"] == "fixed"
     estimated = _params(out, (0, 1), 0)
     assert estimated["registration_method"] != "fixed"
+
+
+def test_saved_depth_maps_equal_the_masks_own(tmp_path):
+    """Fusion reads each camera's depth map from the correction's xyMask.tif instead of reducing its
+    full mask: the two are equal (the mask is the reduced mask repeated), flips and z-flip included."""
+    import dask
+    from isoview_dask.config import ProcessingConfig
+    from isoview_dask.correct import coordinate_masks
+    from isoview_dask.fuse import view_transform
+    from isoview_dask.pipeline import correct_dataset
+    from isoview_dask.pipeline.fuse import _prepared, _saved_depth_map, find_corrected
+    from isoview_dask.synthetic import generate_dataset
+    truth = generate_dataset(tmp_path / "syn", preset="tiny", seed=3, cameras=(0, 1))
+    correct_dataset(truth.raw_dir, tmp_path / "out", progress=False)
+    views = find_corrected(tmp_path / "out")
+    ref, mov = views[(0, 0, 0, 0)], views[(0, 0, 1, 0)]
+    for flips in ({}, {"fusion_flip_z": True, "fusion_flip_v": True}):
+        fc = ProcessingConfig.from_flags(None, **flips).fusion
+        _, _, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
+        computed = dask.compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_f)[0])
+        saved_mov = view_transform(_saved_depth_map(mov), flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation)
+        if fc.flip_z:
+            saved_mov = (mask_ref.shape[0] - 1) - saved_mov
+        np.testing.assert_array_equal(_saved_depth_map(ref), computed[0])
+        np.testing.assert_array_equal(saved_mov, computed[1])

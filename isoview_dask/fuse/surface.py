@@ -21,6 +21,10 @@ from ..correct._arrays import as_dask, require_ndim
 from .blending import _combined_depth, _without_rim
 
 
+#: Valid pixels (about) on which :func:`fitted_surface` fits its polynomial; larger maps are subsampled.
+FIT_POINTS = 250_000
+
+
 def surface_image(volume, surface_yx, half_width: float = 1.0) -> da.Array:
     """Average of a volume over a thin slab that follows a surface ``z = s(y, x)``.
 
@@ -143,6 +147,11 @@ def fitted_surface(depth_ref=None, depth_mov=None, n_planes: int | None = None, 
     u = (rows - (height - 1) / 2) / max(height / 2, 1)
     v = (cols - (width - 1) / 2) / max(width / 2, 1)
     terms = [u**i * v**j for i in range(degree + 1) for j in range(degree + 1 - i)]
+    # A low-order surface needs no millions of points: large maps are fitted on a regular
+    # sub-grid of at most about FIT_POINTS valid pixels (the surface is still evaluated everywhere).
+    step = max(1, int(math.sqrt(int(valid.sum()) / FIT_POINTS)))
+    if step > 1:
+        valid = valid & (rows % step == 0) & (cols % step == 0)
     design = np.stack([t[valid] for t in terms], axis=1)
     target = combined[valid]
     keep = np.ones(target.size, bool)

@@ -310,6 +310,28 @@ def find_corrected(root: str | Path) -> dict[tuple[int, int, int, int], Correcte
             if len(cams) == 1}
 
 
+def _saved_depth_map(view) -> np.ndarray | None:
+    """The xy coordinate mask the correction stage wrote for ``view`` (float32 (Y, X)), or None.
+
+    Only for a plain corrected camera whose record lists the file: a channel-fused camera's
+    mask is the union of two, so its map is computed.
+    """
+    if not isinstance(view, CorrectedView):
+        return None
+    path = view.path("xyMask", "tif")
+    listed = {Path(p).name for p in view.record.get("outputs", [])}
+    shape = view.record.get("shape_zyx")
+    if path.name not in listed or not path.is_file() or not shape:
+        return None
+    import tifffile
+    try:
+        depth = np.asarray(tifffile.imread(path), dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); computing the depth map from the mask instead", path, exc)
+        return None
+    return depth if depth.shape == tuple(shape[1:]) else None
+
+
 def _open_arrays(view, fc):
     if isinstance(view, ChannelFusedView):
         return view.open_arrays(fc)
@@ -411,7 +433,17 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
     n_planes = reference.shape[0]
     need_depths = "sampling_offset_yx_px" not in fixed or not ("transition_yx" in fixed
                                                                or "transition_plane" in fixed)
-    if need_depths:  # one pass over both masks serves the registration surface and the transition map
+    if need_depths:
+        # The correction stage saved each camera's depth map (xyMask.tif): equal to the one
+        # reduced from its full mask, read in an instant. Otherwise one pass over both masks
+        # serves the registration surface and the transition map.
+        saved = _saved_depth_map(ref), _saved_depth_map(mov)
+    if need_depths and saved[0] is not None and saved[1] is not None:
+        flips = dict(flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation)
+        depth_ref, depth_mov_f = saved[0], np.ascontiguousarray(view_transform(saved[1], **flips))
+        if fc.flip_z:  # reversed planes: plane k becomes n - 1 - k
+            depth_mov_f = (n_planes - 1) - depth_mov_f
+    elif need_depths:
         depth_ref, depth_mov_f = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_f)[0],
                                          progress=progress, label=f"{_label(ref, mov)}: depth maps")
     if "sampling_offset_yx_px" in fixed:
