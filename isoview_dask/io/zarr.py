@@ -270,10 +270,13 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
 def _store_blocks(source: da.Array, target) -> da.Array:
     """Write every block of ``source`` into ``target`` (one task per block, no lock: the
     blocks are whole shards or chunks); a 0-d dask array of the bytes written."""
+    from dask.base import tokenize
     written = source.map_blocks(_write_block, target=target, dtype=np.int64,
                                 chunks=tuple((1,) * len(c) for c in source.chunks),
-                                meta=np.empty((0,) * source.ndim, np.int64))
-    return written.sum()
+                                meta=np.empty((0,) * source.ndim, np.int64),
+                                name=f"store-shard-{tokenize(source.name, str(target.store), target.path)}")
+    # (named so that the write tasks, fused with the first stage of the sum, say "store")
+    return da.reduction(written, np.sum, np.sum, dtype=np.int64, name="store-bytes")
 
 
 def _write_block(block: np.ndarray, target=None, block_info=None) -> np.ndarray:
