@@ -33,8 +33,10 @@ from .config import ProcessingConfig
 
 __all__ = ["FusionResult", "PairFusion", "blend_views", "fuse", "load_config", "process_dataset"]
 
-#: A fused pair: (specimen, timepoint, (reference camera, moving camera), channel).
-PairKey = tuple[int, int, tuple[int, int], int]
+#: A fused pair: (specimen, timepoint, (reference camera, moving camera), channel). With
+#: ``fusion.channel_pairs``, a channel-fused output: (specimen, timepoint, (a, b) or (camera,),
+#: (channel c, channel d)).
+PairKey = tuple[int, int, tuple[int, ...], int | tuple[int, int]]
 
 
 def load_config(config=None, **flags) -> ProcessingConfig:
@@ -107,14 +109,19 @@ def process_dataset(config=None, input=None, out=None, *, fusion: bool = False, 
 
 @dataclass
 class PairFusion:
-    """One opposing camera pair: its estimates and, lazily, its volumes.
+    """One opposing camera pair (or one channel-fused camera): its estimates and, lazily, its volumes.
 
     Attributes
     ----------
     key : (specimen, timepoint, (a, b), channel)
-    estimate : PairEstimate or None
+        With ``fusion.channel_pairs``: (specimen, timepoint, (a, b) or
+        (camera,), (channel c, channel d)).
+    estimate : PairEstimate, ChannelEstimate or None
         Registration, intensity and transition-plane map (None when read back
-        from written outputs; see ``parameters``).
+        from written outputs; see ``parameters``). A lone channel-fused camera
+        has its :class:`~isoview_dask.pipeline.fuse.ChannelEstimate`; a camera
+        pair of channel-fused cameras has the pair's estimate, and the channel
+        estimates are in ``parameters["channel_fusion"]``.
     parameters : dict
         The small values: the estimate's summary, or the written parameters JSON.
     fused : dask array (Z, Y, X) or None
@@ -138,7 +145,7 @@ class PairFusion:
 
     @property
     def transition_yx(self) -> np.ndarray | None:
-        return None if self.estimate is None else self.estimate.transition_yx
+        return getattr(self.estimate, "transition_yx", None)
 
 
 class FusionResult(Mapping):
@@ -201,7 +208,9 @@ class FusionResult(Mapping):
 
     def fixed_parameters(self) -> Callable:
         """This result's estimates as ``fuse_dataset(fixed_parameters=...)``."""
-        table = {k: p.estimate for k, p in self.items() if p.estimate is not None}
+        # camera pairs of single channels only: channel-fused outputs are estimated per timepoint
+        table = {k: p.estimate for k, p in self.items() if hasattr(p.estimate, "offset_yx")
+                 and not isinstance(k[3], tuple)}
 
         def lookup(specimen, timepoint, pair, channel):
             estimate = table.get((specimen, timepoint, tuple(pair), channel))
@@ -218,10 +227,12 @@ class FusionResult(Mapping):
         config = self.config
         if self:  # only the pairs this result holds (pairs it lacks would be estimated afresh)
             keys = list(self)
+            channels = {c for k in keys for c in (k[3] if isinstance(k[3], tuple) else (k[3],))}
             config = config.replace(input_specimens=sorted({k[0] for k in keys}),
                                     input_timepoints=sorted({k[1] for k in keys}),
-                                    input_channels=sorted({k[3] for k in keys}),
-                                    fusion_camera_pairs=sorted({tuple(k[2]) for k in keys}))
+                                    input_channels=sorted(channels),
+                                    input_cameras=sorted({c for k in keys for c in k[2]}),
+                                    fusion_camera_pairs=sorted({tuple(k[2]) for k in keys if len(k[2]) == 2}))
         summary = fuse_dataset(self.corrected, out, config, progress=progress, fixed_parameters=self.fixed_parameters())
         return _read_written(self.corrected, out, config, summary, self.failed)
 
@@ -256,10 +267,20 @@ def _fixed_for(parameters, key: PairKey) -> dict | None:
 
 
 def _pairs(corrected, config: ProcessingConfig):
+    """(key, reference view, moving view) of every single-channel camera pair, as fuse_dataset forms them."""
     from .pipeline.fuse import find_corrected
     from .pipeline.timelapse import _groups
     for specimen, timepoint, channel, pair, ref, mov in _groups(find_corrected(corrected), config):
         yield (specimen, timepoint, tuple(pair), channel), ref, mov
+
+
+def _channel_jobs(corrected, config: ProcessingConfig):
+    """(key, ChannelJob) of every ``fusion.channel_pairs`` output, as fuse_dataset forms them."""
+    from .pipeline.fuse import channel_jobs, find_corrected
+    if not config.fusion.channel_pairs:
+        return
+    for job in channel_jobs(find_corrected(corrected), config):
+        yield (job.specimen, job.timepoint, job.cameras, job.channels), job
 
 
 def _read_written(corrected, out, config, summary, failed) -> FusionResult:
@@ -268,9 +289,10 @@ def _read_written(corrected, out, config, summary, failed) -> FusionResult:
     from .io import open_volume
     from .pipeline import output_path
     pairs, failed = {}, dict(failed or {})
-    for key, ref, mov in _pairs(corrected, config):
-        s, t, (a, b), ch = key
-        target = output_path(out, s, t, [a, b], ch, "fusedStack")
+    keys = [key for key, _, _ in _pairs(corrected, config)] + [key for key, _ in _channel_jobs(corrected, config)]
+    for key in keys:
+        s, t, cameras, ch = key
+        target = output_path(out, s, t, list(cameras), list(ch) if isinstance(ch, tuple) else ch, "fusedStack")
         if str(target) in summary.failed:
             failed[key] = summary.failed[str(target)]
         elif target.with_suffix(".json").is_file() and target.exists():
@@ -278,6 +300,28 @@ def _read_written(corrected, out, config, summary, failed) -> FusionResult:
             pairs[key] = PairFusion(key, None, params, open_volume(target),
                                     voxel_size_um=params.get("voxel_size_um_zyx"))
     return FusionResult(pairs, config, Path(corrected), failed, summary)
+
+
+def _with_volumes(entry: PairFusion, views, cfg: ProcessingConfig) -> PairFusion:
+    """``entry`` with its lazy fused volume and, for a camera pair ``views = (ref, mov)``, the aligned views and masks.
+
+    One (channel-fused) view: the blended channels are the output, and ``reference``.
+    """
+    fc = cfg.fusion
+    if len(views) == 1:
+        fused, mask = views[0].open_arrays(fc)
+        return replace(entry, fused=fused, reference=fused, mask_reference=mask)
+    ref, mov = views
+    from .fuse import fuse_views
+    from .pipeline.fuse import _aligned, _prepared
+    estimate = entry.estimate
+    reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
+    moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
+    fused = fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, estimate.transition_yx,
+                       fc.blending_range[1], fc.type, estimate.intensity, profile=fc.blending_profile,
+                       dtype=reference.dtype, slab_planes=fc.slab_size_cameras or None)
+    return replace(entry, fused=fused, reference=reference, moving_aligned=moving_a,
+                   mask_reference=mask_ref, mask_moving_aligned=mask_mov_a)
 
 
 def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True, apply_fusion: bool = True,
@@ -330,9 +374,8 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
                                fixed_parameters=None if estimate_params else lookup)
         return _read_written(corrected, Path(out), cfg, summary, {})
 
-    from .fuse import fuse_views
-    from .pipeline.fuse import _aligned, _prepared, estimate_pair
     from .errors import IsoviewError
+    from .pipeline.fuse import _channel_fields, estimate_pair
     fc = cfg.fusion
     pairs, failed = {}, {}
     for key, ref, mov in _pairs(corrected, cfg):
@@ -349,15 +392,28 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
             failed[key] = str(exc)
             continue
         entry = PairFusion(key, estimate, estimate.summary(), voxel_size_um=ref.voxel_size_um)
-        if apply_fusion:
-            reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
-            moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
-            fused = fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, estimate.transition_yx,
-                               fc.blending_range[1], fc.type, estimate.intensity, profile=fc.blending_profile,
-                               dtype=reference.dtype, slab_planes=fc.slab_size_cameras or None)
-            entry = replace(entry, fused=fused, reference=reference, moving_aligned=moving_a,
-                            mask_reference=mask_ref, mask_moving_aligned=mask_mov_a)
-        pairs[key] = entry
+        pairs[key] = _with_volumes(entry, (ref, mov), cfg) if apply_fusion else entry
+    for key, job in _channel_jobs(corrected, cfg):
+        if job.missing:
+            failed[key] = job.missing
+            continue
+        if not estimate_params:
+            import logging
+            logging.getLogger(__name__).warning("%s: channel-fused outputs are estimated per timepoint; "
+                                                "parameters= does not apply to them", key)
+        try:
+            views = [v.prepare(cfg, progress=progress) for v in job.views]
+            if len(views) == 2:
+                estimate = estimate_pair(views[0], views[1], cfg, progress=progress)
+                summary = {**estimate.summary(), **_channel_fields(fc, *views)}
+            else:
+                estimate = views[0].estimate
+                summary = _channel_fields(fc, views[0])
+        except (IsoviewError, ValueError, OSError) as exc:
+            failed[key] = str(exc)
+            continue
+        entry = PairFusion(key, estimate, summary, voxel_size_um=views[0].voxel_size_um)
+        pairs[key] = _with_volumes(entry, views, cfg) if apply_fusion else entry
     return FusionResult(pairs, cfg, corrected, failed)
 
 

@@ -5,8 +5,10 @@ The pipeline writes one zarr volume per timepoint and view under
 any voxel, into
 
 * ``kind="corrected"``: (T, V, Z, Y, X), V = the (camera, channel) views;
-* ``kind="fused"``: (T, V, Z, Y, X), V = the (camera pair, channel) fusions,
-  or (T, Z, Y, X) when one ``view`` is chosen.
+* ``kind="fused"``: (T, V, Z, Y, X), V = the (camera pair, channel) fusions
+  and, with illumination-channel fusion (``fusion.channel_pairs``), the
+  channel-fused camera pairs (``CM00_CM01_CHN00_CHN01``) and lone cameras
+  (``CM02_CHN00_CHN01``); or (T, Z, Y, X) when one ``view`` is chosen.
 
 Every dask chunk is one inner zarr chunk (or one shard, ``chunks="shard"``),
 so looking at one plane reads only the chunks that plane crosses. The
@@ -33,20 +35,26 @@ from .pipeline.common import output_path
 
 __all__ = ["IsoviewArray", "View"]
 
-_NAME = re.compile(r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)CHN(\d+)(\.fusedStack)?\.zarr$")
+_NAME = re.compile(r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)((?:CHN\d+_)*CHN\d+)(\.fusedStack)?\.zarr$")
 KINDS = ("corrected", "fused")
 
 
 @dataclass(frozen=True)
 class View:
-    """One view of a recording: a camera (corrected) or a camera pair (fused) and a channel."""
+    """One view of a recording: a camera (corrected) or a camera pair (fused) and its channel(s).
+
+    ``channel`` is the (first) channel; ``channels`` lists both channels of an
+    illumination-channel fusion (empty for a view of one channel).
+    """
 
     cameras: tuple[int, ...]
     channel: int
+    channels: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:
-        return "_".join(f"CM{c:02d}" for c in self.cameras) + f"_CHN{self.channel:02d}"
+        chans = self.channels or (self.channel,)
+        return "_".join([f"CM{c:02d}" for c in self.cameras] + [f"CHN{c:02d}" for c in chans])
 
     def __str__(self) -> str:
         return self.label
@@ -65,7 +73,10 @@ def _parse_view(value, views: Sequence[View]) -> View:
                 return v
     elif isinstance(value, tuple):
         for v in views:
-            if (v.cameras, v.channel) == (tuple(value[:-1]), value[-1]) or v.cameras == tuple(value):
+            if v.channels and len(value) == 2 and (v.cameras, v.channels) == (tuple(value[0]), tuple(value[1])):
+                return v
+            if not v.channels and ((v.cameras, v.channel) == (tuple(value[:-1]), value[-1])
+                                   or v.cameras == tuple(value)):
                 return v
     raise IsoviewError(f"no view {value!r}; views are {[v.label for v in views]} (or their index)")
 
@@ -82,8 +93,9 @@ class IsoviewArray:
         Which specimen (default: the only one; required if several).
     view : view, optional
         One view only (label such as ``"CM00_CM01_CHN00"``, index, ``View``,
-        or a tuple ``(0, 1, 0)`` = cameras then channel): the view axis is
-        dropped.
+        or a tuple ``(0, 1, 0)`` = cameras then channel; a channel-fused view
+        ``"CM00_CM01_CHN00_CHN01"`` or ``((0, 1), (0, 1))``): the view axis
+        is dropped.
     views : sequence of views, optional
         A subset of views, in this order.
     timepoints : sequence of int, optional
@@ -123,12 +135,16 @@ class IsoviewArray:
             if not m or path.name.startswith("."):
                 continue
             cams = tuple(int(c) for c in re.findall(r"CM(\d+)", m.group(3)))
+            chans = tuple(int(c) for c in re.findall(r"CHN(\d+)", m.group(4)))
             is_fused = m.group(5) is not None
             s, t = int(m.group(1)), int(m.group(2))
             any_output.setdefault(s, set()).add(t)
-            if (kind == "fused") != is_fused or (kind == "fused") != (len(cams) == 2):
+            # fused: a camera pair, or (channel fusion) a camera pair or one camera with two channels
+            fused_view = is_fused and (len(cams) == 2 or len(chans) > 1)
+            if (kind == "fused") != fused_view or (kind == "corrected" and (len(cams), len(chans)) != (1, 1)):
                 continue
-            found.setdefault(s, {})[(t, View(cams, int(m.group(4))))] = path
+            view_id = View(cams, chans[0], chans if len(chans) > 1 else ())
+            found.setdefault(s, {})[(t, view_id)] = path
         if not found:
             raise InputNotFoundError(f"{self.root}: no {kind} zarr volumes under SPM##/TM######/")
         if specimen is None:
@@ -139,7 +155,7 @@ class IsoviewArray:
             raise IsoviewError(f"{self.root}: no {kind} volumes of specimen {specimen} (have {sorted(found)})")
         self.specimen = int(specimen)
         files = found[self.specimen]
-        all_views = sorted({v for _, v in files}, key=lambda v: (v.channel, v.cameras))
+        all_views = sorted({v for _, v in files}, key=lambda v: (v.channel, v.channels, v.cameras))
         # a timepoint with outputs of the other kind only (e.g. a failed fusion) counts as missing here
         all_times = sorted(any_output[self.specimen])
         if view is not None and views is not None:
@@ -243,7 +259,8 @@ class IsoviewArray:
         """Path of a file of timepoint index ``t`` and a view (``kind`` e.g. ``"xyProjection"``)."""
         tm, v = self._key(t, view)
         stem_kind = ("fusedStack" + (f".{kind}" if kind else "")) if self.kind == "fused" else kind
-        return output_path(self.root, self.specimen, tm, list(v.cameras), v.channel, stem_kind, fmt)
+        channel = list(v.channels) if v.channels else v.channel
+        return output_path(self.root, self.specimen, tm, list(v.cameras), channel, stem_kind, fmt)
 
     def projection(self, kind: str = "xy", t: int = 0, view=None) -> np.ndarray:
         """Max projection (``kind`` 'xy', 'xz' or 'yz') of timepoint index ``t`` and a view.

@@ -8,6 +8,7 @@ blending range) and then, for a camera pair, fuses the two channel-fused cameras
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +280,81 @@ def test_channel_pairs_are_validated():
     with pytest.raises(ConfigError, match="more than one pair"):
         ProcessingConfig.from_flags(fusion_channel_pairs="0,1:1,2")
     assert ProcessingConfig.from_flags(fusion_channel_pairs="0,1:2,3").fusion.channel_pairs == ((0, 1), (2, 3))
+
+
+# ------------------------------------------------------------------------------------------ reading back, API
+
+def test_reader_lists_channel_fused_outputs(pair, lone):
+    from isoview_dask.reader import IsoviewArray, View
+    _, _, fused = pair
+    rec = IsoviewArray(fused, "fused")
+    assert [v.label for v in rec.views] == ["CM00_CM01_CHN00_CHN01"] and rec.shape[:2] == (1, 1)
+    np.testing.assert_array_equal(rec.data[0, 0].compute(), _volume(fused, [0, 1], [0, 1]))
+    for choice in ("CM00_CM01_CHN00_CHN01", ((0, 1), (0, 1)), 0, View((0, 1), 0, (0, 1))):
+        assert IsoviewArray(fused, "fused", view=choice).ndim == 4
+    assert rec.path(0).name == "SPM00_TM000000_CM00_CM01_CHN00_CHN01.fusedStack.zarr"
+    _, corrected, lone_fused = lone
+    alone = IsoviewArray(lone_fused, "fused", view="CM00_CHN00_CHN01")
+    np.testing.assert_array_equal(alone.data[0].compute(), _volume(lone_fused, 0, [0, 1]))
+    # the corrected recording still lists each channel of each camera, and no fused view
+    assert [v.label for v in IsoviewArray(corrected, "corrected").views] == ["CM00_CHN00", "CM00_CHN01"]
+
+
+def test_api_fuse_gives_the_stage_outputs_lazily_and_written(pair, tmp_path):
+    from isoview_dask import fuse
+    _, corrected, fused = pair
+    key = (0, 0, (0, 1), (0, 1))
+    lazy = fuse(None, corrected, **CHANNELS)
+    assert list(lazy) == [key] and not lazy.failed
+    np.testing.assert_array_equal(lazy[key].fused.compute(), _volume(fused, [0, 1], [0, 1]))
+    assert [e["camera"] for e in lazy[key].parameters["channel_fusion"]] == [0, 1]
+    assert lazy[key].transition_yx.shape == lazy[key].fused.shape[1:]
+    written = fuse(None, corrected, tmp_path, **CHANNELS)
+    assert list(written) == [key] and written[key].parameters["channels"] == [0, 1]
+    np.testing.assert_array_equal(np.asarray(written[key].fused), _volume(fused, [0, 1], [0, 1]))
+    again = lazy.write(tmp_path / "again", progress=False)
+    assert list(again) == [key] and len(again.summary.written) == 1
+
+
+def test_api_fuse_lone_camera(lone):
+    from isoview_dask import fuse
+    _, corrected, fused = lone
+    key = (0, 0, (0,), (0, 1))
+    result = fuse(None, corrected, **ALONE)
+    assert list(result) == [key]
+    np.testing.assert_array_equal(result[key].fused.compute(), _volume(fused, 0, [0, 1]))
+    assert result[key].estimate.intensity.ratio == pytest.approx(BALANCE, rel=0.1)
+    assert result[key].parameters["channel_blending_range"] == 20.0
+
+
+def test_timelapse_estimates_no_single_channel_pairs_of_paired_channels(pair, tmp_path):
+    from isoview_dask.pipeline import estimate_timepoints
+    _, corrected, _ = pair
+    assert estimate_timepoints(corrected, tmp_path, progress=False, **CHANNELS).written == []
+    assert len(estimate_timepoints(corrected, tmp_path, progress=False, fusion_diagnostics=False).written) == 2
+
+
+def test_diagnostic_figures_of_channel_fusion(pair, lone, tmp_path):
+    """With diagnostics on, both outputs list a channel-transition figure; the lone camera its projections too."""
+    import matplotlib.image as mpimg
+    _, corrected_pair, _ = pair
+    _, corrected_lone, _ = lone
+    shown = dict(CHANNELS, fusion_diagnostics=True)
+    fuse_dataset(corrected_pair, tmp_path / "pair", progress=False, **shown)
+    fuse_dataset(corrected_lone, tmp_path / "lone", progress=False, **dict(shown, fusion_camera_pairs=[]))
+    expected = {("pair", (0, 1)): {"registration", "transitionPlane", "blendingWeights", "projections",
+                                   "channelTransition"},
+                ("lone", (0,)): {"channelTransition", "projections"}}
+    for (where, cameras), kinds in expected.items():
+        params = _params(tmp_path / where, list(cameras))
+        listed = {Path(p).name for p in params["outputs"]}
+        stem = output_path(tmp_path / where, 0, 0, list(cameras), [0, 1], "fusedStack").with_suffix("")
+        for kind in kinds:
+            png = Path(f"{stem}.{kind}.png")
+            assert png.name in listed
+            image = mpimg.imread(png)
+            assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.01
+    # the pair's channel figure has one row per camera: taller than the lone camera's
+    heights = {where: mpimg.imread(f"{output_path(tmp_path / where, 0, 0, list(c), [0, 1], 'fusedStack').with_suffix('')}"
+                                   ".channelTransition.png").shape[0] for where, c in expected}
+    assert heights["pair"] > 1.5 * heights["lone"]

@@ -34,24 +34,13 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     ``<stem>.registration.png``, ``.transitionPlane.png``, ``.blendingWeights.png``
     and ``.projections.png``.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # optional dependency (extra "plot")
-        log.warning("matplotlib is not installed; skipping diagnostic figures")
+    plt = _pyplot()
+    if plt is None:
         return []
     from ..fuse import blending_weights
-    from ..io.atomic import atomic_output
 
-    written = []
-
-    def save(fig, kind):
-        path = Path(f"{stem}.{kind}.png")
-        with atomic_output(path, overwrite=True) as tmp:
-            fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
-        plt.close(fig)
-        written.append(path)
+    written: list[Path] = []
+    save = _saver(plt, stem, written)
 
     if "reference_xy" in images:
         fig, axes = plt.subplots(1, 2, figsize=(10, 5))
@@ -83,6 +72,34 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     ax.legend()
     save(fig, "blendingWeights")
 
+    _projections(plt, save, images)
+    return written
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # optional dependency (extra "plot")
+        log.warning("matplotlib is not installed; skipping diagnostic figures")
+        return None
+    return plt
+
+
+def _saver(plt, stem: Path, written: list):
+    from ..io.atomic import atomic_output
+
+    def save(fig, kind):
+        path = Path(f"{stem}.{kind}.png")
+        with atomic_output(path, overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+        plt.close(fig)
+        written.append(path)
+    return save
+
+
+def _projections(plt, save, images: dict) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 5), gridspec_kw={"width_ratios": [1, 1]})
     axes[0].imshow(_normalise(images["fused_xy"]), cmap="gray")
     axes[0].set_title("fused, max projection along z")
@@ -91,4 +108,64 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     for ax in axes:
         ax.axis("off")
     save(fig, "projections")
+
+
+def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range: float, profile: str,
+                    method: str, images: dict | None = None) -> list[Path]:
+    """Write the illumination-channel fusion diagnostics next to ``stem`` and return their paths.
+
+    Parameters
+    ----------
+    stem : Path
+        The fused volume path without suffix.
+    estimates : list of (camera, ChannelEstimate)
+        One entry per channel-fused camera.
+    n_columns : int
+        Frame width X (columns), the axis the channels are blended along.
+    blending_range : float
+        The channel blending range (columns).
+    images : dict, optional
+        ``fused_xy`` / ``fused_xz`` max projections: also write ``.projections.png``
+        (a lone camera; a camera pair draws its own).
+
+    Notes
+    -----
+    ``<stem>.channelTransition.png``: per camera, the transition column map
+    over (z, y) and the weights of both channels along x at its median, with
+    the intensity ratio found.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return []
+    from ..fuse import blending_weights
+    written: list[Path] = []
+    save = _saver(plt, stem, written)
+    fig, axes = plt.subplots(len(estimates), 2, figsize=(11, 4 * len(estimates)), squeeze=False)
+    for (camera, estimate), (ax_map, ax_w) in zip(estimates, axes):
+        a, b = estimate.channels
+        transition = np.asarray(estimate.transition_zy, dtype=np.float64)
+        if transition.ndim == 2:
+            shown = ax_map.imshow(transition, cmap="viridis", aspect="auto")
+            fig.colorbar(shown, ax=ax_map, label="transition column (x index)")
+            ax_map.set_xlabel("y")
+            ax_map.set_ylabel("plane (z)")
+        else:
+            ax_map.text(0.5, 0.5, f"one column: {float(transition):.1f}", ha="center", va="center")
+            ax_map.axis("off")
+        ax_map.set_title(f"camera {camera}: transition column CHN{a:02d} | CHN{b:02d} ({method})", fontsize=9)
+        centre = float(np.nanmedian(transition)) if np.isfinite(transition).any() else (n_columns - 1) / 2
+        weights = blending_weights(centre, n_columns, blending_range, profile)
+        columns = np.arange(n_columns)
+        ax_w.plot(columns, weights, label=f"channel {a} (lit from low x)")
+        ax_w.plot(columns, 1 - weights, label=f"channel {b} (lit from high x)")
+        ax_w.axvline(centre, color="grey", lw=0.8, ls="--")
+        ratio = "" if estimate.intensity is None else f", ratio b/a {estimate.intensity.ratio:.3f}"
+        ax_w.set_title(f"weights at the median column, range {blending_range:g} columns{ratio}", fontsize=9)
+        ax_w.set_xlabel("column (x)")
+        ax_w.set_ylabel("weight")
+        ax_w.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, "channelTransition")
+    if images is not None:
+        _projections(plt, save, images)
     return written

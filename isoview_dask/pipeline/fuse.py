@@ -569,9 +569,13 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     }
     outputs = [target]
     if fc.diagnostics:
-        from .diagnostics import fusion_figures
+        from .diagnostics import channel_figures, fusion_figures
         outputs += fusion_figures(target.with_suffix(""), images, transition, n_planes, blending_range,
                                   fc.blending_profile, params)
+        channel_views = [v for v in (ref, mov) if isinstance(v, ChannelFusedView)]
+        if channel_views:
+            outputs += channel_figures(target.with_suffix(""), [(v.camera, v.estimate) for v in channel_views],
+                                       reference.shape[2], fc.blending_range[0], fc.blending_profile, fc.type)
     params["outputs"] = relative_outputs(target.with_suffix(".json"), outputs)
     params["fingerprint"] = _fingerprint(ref, mov, config, fixed)
     write_json(target.with_suffix(".json"), params)
@@ -614,8 +618,9 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
                   progress: bool = True) -> dict:
     """Blend one camera's two illumination channels along x and write the result (no camera pair).
 
-    The volume keeps the corrected dtype; no diagnostic figures are drawn
-    (the parameters JSON holds the transition-column statistics).
+    The volume keeps the corrected dtype. With ``fusion.diagnostics``, the
+    figures ``.channelTransition.png`` (transition column map, channel
+    weights along x) and ``.projections.png`` are drawn beside it.
 
     Parameters
     ----------
@@ -639,11 +644,16 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
     fused, _ = view.open_arrays(fc)
     target = output_path(out, view.specimen, view.timepoint, view.camera, list(view.channels), "fusedStack")
     t1 = time.perf_counter()
-    _write_fused(fused, target, view.voxel_size_um, oc, {}, progress,
+    images = _write_fused(fused, target, view.voxel_size_um, oc, {}, progress,
                  f"TM{view.timepoint:06d} CM{view.camera:02d} CHN{view.channels[0]:02d}+CHN{view.channels[1]:02d}: "
                  "fusing and writing")
     timings = {**_channel_timings(view), "blend_write_s": time.perf_counter() - t1,
                "total_s": time.perf_counter() - t0}
+    outputs = [target]
+    if fc.diagnostics:
+        from .diagnostics import channel_figures
+        outputs += channel_figures(target.with_suffix(""), [(view.camera, view.estimate)], fused.shape[2],
+                                   fc.blending_range[0], fc.blending_profile, fc.type, images)
     params = {
         "package_version": __version__,
         "camera": view.camera, "channel": view.channel, "channels": list(view.channels),
@@ -656,7 +666,7 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
         "inputs": view.inputs(),
         "timings": timings,
         "input_bytes": int(2 * fused.nbytes),
-        "outputs": relative_outputs(target.with_suffix(".json"), [target]),
+        "outputs": relative_outputs(target.with_suffix(".json"), outputs),
         "fingerprint": _fingerprint(view, None, config),
     }
     write_json(target.with_suffix(".json"), params)
@@ -684,9 +694,30 @@ def _fingerprint(ref, mov, config: ProcessingConfig, fixed: dict | None = None) 
     return fingerprint(inputs, parameters)
 
 
-def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summary: StageSummary,
-                        progress: bool) -> None:
-    """The channel-pair part of :func:`fuse_dataset`: camera pairs of channel-fused cameras, and lone cameras."""
+@dataclass(frozen=True)
+class ChannelJob:
+    """One output of the channel-pair fusion: a camera pair of channel-fused cameras, or one camera alone.
+
+    ``views`` holds the :class:`ChannelFusedView` of each camera (reference
+    first), or is empty when a camera lacks one of the channels (``missing``
+    says which).
+    """
+
+    specimen: int
+    timepoint: int
+    cameras: tuple[int, ...]
+    channels: tuple[int, int]
+    views: tuple = ()
+    missing: str = ""
+
+
+def channel_jobs(views: dict, config: ProcessingConfig):
+    """The :class:`ChannelJob` s of ``fusion.channel_pairs`` over corrected ``views``, as :func:`fuse_dataset` runs them.
+
+    For each selected (specimen, timepoint, channel pair): every camera pair
+    with at least one of its cameras recorded, then every recorded camera in
+    no camera pair.
+    """
     sel, fc = config.input, config.fusion
     paired_cameras = {c for pair in fc.camera_pairs for c in pair}
     groups = sorted({(s, t, pair) for s, t, _, ch in views for pair in fc.channel_pairs
@@ -697,25 +728,37 @@ def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summar
         recorded = sorted({c for s, t, c, ch in views
                            if (s, t) == (specimen, timepoint) and ch in (ch_a, ch_b)
                            and (sel.cameras is None or c in sel.cameras)})
-        jobs = [((a, b), [a, b]) for a, b in fc.camera_pairs if a in recorded or b in recorded]
-        jobs += [((c,), c) for c in recorded if c not in paired_cameras]
-        for cameras, name_cameras in jobs:
-            target = output_path(out, specimen, timepoint, name_cameras, [ch_a, ch_b], "fusedStack")
+        jobs = [(a, b) for a, b in fc.camera_pairs if a in recorded or b in recorded]
+        jobs += [(c,) for c in recorded if c not in paired_cameras]
+        for cameras in jobs:
             missing = [f"camera {c} channel {ch}" for c in cameras for ch in (ch_a, ch_b)
                        if (specimen, timepoint, c, ch) not in views]
             if missing:
-                _missing(summary, target, f"{', '.join(missing)}: no complete corrected volume for timepoint "
-                                          f"{timepoint}; channel fusion needs channels {ch_a} and {ch_b} of "
-                                          f"camera(s) {', '.join(map(str, cameras))}")
+                yield ChannelJob(specimen, timepoint, cameras, (ch_a, ch_b),
+                                 missing=f"{', '.join(missing)}: no complete corrected volume for timepoint "
+                                         f"{timepoint}; channel fusion needs channels {ch_a} and {ch_b} of "
+                                         f"camera(s) {', '.join(map(str, cameras))}")
                 continue
-            fused = [ChannelFusedView(views[(specimen, timepoint, c, ch_a)], views[(specimen, timepoint, c, ch_b)])
-                     for c in cameras]
-            if len(fused) == 2:
-                _fuse_one(summary, target, _fingerprint(fused[0], fused[1], config), config,
-                          lambda: fuse_pair(fused[0], fused[1], out, config, progress=progress))
-            else:
-                _fuse_one(summary, target, _fingerprint(fused[0], None, config), config,
-                          lambda: fuse_channels(fused[0], out, config, progress=progress))
+            yield ChannelJob(specimen, timepoint, cameras, (ch_a, ch_b), tuple(
+                ChannelFusedView(views[(specimen, timepoint, c, ch_a)], views[(specimen, timepoint, c, ch_b)])
+                for c in cameras))
+
+
+def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summary: StageSummary,
+                        progress: bool) -> None:
+    """The channel-pair part of :func:`fuse_dataset`: camera pairs of channel-fused cameras, and lone cameras."""
+    for job in channel_jobs(views, config):
+        target = output_path(out, job.specimen, job.timepoint, list(job.cameras), list(job.channels), "fusedStack")
+        if job.missing:
+            _missing(summary, target, job.missing)
+            continue
+        fused = job.views
+        if len(fused) == 2:
+            _fuse_one(summary, target, _fingerprint(fused[0], fused[1], config), config,
+                      lambda: fuse_pair(fused[0], fused[1], out, config, progress=progress))
+        else:
+            _fuse_one(summary, target, _fingerprint(fused[0], None, config), config,
+                      lambda: fuse_channels(fused[0], out, config, progress=progress))
 
 
 def _missing(summary: StageSummary, target: Path, why: str) -> None:

@@ -81,10 +81,12 @@ STATIC_MAP_SAMPLES = 64
 
 def _groups(views: dict, config: ProcessingConfig):
     sel = config.input
+    # channels of a fusion.channel_pairs pair are fused together, per timepoint (see fuse_dataset)
+    paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
     keys = sorted({(s, t, ch) for s, t, _, ch in views
                    if (sel.specimens is None or s in sel.specimens)
                    and (sel.timepoints is None or t in sel.timepoints)
-                   and (sel.channels is None or ch in sel.channels)})
+                   and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
     for specimen, timepoint, channel in keys:
         for a, b in config.fusion.camera_pairs:
             ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))
