@@ -8,6 +8,7 @@ blending range) and then, for a camera pair, fuses the two channel-fused cameras
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -358,3 +359,25 @@ def test_diagnostic_figures_of_channel_fusion(pair, lone, tmp_path):
     heights = {where: mpimg.imread(f"{output_path(tmp_path / where, 0, 0, list(c), [0, 1], 'fusedStack').with_suffix('')}"
                                    ".channelTransition.png").shape[0] for where, c in expected}
     assert heights["pair"] > 1.5 * heights["lone"]
+
+
+def test_saved_column_maps_equal_the_masks_own(lone):
+    """Channel estimation reads each channel's xzMask.tif from the correction stage instead of reducing the
+    mask again: the file equals the mask's own column map, and without the files the estimate is the same."""
+    from isoview_dask.correct import coordinate_masks
+    from isoview_dask.pipeline.fuse import _saved_column_map
+    _, corrected, _ = lone
+    views = find_corrected(corrected)
+    for channel in (0, 1):
+        view = views[(0, 0, 0, channel)]
+        saved = _saved_column_map(view)
+        assert saved is not None and saved.shape == view.open_arrays()[0].shape[:2]
+        np.testing.assert_array_equal(saved, coordinate_masks(view.open_arrays()[1])[1].compute())
+    # a record that does not list the file (an older output): the maps are computed from the masks
+    unlisted = [replace(views[(0, 0, 0, ch)], record={**views[(0, 0, 0, ch)].record, "outputs": [
+        o for o in views[(0, 0, 0, ch)].record["outputs"] if not o.endswith(".xzMask.tif")]}) for ch in (0, 1)]
+    assert _saved_column_map(unlisted[0]) is None
+    config = ProcessingConfig.from_flags(**ALONE)
+    with_files, without = _estimate(corrected), estimate_channels(*unlisted, config, progress=False)
+    np.testing.assert_array_equal(with_files.transition_zy, without.transition_zy)
+    assert with_files.intensity.ratio == without.intensity.ratio

@@ -470,9 +470,16 @@ def _channel_transition(transition, shape) -> np.ndarray:
 
 
 def _channel_block(view_a, view_b, x_index, transition, blending_range, profile, gains, out_dtype):
-    """Fuse one block along x: ``x_index`` locates its columns, ``transition`` is its (z, y) tile."""
-    weight = _front_weight(x_index[None, None, :] - transition[:, :, None], blending_range, profile)
-    return _mix(view_a, view_b, weight, gains, out_dtype)
+    """Fuse one block along x: ``x_index`` locates its columns, ``transition`` is its (z, y) tile.
+
+    Plane by plane, so the float64 weights and float32 temporaries are a few
+    planes' worth, not several copies of a whole (shard-sized) block.
+    """
+    out = np.empty(np.broadcast_shapes(view_a.shape, view_b.shape), dtype=out_dtype)
+    for k in range(out.shape[0]):
+        weight = _front_weight(x_index[None, :] - transition[k, :, None], blending_range, profile)
+        out[k] = _mix(view_a[k], view_b[k], weight, gains, out_dtype)
+    return out
 
 
 def _prepare_channels(view_a, view_b, blending_range, axis, profile, intensity):

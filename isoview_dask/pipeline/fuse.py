@@ -200,8 +200,11 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
                            "two illumination channels of one camera must record the same planes and frame")
     n_columns = volume_a.shape[2]
     label = f"TM{view_a.timepoint:06d} CM{view_a.camera:02d} CHN{view_a.channel:02d}+CHN{view_b.channel:02d}"
-    xz_a, xz_b = compute(coordinate_masks(mask_a)[1], coordinate_masks(mask_b)[1], progress=progress,
-                         label=f"{label}: column maps")
+    # the correction stage saved each channel's column map (xzMask.tif); compute only what is missing
+    saved = [_saved_column_map(view_a), _saved_column_map(view_b)]
+    missing = [coordinate_masks(m)[1] for m, done in zip((mask_a, mask_b), saved) if done is None]
+    computed = iter(compute(*missing, progress=progress, label=f"{label}: column maps") if missing else ())
+    xz_a, xz_b = (done if done is not None else next(computed) for done in saved)
     # the transition map of the camera fusion, with x for z: (Z, Y) maps of mean column
     transition = transition_plane_map(xz_a, xz_b, n_columns, median_filter_range=fc.median_filter_range,
                                       smoothing_sigma=fc.transition_smoothing_px, rim_px=fc.mask_padding,
@@ -316,20 +319,36 @@ def _saved_depth_map(view) -> np.ndarray | None:
     Only for a plain corrected camera whose record lists the file: a channel-fused camera's
     mask is the union of two, so its map is computed.
     """
+    return _saved_map(view, "xyMask")
+
+
+def _saved_column_map(view) -> np.ndarray | None:
+    """The xz coordinate mask (mean foreground column per (z, y), float32 (Z, Y)) the correction wrote, or None."""
+    return _saved_map(view, "xzMask")
+
+
+def _saved_map(view, kind: str) -> np.ndarray | None:
+    """A coordinate mask ``<stem>.<kind>.tif`` of a plain corrected view, if listed, readable and of the right shape.
+
+    These equal :func:`~isoview_dask.correct.coordinate_masks` of the saved
+    segmentation mask (the correction stage computes both from it), so reading
+    them spares a pass over the mask.
+    """
     if not isinstance(view, CorrectedView):
         return None
-    path = view.path("xyMask", "tif")
+    path = view.path(kind, "tif")
     listed = {Path(p).name for p in view.record.get("outputs", [])}
     shape = view.record.get("shape_zyx")
     if path.name not in listed or not path.is_file() or not shape:
         return None
     import tifffile
     try:
-        depth = np.asarray(tifffile.imread(path), dtype=np.float32)
+        values = np.asarray(tifffile.imread(path), dtype=np.float32)
     except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable (%s); computing the depth map from the mask instead", path, exc)
+        log.warning("%s: unreadable (%s); computing the map from the mask instead", path, exc)
         return None
-    return depth if depth.shape == tuple(shape[1:]) else None
+    expected = tuple(shape[1:]) if kind == "xyMask" else (shape[0], shape[1])
+    return values if values.shape == expected else None
 
 
 def _open_arrays(view, fc):
