@@ -208,9 +208,8 @@ class FusionResult(Mapping):
 
     def fixed_parameters(self) -> Callable:
         """This result's estimates as ``fuse_dataset(fixed_parameters=...)``."""
-        # camera pairs of single channels only: channel-fused outputs are estimated per timepoint
-        table = {k: p.estimate for k, p in self.items() if hasattr(p.estimate, "offset_yx")
-                 and not isinstance(k[3], tuple)}
+        # camera pairs (a lone channel-fused camera has no registration to fix)
+        table = {k: p.estimate for k, p in self.items() if hasattr(p.estimate, "offset_yx")}
 
         def lookup(specimen, timepoint, pair, channel):
             estimate = table.get((specimen, timepoint, tuple(pair), channel))
@@ -397,14 +396,14 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
         if job.missing:
             failed[key] = job.missing
             continue
-        if not estimate_params:
-            import logging
-            logging.getLogger(__name__).warning("%s: channel-fused outputs are estimated per timepoint; "
-                                                "parameters= does not apply to them", key)
+        fixed = None if estimate_params or len(job.cameras) != 2 else _fixed_for(parameters, key)
+        if not estimate_params and len(job.cameras) == 2 and fixed is None:
+            failed[key] = "no parameters given for this pair"
+            continue
         try:
             views = [v.prepare(cfg, progress=progress) for v in job.views]
             if len(views) == 2:
-                estimate = estimate_pair(views[0], views[1], cfg, progress=progress)
+                estimate = estimate_pair(views[0], views[1], cfg, progress=progress, fixed=fixed)
                 summary = {**estimate.summary(), **_channel_fields(fc, *views)}
             else:
                 estimate = views[0].estimate

@@ -313,8 +313,14 @@ def test_api_fuse_gives_the_stage_outputs_lazily_and_written(pair, tmp_path):
     written = fuse(None, corrected, tmp_path, **CHANNELS)
     assert list(written) == [key] and written[key].parameters["channels"] == [0, 1]
     np.testing.assert_array_equal(np.asarray(written[key].fused), _volume(fused, [0, 1], [0, 1]))
-    again = lazy.write(tmp_path / "again", progress=False)
+    again = lazy.write(tmp_path / "again", progress=False)   # the lazy estimates, as fixed parameters
     assert list(again) == [key] and len(again.summary.written) == 1
+    assert "sampling_offset_yx_px" in again[key].parameters["parameters_fixed"]
+    np.testing.assert_array_equal(np.asarray(again[key].fused), _volume(fused, [0, 1], [0, 1]))
+    reused = fuse(None, corrected, estimate_params=False, parameters=lazy, **CHANNELS)
+    np.testing.assert_array_equal(reused[key].fused.compute(), _volume(fused, [0, 1], [0, 1]))
+    assert fuse(None, corrected, estimate_params=False, parameters={}, **CHANNELS).failed == {
+        key: "no parameters given for this pair"}
 
 
 def test_api_fuse_lone_camera(lone):
@@ -328,11 +334,49 @@ def test_api_fuse_lone_camera(lone):
     assert result[key].parameters["channel_blending_range"] == 20.0
 
 
-def test_timelapse_estimates_no_single_channel_pairs_of_paired_channels(pair, tmp_path):
-    from isoview_dask.pipeline import estimate_timepoints
-    _, corrected, _ = pair
-    assert estimate_timepoints(corrected, tmp_path, progress=False, **CHANNELS).written == []
-    assert len(estimate_timepoints(corrected, tmp_path, progress=False, fusion_diagnostics=False).written) == 2
+@pytest.fixture(scope="module")
+def timelapse(tmp_path_factory):
+    """Six timepoints of a drifting camera pair, two illumination channels each, fused in two passes."""
+    from isoview_dask.pipeline import process_timelapse
+    root = tmp_path_factory.mktemp("channel-timelapse")
+    truth = generate_dataset(root / "syn", preset="tiny", seed=4, cameras=(0, 1), timepoints=6,
+                             illumination_channels=(0, 1), illumination_balance=BALANCE)
+    summaries = process_timelapse(truth.raw_dir, root / "out", progress=False, **CHANNELS)
+    return truth, root / "out", summaries
+
+
+def test_timelapse_smooths_camera_pairs_of_channel_fused_cameras(timelapse):
+    from isoview_dask.pipeline.timelapse import load_estimates, lookup_table_path
+    truth, out, summaries = timelapse
+    counts = {name: (len(s.written), len(s.skipped), len(s.failed)) for name, s in summaries.items()}
+    # 2 cameras x 2 channels x 6 timepoints corrected; one estimate, one fused volume per timepoint, one table
+    assert counts == {"correct": (24, 0, 0), "estimate": (6, 0, 0), "smooth": (1, 0, 0), "fuse": (6, 0, 0)}
+    assert list(load_estimates(out)) == [(0, (0, 1), (0, 1))]   # no single-channel pairs of paired channels
+    lut = json.loads(lookup_table_path(out, 0, (0, 1), (0, 1), "lookUpTable.json").read_text())
+    assert lut["channel"] == [0, 1] and len(lut["timepoints"]) == 6
+    assert lookup_table_path(out, 0, (0, 1), (0, 1), "lookUpTable.csv").is_file()
+    for t, row in enumerate(lut["timepoints"]):
+        assert np.abs(np.array(row["sampling_offset_yx_px"]) - truth.offset((0, 1), t)).max() <= 0.25
+        params = _params(out, [0, 1]) if t == 0 else json.loads(
+            output_path(out, 0, t, [0, 1], [0, 1], "fusedStack", "json").read_text())
+        # the fusion used the smoothed camera-pair values; the channel estimates stay per timepoint
+        assert {"sampling_offset_yx_px", "transition_yx"} <= set(params["parameters_fixed"])
+        np.testing.assert_allclose(params["sampling_offset_yx_px"], row["sampling_offset_yx_px"])
+        assert [e["camera"] for e in params["channel_fusion"]] == [0, 1]
+    # a rerun skips everything
+    from isoview_dask.pipeline import estimate_timepoints, smooth_and_fuse
+    assert len(estimate_timepoints(out, out, progress=False, **CHANNELS).skipped) == 6
+    smooth, fused = smooth_and_fuse(out, out, progress=False, **CHANNELS)
+    assert (len(smooth.skipped), len(fused.skipped), fused.written) == (1, 6, [])
+
+
+def test_parameter_table_lists_channel_pairs(timelapse):
+    from isoview_dask.pipeline.timelapse import format_table, parameter_table
+    truth, out, _ = timelapse
+    rows = [r for r in parameter_table(out) if r["channel"] == "0+1"]
+    assert [r["timepoint"] for r in rows] == list(range(6))
+    assert all(r["fixed"] and r["dy"] is not None and r["used_dy"] is not None for r in rows)
+    assert "0+1" in format_table(rows)
 
 
 def test_diagnostic_figures_of_channel_fusion(pair, lone, tmp_path):

@@ -221,17 +221,31 @@ def completed(record_path: Path, expected_fingerprint: str) -> bool:
     return all(p.exists() for p in record_outputs(record_path, record))
 
 
-_RECORD_NAME = r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)CHN(\d+)\."
+_RECORD_NAME = r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)((?:CHN\d+_)*CHN\d+)\."
+
+
+def channel_label(channel) -> str:
+    """``CHN00`` for one channel, ``CHN00_CHN01`` for the channels of an illumination-channel fusion."""
+    channels = channel if isinstance(channel, (tuple, list)) else (channel,)
+    return "_".join(f"CHN{int(c):02d}" for c in channels)
+
+
+def as_channel(value):
+    """A channel as keys hold it: an int, or a tuple for several (JSON gives lists)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(int(c) for c in value) if len(value) > 1 else int(value[0])
+    return int(value)
 
 
 def scan_records(root: str | Path, kind: str, *, complete: bool = True) -> dict[tuple, tuple[Path, dict]]:
-    """Every ``SPM##_TM######_CM##[_CM##]_CHN##.<kind>`` JSON record under ``root``.
+    """Every ``SPM##_TM######_CM##[_CM##]_CHN##[_CHN##].<kind>`` JSON record under ``root``.
 
     Returns
     -------
     dict
         ``(specimen, timepoint, cameras, channel) -> (record path, record)``
-        with ``cameras`` a tuple. Unreadable records are skipped with a
+        with ``cameras`` a tuple and ``channel`` an int, or a tuple of the
+        channels of an illumination-channel fusion. Unreadable records are skipped with a
         warning, and with ``complete`` so are records whose outputs are missing.
     """
     import re
@@ -250,5 +264,7 @@ def scan_records(root: str | Path, kind: str, *, complete: bool = True) -> dict[
             log.warning("incomplete outputs for %s; ignoring them", path)
             continue
         cameras = tuple(int(c) for c in re.findall(r"CM(\d+)", m.group(3)))
-        found[(int(m.group(1)), int(m.group(2)), cameras, int(m.group(4)))] = (path, record)
+        channels = tuple(int(c) for c in re.findall(r"CHN(\d+)", m.group(4)))
+        found[(int(m.group(1)), int(m.group(2)), cameras, channels[0] if len(channels) == 1 else channels)] = \
+            (path, record)
     return found

@@ -764,8 +764,12 @@ def channel_jobs(views: dict, config: ProcessingConfig):
 
 
 def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summary: StageSummary,
-                        progress: bool) -> None:
-    """The channel-pair part of :func:`fuse_dataset`: camera pairs of channel-fused cameras, and lone cameras."""
+                        progress: bool, fixed_parameters=None) -> None:
+    """The channel-pair part of :func:`fuse_dataset`: camera pairs of channel-fused cameras, and lone cameras.
+
+    ``fixed_parameters(specimen, timepoint, (a, b), (channel c, channel d))`` may fix a camera pair's
+    registration, intensity and transition (time-smoothed values); the channel estimates are per timepoint.
+    """
     for job in channel_jobs(views, config):
         target = output_path(out, job.specimen, job.timepoint, list(job.cameras), list(job.channels), "fusedStack")
         if job.missing:
@@ -773,8 +777,10 @@ def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summar
             continue
         fused = job.views
         if len(fused) == 2:
-            _fuse_one(summary, target, _fingerprint(fused[0], fused[1], config), config,
-                      lambda: fuse_pair(fused[0], fused[1], out, config, progress=progress))
+            fixed = (fixed_parameters(job.specimen, job.timepoint, job.cameras, job.channels)
+                     if fixed_parameters else None)
+            _fuse_one(summary, target, _fingerprint(fused[0], fused[1], config, fixed), config,
+                      lambda: fuse_pair(fused[0], fused[1], out, config, progress=progress, fixed=fixed))
         else:
             _fuse_one(summary, target, _fingerprint(fused[0], None, config), config,
                       lambda: fuse_channels(fused[0], out, config, progress=progress))
@@ -823,8 +829,9 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
         ``fixed_parameters(specimen, timepoint, (a, b), channel)`` returns a dict
         of parameters to use instead of estimating them (see
         :func:`estimate_pair`), or None: how time-smoothed values enter.
-        Not consulted for channel-fused pairs (``fusion.channel_pairs``),
-        which are always estimated per timepoint.
+        For a camera pair of channel-fused cameras (``fusion.channel_pairs``)
+        ``channel`` is the tuple (c, d); the channel estimates themselves
+        (transition columns, channel intensity) are always per timepoint.
 
     Returns
     -------
@@ -855,10 +862,7 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
                      and (sel.timepoints is None or t in sel.timepoints)
                      and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
     if config.fusion.channel_pairs:
-        if fixed_parameters is not None:
-            log.warning("fixed (time-smoothed) parameters are not applied to channel-fused pairs; they are "
-                        "estimated per timepoint")
-        _fuse_channel_pairs(views, out, config, summary, progress)
+        _fuse_channel_pairs(views, out, config, summary, progress, fixed_parameters)
     for specimen, timepoint, channel in groups:
         for a, b in config.fusion.camera_pairs:
             ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))

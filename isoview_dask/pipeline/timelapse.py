@@ -48,9 +48,9 @@ from .. import __version__
 from ..config import ProcessingConfig
 from ..errors import IsoviewError
 from ..temporal import rloess, smooth_series
-from .common import (StageSummary, completed, fingerprint, output_path, record_outputs, relative_outputs,
-                     scan_records, write_json)
-from .fuse import CorrectedView, estimate_pair, find_corrected, fuse_dataset
+from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
+                     relative_outputs, scan_records, write_json)
+from .fuse import ChannelFusedView, CorrectedView, _channel_fields, estimate_pair, find_corrected, fuse_dataset
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,13 @@ STATIC_MAP_SAMPLES = 64
 
 # ------------------------------------------------------------------------------------------ pass 1
 
-def _groups(views: dict, config: ProcessingConfig):
+def _groups(views: dict, config: ProcessingConfig, channel_pairs: bool = False):
+    """(specimen, timepoint, channel, pair, ref, mov) of every camera pair to fuse (a view None when absent).
+
+    With ``channel_pairs``, also the camera pairs of channel-fused cameras
+    (``fusion.channel_pairs``): ``channel`` is then the tuple (a, b) and the
+    views are :class:`ChannelFusedView` s (None where a camera lacks a channel).
+    """
     sel = config.input
     # channels of a fusion.channel_pairs pair are fused together, per timepoint (see fuse_dataset)
     paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
@@ -93,12 +99,28 @@ def _groups(views: dict, config: ProcessingConfig):
             if ref is None and mov is None:
                 continue
             yield specimen, timepoint, channel, (a, b), ref, mov
+    if not channel_pairs:
+        return
+    from .fuse import channel_jobs
+    for job in channel_jobs(views, config):
+        if len(job.cameras) != 2:
+            continue  # a lone camera has nothing to register or smooth
+        pair = job.cameras
+
+        def view(camera):
+            a, b = (views.get((job.specimen, job.timepoint, camera, ch)) for ch in job.channels)
+            return ChannelFusedView(a, b) if a is not None and b is not None else None
+        yield job.specimen, job.timepoint, job.channels, pair, view(pair[0]), view(pair[1])
 
 
-def _estimate_fingerprint(ref: CorrectedView, mov: CorrectedView, config: ProcessingConfig) -> str:
+def _corrected_parts(view) -> list[CorrectedView]:
+    return [view.view_a, view.view_b] if isinstance(view, ChannelFusedView) else [view]
+
+
+def _estimate_fingerprint(ref, mov, config: ProcessingConfig) -> str:
     # views by identity and content, not by path: a moved or copied output tree still resumes
     inputs = [{"view": [v.specimen, v.timepoint, v.camera, v.channel], "fingerprint": v.record.get("fingerprint")}
-              for v in (ref, mov)]
+              for view in (ref, mov) for v in _corrected_parts(view)]
     options = {k: v for k, v in config.fusion.to_dict().items() if k not in _NOT_ESTIMATION}
     return fingerprint(inputs, {"estimation": options})
 
@@ -136,43 +158,50 @@ def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
     views = find_corrected(corrected)
     summary = StageSummary("estimate")
     start = time.perf_counter()
-    for specimen, timepoint, channel, (a, b), ref, mov in _groups(views, config):
-        record_path = output_path(out, specimen, timepoint, [a, b], channel, ESTIMATE_KIND, "json")
+    for specimen, timepoint, channel, (a, b), ref, mov in _groups(views, config, channel_pairs=True):
+        name_channel = list(channel) if isinstance(channel, tuple) else channel
+        record_path = output_path(out, specimen, timepoint, [a, b], name_channel, ESTIMATE_KIND, "json")
         if ref is None or mov is None:
             missing = a if ref is None else b
+            what = (f"channels {channel[0]} and {channel[1]}" if isinstance(channel, tuple)
+                    else f"channel {channel}")
             summary.failed[str(record_path)] = (f"camera {missing} has no complete corrected volume for timepoint "
-                                                f"{timepoint}, channel {channel}")
+                                                f"{timepoint}, {what}")
             continue
         fp = _estimate_fingerprint(ref, mov, config)
         if not config.output.overwrite and completed(record_path, fp):
             summary.skipped.append(str(record_path))
             continue
         try:
+            ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
             estimate = estimate_pair(ref, mov, config, progress=progress)
         except (IsoviewError, ValueError, OSError) as exc:
             summary.failed[str(record_path)] = str(exc)
             log.error("estimation for %s failed: %s", record_path, exc)
             continue
-        map_path = _save_npy(output_path(out, specimen, timepoint, [a, b], channel, TRANSITION_KIND, "npy"),
+        map_path = _save_npy(output_path(out, specimen, timepoint, [a, b], name_channel, TRANSITION_KIND, "npy"),
                              estimate.transition_yx)
         intensity = estimate.intensity
+        parts = _corrected_parts(ref) + _corrected_parts(mov)
         record = {
             "package_version": __version__,
-            "specimen": specimen, "timepoint": timepoint, "channel": channel,
+            "specimen": specimen, "timepoint": timepoint, "channel": name_channel,
             "reference_camera": a, "moving_camera": b,
             **estimate.summary(),
+            **({k: v for k, v in _channel_fields(config.fusion, ref, mov).items() if k == "channel_fusion"}
+               if isinstance(channel, tuple) else {}),
             "registration_method": estimate.method,
             "intensity_factor": intensity.factor if intensity else 1.0,
             "intensity_scaled_camera": (a if intensity.scaled_camera == "reference" else b) if intensity else None,
-            "shape_zyx": list(ref.record.get("shape_zyx", [])),
+            "shape_zyx": list(parts[0].record.get("shape_zyx", [])),
             "timings": estimate.timings,
-            "inputs": [str(ref.record_path), str(mov.record_path)],
+            "inputs": [str(v.record_path) for v in parts],
             "outputs": relative_outputs(record_path, [map_path]),
             "fingerprint": fp,
         }
         write_json(record_path, record)
         summary.written.append(str(record_path))
-        summary.input_bytes += int(2 * np.prod(record["shape_zyx"] or [0]) * 2)
+        summary.input_bytes += int(len(parts) * np.prod(record["shape_zyx"] or [0]) * 2)
     summary.seconds = time.perf_counter() - start
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("estimate", out, summary, config=config, source=corrected)
@@ -208,7 +237,7 @@ class SmoothedParameters:
 
     specimen: int
     pair: tuple[int, int]
-    channel: int
+    channel: int | tuple[int, int]
     timepoints: list[int]
     raw: dict[str, np.ndarray]
     used: dict[str, np.ndarray]
@@ -222,7 +251,7 @@ class SmoothedParameters:
     @property
     def stem(self) -> str:
         a, b = self.pair
-        return f"SPM{self.specimen:02d}_CM{a:02d}_CM{b:02d}_CHN{self.channel:02d}"
+        return f"SPM{self.specimen:02d}_CM{a:02d}_CM{b:02d}_{channel_label(self.channel)}"
 
     def index(self, timepoint: int) -> int:
         return self.timepoints.index(timepoint)
@@ -251,7 +280,10 @@ def _num(value) -> float | None:
 
 
 def load_estimates(root: str | Path) -> dict[tuple[int, tuple[int, int], int], list[dict]]:
-    """Pass-1 records under ``root`` by (specimen, pair, channel), each list sorted by timepoint."""
+    """Pass-1 records under ``root`` by (specimen, pair, channel), each list sorted by timepoint.
+
+    ``channel`` is a tuple for camera pairs of channel-fused cameras.
+    """
     groups: dict = {}
     for (s, t, cams, ch), (path, record) in scan_records(root, f"{ESTIMATE_KIND}.json").items():
         if len(cams) != 2:
@@ -303,9 +335,9 @@ def smooth_parameters(records: list[dict], config: ProcessingConfig | None = Non
     for name in SERIES:
         dropped |= ~np.isfinite(raw[name]) & (name in REGISTRATION_SERIES)
     if dropped.all():
-        log.warning("SPM%02d CM%02d+CM%02d CHN%02d: every timepoint's registration confidence is below %.2f; "
+        log.warning("SPM%02d CM%02d+CM%02d %s: every timepoint's registration confidence is below %.2f; "
                     "smoothing all of them anyway", first["specimen"], first["reference_camera"],
-                    first["moving_camera"], first["channel"], fc.min_registration_confidence)
+                    first["moving_camera"], channel_label(first["channel"]), fc.min_registration_confidence)
         dropped[:] = False
     span = fc.smoothing_window if fc.temporal_smoothing else None
     used, outlier, flags = {}, dropped.copy(), {}
@@ -319,13 +351,15 @@ def smooth_parameters(records: list[dict], config: ProcessingConfig | None = Non
             flags[name] = (np.nan_to_num(weights, nan=1.0) <= 0) & far
             outlier |= flags[name]
     return SmoothedParameters(first["specimen"], (first["reference_camera"], first["moving_camera"]),
-                              first["channel"], [int(r["timepoint"]) for r in records], raw, used, confidence,
+                              as_channel(first["channel"]), [int(r["timepoint"]) for r in records], raw, used,
+                              confidence,
                               dropped, outlier, flags, records, temporal_settings(config))
 
 
-def lookup_table_path(out: str | Path, specimen: int, pair, channel: int, suffix: str = "json") -> Path:
+def lookup_table_path(out: str | Path, specimen: int, pair, channel, suffix: str = "json") -> Path:
+    """``<out>/SPM##/SPM##_CM##_CM##_CHN##[_CHN##].<suffix>`` (channel: int, or a channel pair)."""
     a, b = pair
-    return Path(out) / f"SPM{specimen:02d}" / f"SPM{specimen:02d}_CM{a:02d}_CM{b:02d}_CHN{channel:02d}.{suffix}"
+    return Path(out) / f"SPM{specimen:02d}" / f"SPM{specimen:02d}_CM{a:02d}_CM{b:02d}_{channel_label(channel)}.{suffix}"
 
 
 LUT_CSV_COLUMNS = ("timepoint", "dy", "dx", "rotation_deg", "intensity_factor", "intensity_flag",
@@ -489,8 +523,13 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
     plans: dict[tuple[int, tuple[int, int], int], SmoothedParameters] = {}
     maps: dict = {}
     for (specimen, pair, channel), records in sorted(load_estimates(out).items()):
+        channels = set(channel) if isinstance(channel, tuple) else {channel}
+        if isinstance(channel, tuple) and channel not in fc.channel_pairs:
+            continue  # estimated under other channel pairs
+        if not isinstance(channel, tuple) and any(channel in cp for cp in fc.channel_pairs):
+            continue  # a channel now fused with its pair
         if pair not in fc.camera_pairs or (sel.specimens is not None and specimen not in sel.specimens) or \
-                (sel.channels is not None and channel not in sel.channels):
+                (sel.channels is not None and not channels & set(sel.channels)):
             continue
         # smoothing always sees the whole series; input.timepoints only limits what is fused
         params = smooth_parameters(records, config)
@@ -509,7 +548,8 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
             if png is not None:
                 outputs.append(png)
         record = {"package_version": __version__, "specimen": specimen, "reference_camera": pair[0],
-                  "moving_camera": pair[1], "channel": channel, "settings": params.settings,
+                  "moving_camera": pair[1], "channel": list(channel) if isinstance(channel, tuple) else channel,
+                  "settings": params.settings,
                   "dropped_timepoints": [t for t, d in zip(params.timepoints, params.dropped) if d],
                   "outlier_timepoints": [t for t, o in zip(params.timepoints, params.outlier) if o],
                   "timepoints": [params.used_at(t) for t in params.timepoints],
@@ -522,8 +562,8 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
         key = (specimen, tuple(pair), channel)
         params = plans.get(key)
         if params is None or timepoint not in params.timepoints:
-            log.warning("no pass-1 estimate for SPM%02d TM%06d CM%02d+CM%02d CHN%02d: it is estimated on its own",
-                        specimen, timepoint, pair[0], pair[1], channel)
+            log.warning("no pass-1 estimate for SPM%02d TM%06d CM%02d+CM%02d %s: it is estimated on its own",
+                        specimen, timepoint, pair[0], pair[1], channel_label(channel))
             return None
         row = params.used_at(timepoint)
         values = {"sampling_offset_yx_px": row["sampling_offset_yx_px"],
@@ -611,6 +651,9 @@ def _estimate_columns(record: dict) -> dict:
 def parameter_table(root: str | Path, pairs=((0, 1), (2, 3))) -> list[dict]:
     """Every parameter of a processed recording, one row per (specimen, timepoint, pair, channel).
 
+    A camera pair of channel-fused cameras has ``channel`` "c+d" and no
+    correction columns (each camera is two corrected volumes).
+
     Collects the pass-1 estimates (``*.fusionEstimate.json``), the fused
     volumes' parameter records (``*.fusedStack.json``: estimated values after
     a one-pass fusion, used values always), the lookup tables (dropped /
@@ -634,16 +677,18 @@ def parameter_table(root: str | Path, pairs=((0, 1), (2, 3))) -> list[dict]:
             continue
         for row in record.get("timepoints", []):
             luts[(record["specimen"], row["timepoint"], (record["reference_camera"], record["moving_camera"]),
-                  record["channel"])] = row
+                  as_channel(record["channel"]))] = row
     keys = set(estimates) | set(fused)
     for s, t, cam, ch in corrections:  # pairs with corrected volumes but no fusion yet
         for pair in pairs:
             if cam == pair[0] and (s, t, pair[1], ch) in corrections:
                 keys.add((s, t, tuple(pair), ch))
     rows = []
-    for s, t, pair, ch in sorted(keys):
+    # a channel pair (c, d) of channel-fused cameras sorts after channel c and shows as "c+d"
+    for s, t, pair, ch in sorted(keys, key=lambda k: k[:3] + (k[3] if isinstance(k[3], tuple) else (k[3],),)):
         row = dict.fromkeys(TABLE_COLUMNS)
-        row.update(specimen=s, timepoint=t, reference_camera=pair[0], moving_camera=pair[1], channel=ch)
+        row.update(specimen=s, timepoint=t, reference_camera=pair[0], moving_camera=pair[1],
+                   channel="+".join(map(str, ch)) if isinstance(ch, tuple) else ch)
         est, fus, lut = estimates.get((s, t, pair, ch)), fused.get((s, t, pair, ch)), luts.get((s, t, pair, ch))
         if est is not None:
             row.update(_estimate_columns(est))
