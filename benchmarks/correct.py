@@ -79,8 +79,9 @@ def main(argv=None) -> int:
     table = _common.markdown_table(rows, columns)
     payload = {"benchmark": "correct", "machine": _common.machine_info(), "shape_zyx": shape,
                "settings": vars(args), "rows": rows}
-    _common.write_json(args.results / "correct.json", payload)
-    _common.write_markdown(args.results / "correct.md", "Correction stage", table, [
+    name = "correct-quick" if args.quick else "correct"  # a smoke run never replaces the real results
+    _common.write_json(args.results / f"{name}.json", payload)
+    _common.write_markdown(args.results / f"{name}.md", "Correction stage", table, [
         "pass 1: per-pixel statistics (sampled planes) + segmentation histogram (sampled slabs);"
         " pass 2: dead-pixel repair, dark frame, segmentation, projections, blosc-zstd sharded zarr writes.",
         "MB/s counts raw uint16 input bytes."])

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
                ("blend_mb_per_s", "blend+write MB/s"), ("worker_peak_mb", "worker peak MB"),
                ("confidence", "confidence")]
     table = _common.markdown_table(rows, columns)
-    name = "fuse-channels" if args.channels else "fuse"
+    name = ("fuse-channels" if args.channels else "fuse") + ("-quick" if args.quick else "")
     _common.write_json(args.results / f"{name}.json", {"benchmark": name, "machine": _common.machine_info(),
                                                        "shape_zyx": shape, "settings": vars(args), "rows": rows})
     title = ("Fusion stage (one camera pair, two illumination channels per camera)" if args.channels
