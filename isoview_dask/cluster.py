@@ -55,6 +55,12 @@ JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCl
 CLUSTER_KINDS = ("local", "none", *JOBQUEUE_CLUSTERS)
 #: Task retries when neither the spec nor dask's config (``isoview-dask.retries``) sets them.
 DEFAULT_RETRIES = 2
+#: Client-side threshold of distributed's "Sending large graph" warning inside :func:`client_context`
+#: and :func:`compute`. Fusion graphs carry 2-D maps on purpose (a 2048 x 2048 float64 transition
+#: map is 32 MiB, split into one tile per block): embedded, any task can be recomputed after a worker
+#: dies, which scattered futures would not allow. Above this size the warning still fires.
+GRAPH_WARNING_THRESHOLD = "256MiB"
+_GRAPH_WARNING_KEY = "distributed.admin.large-graph-warning-threshold"
 RETRIES_CONFIG_KEY = "isoview-dask.retries"
 
 
@@ -399,6 +405,7 @@ def client_context(spec: ClusterSpec | None = None, *, quiet: bool = False, **kw
     client = start_client(spec, quiet=quiet)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(dask.config.set({_GRAPH_WARNING_KEY: GRAPH_WARNING_THRESHOLD}))
             if spec.retries is not None:
                 stack.enter_context(dask.config.set({RETRIES_CONFIG_KEY: spec.retries}))
             if spec.performance_report:
@@ -444,7 +451,8 @@ def compute(*collections, progress: bool = True, label: str | None = None,
         if retries is None:
             retries = int(dask.config.get(RETRIES_CONFIG_KEY, DEFAULT_RETRIES))
         start = time.perf_counter()
-        futures = client.compute(list(collections), retries=retries)
+        with dask.config.set({_GRAPH_WARNING_KEY: GRAPH_WARNING_THRESHOLD}):
+            futures = client.compute(list(collections), retries=retries)
         if progress:
             from distributed import progress as distributed_progress
             if label:

@@ -276,6 +276,27 @@ def test_killed_worker_does_not_fail_the_run(raw_dir, reference_corrected, tmp_p
     assert_same_outputs(out, reference_corrected)
 
 
+def test_fusion_sized_maps_in_graphs_do_not_warn():
+    """A full-frame transition map (2048 x 2048 float64, 32 MiB) travels inside fusion graphs on purpose;
+    on our clients that is not a 'large graph' (distributed's default threshold is 10 MB), above 256 MiB it is."""
+    import warnings
+
+    import dask.array as da
+    from isoview_dask.cluster import GRAPH_WARNING_THRESHOLD, compute
+    transition = np.random.default_rng(0).random((2048, 2048))
+    total = (da.ones((4, 2048, 2048), chunks=(4, 1024, 1024)) * da.from_array(transition, chunks=1024)).sum()
+    with client_context(n_workers=1, threads_per_worker=1, processes=False, quiet=True) as client:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Sending large graph")
+            assert compute(total, progress=False)[0] == pytest.approx(4 * transition.sum())
+            assert client.compute(total).result() == pytest.approx(4 * transition.sum())   # inside the context too
+        import dask
+        assert dask.config.get("distributed.admin.large-graph-warning-threshold") == GRAPH_WARNING_THRESHOLD
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "10MB"}):
+            with pytest.warns(UserWarning, match="Sending large graph"):
+                client.compute(total).result()
+
+
 # --------------------------------------------------------------------------
 # Resume after a killed run
 # --------------------------------------------------------------------------
