@@ -178,3 +178,22 @@ def test_saved_depth_maps_equal_the_masks_own(tmp_path):
             saved_mov = (mask_ref.shape[0] - 1) - saved_mov
         np.testing.assert_array_equal(_saved_depth_map(ref), computed[0])
         np.testing.assert_array_equal(saved_mov, computed[1])
+
+
+def test_registration_clamped_at_search_limit_is_flagged(fused, tmp_path):
+    """True offset (17.3, -19.6) px against a 6 px search range: the pair is fused, but flagged as rejected
+    in its parameters and as a warning in the summary; the unaffected fit has no flag."""
+    truth, out = fused
+    good = _params(out, (0, 1), 0)
+    assert good["registration_rejected"] is None
+    assert not fuse_dataset(out, progress=False).warnings  # resumed, nothing flagged
+    narrow = tmp_path / "narrow"
+    summary = fuse_dataset(out, narrow, progress=False, fusion_search_px=6)
+    params = _params(narrow, (0, 1), 0)
+    assert params["registration_confidence"] == 0.0
+    assert "search range of 6 px" in params["registration_rejected"]
+    assert max(abs(v) for v in params["sampling_offset_yx_px"]) <= 6.0  # clamped, far from truth
+    assert abs(params["sampling_offset_yx_px"][1] - truth.offset((0, 1))[1]) > 10
+    target = str(output_path(narrow, 0, 0, [0, 1], 0, "fusedStack"))
+    assert target in summary.warnings and "registration rejected" in summary.warnings[target]
+    assert "WARNING" in summary.report() and summary.to_dict()["warnings"] == summary.warnings

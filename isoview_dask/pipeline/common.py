@@ -71,6 +71,7 @@ class StageSummary:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
     input_bytes: int = 0
     seconds: float = 0.0
 
@@ -85,11 +86,12 @@ class StageSummary:
         lines += [f"  wrote   {p}" for p in self.written]
         lines += [f"  skipped {p} (exists)" for p in self.skipped]
         lines += [f"  FAILED  {p}: {why}" for p, why in self.failed.items()]
+        lines += [f"  WARNING {p}: {why}" for p, why in self.warnings.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "written": self.written, "skipped": self.skipped, "failed": self.failed,
-                "input_bytes": self.input_bytes, "seconds": self.seconds, "mb_per_s": self.mb_per_s}
+                "warnings": self.warnings, "input_bytes": self.input_bytes, "seconds": self.seconds, "mb_per_s": self.mb_per_s}
 
 
 def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str = "zarr",

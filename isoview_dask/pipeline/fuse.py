@@ -399,6 +399,7 @@ class PairEstimate:
     intensity: object
     transition_yx: np.ndarray
     timings: dict
+    rejected: str | None = None
 
     def summary(self) -> dict:
         finite = self.transition_yx[np.isfinite(self.transition_yx)]
@@ -406,6 +407,7 @@ class PairEstimate:
             "sampling_offset_yx_px": [float(v) for v in self.offset_yx],
             "sampling_rotation_deg": float(self.rotation_deg),
             "registration_confidence": float(self.confidence),
+            "registration_rejected": self.rejected,
             "intensity_ratio_moving_over_reference": self.intensity.ratio if self.intensity else None,
             "transition_plane": {"min": float(finite.min()), "median": float(np.median(finite)),
                                  "max": float(finite.max())} if finite.size else None,
@@ -469,6 +471,7 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
         offset = tuple(float(v) for v in fixed["sampling_offset_yx_px"])
         rotation = float(fixed.get("sampling_rotation_deg", 0.0))
         confidence, method = float(fixed.get("registration_confidence", float("nan"))), "fixed"
+        rejected = None
     else:
         registration = register_pair(reference, moving_f, mask_ref=mask_ref, mask_mov=mask_mov_f,
                                      xy_coordinate_mask=(depth_ref, depth_mov_f), search_px=fc.search_px,
@@ -476,6 +479,10 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
                                      slab_planes=fc.registration_slab_planes)
         offset, rotation = registration.offset_yx, registration.rotation_deg
         confidence, method = registration.confidence, registration.method
+        rejected = registration.details.get("rejected")
+        if rejected:
+            log.warning("%s: registration rejected (%s); fused with the clamped estimate",
+                        _label(ref, mov), rejected)
     timings = {"registration_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     if "transition_yx" in fixed:
@@ -501,7 +508,8 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
         intensity = intensity_factor(reference, moving_f, mask_ref, mask_mov_f, transition_yx=transition,
                                      moving_transform=(offset, rotation))
     timings["estimation_s"] = time.perf_counter() - t1
-    return PairEstimate(tuple(offset), float(rotation), float(confidence), method, intensity, transition, timings)
+    return PairEstimate(tuple(offset), float(rotation), float(confidence), method, intensity, transition, timings,
+                        rejected)
 
 
 def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: ProcessingConfig | None = None,
@@ -808,6 +816,8 @@ def _fuse_one(summary: StageSummary, target: Path, expected_fingerprint: str, co
         return
     summary.written.append(str(target))
     summary.input_bytes += params["input_bytes"]
+    if params.get("registration_rejected"):
+        summary.warnings[str(target)] = f"registration rejected: {params['registration_rejected']}"
 
 
 def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,
