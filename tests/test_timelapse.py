@@ -226,3 +226,18 @@ def test_default_outlier_registration_replaced(tmp_path):
     assert np.abs(naive - truth.offset(PAIR, outlier)).max() > 5
     used = np.column_stack([params.used["dy"], params.used["dx"]])
     assert np.abs(used - truth.offsets(PAIR)).max() <= 0.25
+
+
+def test_rejected_registration_takes_the_smoothed_value(recording):
+    """A timepoint whose registration was clamped at the search limit is dropped even if its confidence
+    looks fine, and gets the smoothed offset (near truth), not its own estimate."""
+    truth, out, _ = recording
+    records = [dict(r) for r in load_estimates(out)[(0, PAIR, 0)]]
+    k = 4
+    records[k]["registration_rejected"] = "offset beyond the search range of 6 px"
+    records[k]["sampling_offset_yx_px"] = [6.0, -6.0]  # the clamped value, far from truth
+    assert records[k]["registration_confidence"] > 0.5
+    params = smooth_parameters(records)
+    assert params.dropped[k] and params.dropped.sum() == 2  # it and the debris outlier
+    assert abs(params.used["dy"][k] - truth.offsets(PAIR)[k, 0]) <= 0.25
+    assert abs(params.used["dx"][k] - truth.offsets(PAIR)[k, 1]) <= 0.25

@@ -331,7 +331,9 @@ def smooth_parameters(records: list[dict], config: ProcessingConfig | None = Non
     first = records[0]
     raw = _series_from_records(records)
     confidence = np.array([float(r.get("registration_confidence") or 0.0) for r in records])
-    dropped = ~(confidence >= fc.min_registration_confidence)
+    # a registration clamped at the search limit never counts, whatever its confidence says
+    rejected = np.array([bool(r.get("registration_rejected")) for r in records])
+    dropped = ~(confidence >= fc.min_registration_confidence) | rejected
     for name in SERIES:
         dropped |= ~np.isfinite(raw[name]) & (name in REGISTRATION_SERIES)
     if dropped.all():
