@@ -137,3 +137,33 @@ def test_fit_chunks():
     assert fit_chunks((10, 10, 10), (4, 4, 4), ()) == ((4, 4, 4), None)
     with pytest.raises(ValueError):
         fit_chunks((10, 10, 10), (0, 4, 4), None)
+
+
+def test_write_chunks_group_whole_shards_along_z_within_the_task_target():
+    from isoview_dask.io.chunking import fit_chunks, write_chunks
+
+    # Small frames: one 32-plane shard of 128 x 128 uint16 is 1 MiB; tasks group 32 of them (32 MiB).
+    inner, shards = fit_chunks((2000, 128, 128), (8, 256, 256), (32, 1024, 1024))
+    blocks = write_chunks(inner, shards, (2000, 128, 128), 2)
+    assert blocks == (1024, 128, 128)
+    assert blocks[0] % shards[0] == 0 and blocks[0] * 128 * 128 * 2 <= 32 * 2**20
+    # A volume shallower than one group is one task, rounded up to whole shards.
+    assert write_chunks(inner, shards, (300, 128, 128), 2)[0] == 320
+    # Full frames: a shard is already above the target, so one shard per task as before.
+    inner, shards = fit_chunks((256, 2048, 2048), None, None)
+    assert write_chunks(inner, shards, (256, 2048, 2048), 2) == shards == (32, 1024, 1024)
+    # Unsharded: whole inner chunks.
+    inner, none = fit_chunks((64, 64, 64), (8, 64, 64), ())
+    assert none is None and write_chunks(inner, None, (64, 64, 64), 2) == (64, 64, 64)
+
+
+def test_grouped_write_tasks_store_every_shard_exactly(tmp_path):
+    """Tasks spanning several shards (and a partial last one) write the same array as one shard per task."""
+    import dask.array as da
+    from isoview_dask.io.zarr import open_zarr, write_zarr
+
+    data = np.random.default_rng(3).integers(0, 4000, (75, 40, 36)).astype(np.uint16)
+    grouped = write_zarr(da.from_array(data, chunks=(20, 40, 36)), tmp_path / "g.zarr", chunks=(4, 16, 16),
+                         shards=(8, 32, 32))
+    assert np.array_equal(open_zarr(grouped).compute(), data)
+    assert open_zarr(grouped).chunks[0][0] % 8 == 0

@@ -15,6 +15,12 @@ from typing import Sequence
 #: Target size of one dask chunk when reading raw planes, bytes.
 TARGET_CHUNK_BYTES = 64 * 2**20
 
+#: Target size of one processing/write task, bytes: whole shards are grouped along z up to
+#: this size, so that small frames (e.g. 128 x 128 pixels, where one default shard is 1 MiB)
+#: do not pay a task's fixed cost (scheduling, zarr's per-call overhead) every megabyte.
+#: On the 8-timepoint 384 x 128 x 128 benchmark this halved the CPU time of a run.
+TARGET_TASK_BYTES = 32 * 2**20
+
 #: Default inner zarr chunk (Z, Y, X): 1 MiB of uint16, fast random access.
 DEFAULT_INNER_CHUNKS = (8, 256, 256)
 
@@ -81,6 +87,21 @@ def fit_chunks(shape: Sequence[int], inner: Sequence[int] | None, shards: Sequen
     return inner, tuple(fitted)
 
 
-def write_chunks(inner: Sequence[int], shards: Sequence[int] | None) -> tuple[int, ...]:
-    """Dask chunk shape for writing: one shard per task (or one inner chunk, unsharded)."""
-    return tuple(shards) if shards else tuple(inner)
+def write_chunks(inner: Sequence[int], shards: Sequence[int] | None, shape: Sequence[int] | None = None,
+                 itemsize: int = 2, target_bytes: int = TARGET_TASK_BYTES) -> tuple[int, ...]:
+    """Dask chunk shape (Z, Y, X) for writing: whole shards (or inner chunks, unsharded) per task.
+
+    Without ``shape``, one shard (or inner chunk) per task. With the volume
+    ``shape``, whole shards are grouped along z (axis 0) while a task stays
+    within ``target_bytes`` (``itemsize`` bytes per voxel): every task still
+    writes whole shards only, since its z range starts and ends on shard
+    boundaries (or the volume's end), so no two tasks share a shard.
+    """
+    unit = tuple(shards) if shards else tuple(inner)
+    if shape is None:
+        return unit
+    clipped = [min(u, s) for u, s in zip(unit, shape)]
+    unit_bytes = max(1, math.prod(clipped) * itemsize)
+    groups = max(1, target_bytes // unit_bytes)
+    depth = min(unit[0] * groups, math.ceil(shape[0] / unit[0]) * unit[0])
+    return (depth,) + unit[1:]

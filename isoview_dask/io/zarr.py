@@ -260,7 +260,7 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
             str(index), shape=level_arr.shape, dtype=level_arr.dtype, chunks=inner, shards=shard,
             compressors=spec.zarr_compressors(np.dtype(level_arr.dtype).itemsize),
             dimension_names=("z", "y", "x"), fill_value=0)
-        aligned = level_arr.rechunk(write_chunks(inner, shard))
+        aligned = level_arr.rechunk(write_chunks(inner, shard, level_arr.shape, np.dtype(level_arr.dtype).itemsize))
         stores.append(_store_blocks(aligned, target))
         level_arr = aligned
     total = stores[0] if len(stores) == 1 else da.stack(stores).sum()
@@ -363,12 +363,14 @@ def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | N
     level : int
         Pyramid level (0 = full resolution).
     chunks : (Z, Y, X), optional
-        Dask chunk shape; default one shard (or one inner chunk) per task.
+        Dask chunk shape; default whole shards grouped along z up to ~32 MiB per task
+        (:func:`~isoview_dask.io.chunking.write_chunks`), or ~64 MiB of inner chunks unsharded.
     """
     path = Path(path)
     arr, _ = _open_array(path, level)
     if chunks is None and arr.shards:
-        chunks = arr.shards
+        from .chunking import write_chunks
+        chunks = write_chunks(arr.chunks, arr.shards, arr.shape, np.dtype(arr.dtype).itemsize)
     elif chunks is None:
         # Unsharded: one task per ~64 MiB of whole inner chunks, not one per inner chunk.
         from .chunking import plane_chunks

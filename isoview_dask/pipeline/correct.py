@@ -143,8 +143,9 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
         # Work in the output's shard-aligned chunks from the start: every step is then
         # blockwise (only thin halos move between workers) and no rechunk precedes the write.
         inner, shards = fit_chunks(raw.shape, oc.chunks, oc.shards or ())
-        raw = raw.rechunk(write_chunks(inner, shards)) if opts.crop or opts.rotation else \
-            orient(view.open(chunks=write_chunks(inner, shards)), 0, opts.flip_h, opts.flip_v, None)
+        blocks = write_chunks(inner, shards, raw.shape, raw.dtype.itemsize)
+        raw = raw.rechunk(blocks) if opts.crop or opts.rotation else \
+            orient(view.open(chunks=blocks), 0, opts.flip_h, opts.flip_v, None)
     voxel = view.voxel_size_um
     record: dict = {"view": view.to_dict(), "shape_zyx": list(raw.shape), "voxel_size_um_zyx": voxel,
                     "output_format": oc.format, "segmented": cc.segment}
