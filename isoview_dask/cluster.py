@@ -38,6 +38,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -431,12 +432,39 @@ def current_client():
         return None
 
 
+#: Added to the priority of estimation graphs (statistics, depth maps, intensity samples) over
+#: writes: a later view's small reductions run before an earlier view's shard writes, so
+#: workers never wait for estimates and the writes fill every gap.
+ESTIMATE_PRIORITY = 10**9
+
+_job = threading.local()
+
+
+@contextlib.contextmanager
+def job_priority(priority: int) -> Iterator[None]:
+    """Inside, :func:`compute` (in this thread) submits its graphs with this base priority.
+
+    Higher runs first (distributed's convention). The job executor
+    (:mod:`isoview_dask.pipeline.executor`) gives earlier jobs higher priorities,
+    so the oldest jobs finish first while later ones keep the workers busy.
+    """
+    previous = getattr(_job, "priority", 0)
+    _job.priority = priority
+    try:
+        yield
+    finally:
+        _job.priority = previous
+
+
 def compute(*collections, progress: bool = True, label: str | None = None,
-            retries: int | None = None) -> Sequence:
+            retries: int | None = None, estimate: bool = False) -> Sequence:
     """Compute dask collections, with a progress bar, on the active client if any.
 
     Parameters
     ----------
+    estimate : bool
+        These are small estimation reductions: submitted with
+        :data:`ESTIMATE_PRIORITY` above the writes (see :func:`job_priority`).
     retries : int, optional
         Retries of a task that raises, on a distributed client (default: dask
         config ``isoview-dask.retries``, else :data:`DEFAULT_RETRIES`). Tasks
@@ -452,7 +480,8 @@ def compute(*collections, progress: bool = True, label: str | None = None,
             retries = int(dask.config.get(RETRIES_CONFIG_KEY, DEFAULT_RETRIES))
         start = time.perf_counter()
         with dask.config.set({_GRAPH_WARNING_KEY: GRAPH_WARNING_THRESHOLD}):
-            futures = client.compute(list(collections), retries=retries)
+            priority = getattr(_job, "priority", 0) + (ESTIMATE_PRIORITY if estimate else 0)
+            futures = client.compute(list(collections), retries=retries, priority=priority)
         if progress:
             from distributed import progress as distributed_progress
             if label:

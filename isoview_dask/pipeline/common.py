@@ -239,8 +239,12 @@ def as_channel(value):
     return int(value)
 
 
-def scan_records(root: str | Path, kind: str, *, complete: bool = True) -> dict[tuple, tuple[Path, dict]]:
+def scan_records(root: str | Path, kind: str, *, complete: bool = True,
+                 folders: str = "SPM*/TM*") -> dict[tuple, tuple[Path, dict]]:
     """Every ``SPM##_TM######_CM##[_CM##]_CHN##[_CHN##].<kind>`` JSON record under ``root``.
+
+    ``folders`` (a glob under ``root``) narrows the scan, e.g. to one
+    timepoint's ``SPM00/TM000003``.
 
     Returns
     -------
@@ -253,7 +257,7 @@ def scan_records(root: str | Path, kind: str, *, complete: bool = True) -> dict[
     import re
     pattern = re.compile(_RECORD_NAME + re.escape(kind) + "$")
     found = {}
-    for path in sorted(Path(root).glob(f"SPM*/TM*/*.{kind}")):
+    for path in sorted(Path(root).glob(f"{folders}/*.{kind}")):
         m = pattern.match(path.name)
         if not m:
             continue

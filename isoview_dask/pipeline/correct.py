@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import dask.array as da
 import numpy as np
@@ -32,6 +33,7 @@ from ..io import write_volume
 from ..io.chunking import fit_chunks, write_chunks
 from ..io.tiff import write_tiff
 from ..io.zarr import CodecSpec, prepare_zarr
+from .executor import Job, JobResult, run_jobs
 from .common import (StageSummary, completed, file_fingerprint, fingerprint, output_path, relative_outputs,
                      write_json)
 
@@ -182,10 +184,11 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
         smoothed = [segmentation_input(slab) for slab in slabs]
         lazy_stats.append(intensity_histogram(smoothed[0] if len(smoothed) == 1
                                               else da.concatenate(smoothed, axis=0)))
-    stats = compute(*lazy_stats, progress=progress, label=f"{view.path.name}: statistics")
+    stats = compute(*lazy_stats, progress=progress, label=f"{view.path.name}: statistics",
+                    estimate=True)
     mean_yx, std_yx, peak = stats[:3]
     if int(peak) == 0:
-        peak = compute(raw.max(), progress=False)[0]
+        peak = compute(raw.max(), progress=False, estimate=True)[0]
     if int(peak) == 0:
         raise EmptyVolumeError(f"{view.path}: every voxel is zero; nothing to correct")
     if cc.dead_pixel_correction:
@@ -280,6 +283,38 @@ def _fingerprint(view: CameraView, config: ProcessingConfig) -> str:
     return fingerprint(file_fingerprint(view.path, view.background_path), _parameters(config, view.camera))
 
 
+def correction_record_path(view: CameraView, out: str | Path) -> Path:
+    """The statistics JSON (completion record) of ``view``'s correction under ``out``."""
+    return output_path(out, view.specimen, view.timepoint, view.camera, view.channel, "correction", "json")
+
+
+def correction_job(view: CameraView, out: str | Path, config: ProcessingConfig) -> Job:
+    """The :class:`~isoview_dask.pipeline.executor.Job` correcting ``view`` (skipped when complete).
+
+    Its key is the record path (what fusion jobs wait for).
+    """
+    record_path = correction_record_path(view, out)
+
+    def run() -> JobResult:
+        if view.ok and not config.output.overwrite and completed(record_path, _fingerprint(view, config)):
+            log.info("complete, skipping: %s", record_path)
+            return JobResult("skipped", str(record_path))
+        try:
+            record = correct_view(view, out, config, progress=False)
+        except (IsoviewError, ValueError, OSError) as exc:
+            log.error("correction of %s failed: %s", view.path, exc)
+            return JobResult("failed", str(view.path), message=str(exc))
+        return JobResult("written", str(record_path), input_bytes=record["input_bytes"])
+
+    return Job(str(record_path), "correct", run, nbytes=int(view.nbytes or 0))
+
+
+def correction_jobs(views: Iterable[CameraView], out: str | Path, config: ProcessingConfig) -> Iterator[Job]:
+    """One :func:`correction_job` per view, lazily, in the given order."""
+    for view in views:
+        yield correction_job(view, out, config)
+
+
 def correct_dataset(source: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None,
                     *, progress: bool = True, **flags) -> StageSummary:
     """Correct every selected camera view of a recording (resumable).
@@ -303,24 +338,10 @@ def correct_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     dataset = source if isinstance(source, Dataset) else open_dataset(
         source, allow_truncated=config.input.allow_truncated)
+    views = _check_selection(dataset, config)
     summary = StageSummary("correct")
-    start = time.perf_counter()
-    for view in _check_selection(dataset, config):
-        record_path = output_path(out, view.specimen, view.timepoint, view.camera, view.channel,
-                                  "correction", "json")
-        if view.ok and not config.output.overwrite and completed(record_path, _fingerprint(view, config)):
-            summary.skipped.append(str(record_path))
-            log.info("complete, skipping: %s", record_path)
-            continue
-        try:
-            record = correct_view(view, out, config, progress=progress)
-        except (IsoviewError, ValueError, OSError) as exc:
-            summary.failed[str(view.path)] = str(exc)
-            log.error("correction of %s failed: %s", view.path, exc)
-            continue
-        summary.written.append(str(record_path))
-        summary.input_bytes += record["input_bytes"]
-    summary.seconds = time.perf_counter() - start
+    run_jobs(correction_jobs(views, out, config), {"correct": summary}, progress=progress, total=len(views),
+             label="correct")
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("correct", out, summary, config=config, source=dataset)
     return summary

@@ -37,7 +37,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -51,6 +53,7 @@ from ..fuse import (IntensityResult, apply_inplane_transform, apply_inplane_tran
 from ..fuse.transforms import inverse_transform
 from ..io import open_volume
 from ..io.zarr import CodecSpec, prepare_zarr
+from .executor import Job, JobResult, run_jobs
 from .common import (StageSummary, completed, fingerprint, output_path, relative_outputs, scan_records,
                      write_json)
 
@@ -203,7 +206,8 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
     # the correction stage saved each channel's column map (xzMask.tif); compute only what is missing
     saved = [_saved_column_map(view_a), _saved_column_map(view_b)]
     missing = [coordinate_masks(m)[1] for m, done in zip((mask_a, mask_b), saved) if done is None]
-    computed = iter(compute(*missing, progress=progress, label=f"{label}: column maps") if missing else ())
+    computed = iter(compute(*missing, progress=progress, label=f"{label}: column maps",
+                                   estimate=True) if missing else ())
     xz_a, xz_b = (done if done is not None else next(computed) for done in saved)
     # the transition map of the camera fusion, with x for z: (Z, Y) maps of mean column
     transition = transition_plane_map(xz_a, xz_b, n_columns, median_filter_range=fc.median_filter_range,
@@ -302,14 +306,19 @@ def channel_blend(volume_a, volume_b, estimate: ChannelEstimate, blending_range:
                           intensity=estimate.intensity, dtype=volume_a.dtype)
 
 
-def find_corrected(root: str | Path) -> dict[tuple[int, int, int, int], CorrectedView]:
-    """Complete corrected views under ``root``, keyed by (specimen, timepoint, camera, channel)."""
+def find_corrected(root: str | Path, *, specimen: int | None = None,
+                   timepoint: int | None = None) -> dict[tuple[int, int, int, int], CorrectedView]:
+    """Complete corrected views under ``root``, keyed by (specimen, timepoint, camera, channel).
+
+    ``specimen`` and ``timepoint`` (both or neither) restrict the scan to one timepoint's folder.
+    """
     root = Path(root)
     if not root.is_dir():
         from ..errors import InputNotFoundError
         raise InputNotFoundError(f"{root}: corrected-output folder does not exist")
+    folders = f"SPM{specimen:02d}/TM{timepoint:06d}" if timepoint is not None else "SPM*/TM*"
     return {(s, t, cams[0], ch): CorrectedView(s, t, cams[0], ch, record_path=path, record=record)
-            for (s, t, cams, ch), (path, record) in scan_records(root, "correction.json").items()
+            for (s, t, cams, ch), (path, record) in scan_records(root, "correction.json", folders=folders).items()
             if len(cams) == 1}
 
 
@@ -466,7 +475,8 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
             depth_mov_f = (n_planes - 1) - depth_mov_f
     elif need_depths:
         depth_ref, depth_mov_f = compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_f)[0],
-                                         progress=progress, label=f"{_label(ref, mov)}: depth maps")
+                                         progress=progress, label=f"{_label(ref, mov)}: depth maps",
+                                         estimate=True)
     if "sampling_offset_yx_px" in fixed:
         offset = tuple(float(v) for v in fixed["sampling_offset_yx_px"])
         rotation = float(fixed.get("sampling_rotation_deg", 0.0))
@@ -771,9 +781,8 @@ def channel_jobs(views: dict, config: ProcessingConfig):
                 for c in cameras))
 
 
-def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summary: StageSummary,
-                        progress: bool, fixed_parameters=None) -> None:
-    """The channel-pair part of :func:`fuse_dataset`: camera pairs of channel-fused cameras, and lone cameras.
+def _channel_pair_jobs(views: dict, out: Path, config: ProcessingConfig, fixed_parameters=None) -> Iterator[Job]:
+    """The channel-pair jobs of :func:`fusion_jobs`: camera pairs of channel-fused cameras, and lone cameras.
 
     ``fixed_parameters(specimen, timepoint, (a, b), (channel c, channel d))`` may fix a camera pair's
     registration, intensity and transition (time-smoothed values); the channel estimates are per timepoint.
@@ -781,43 +790,82 @@ def _fuse_channel_pairs(views: dict, out: Path, config: ProcessingConfig, summar
     for job in channel_jobs(views, config):
         target = output_path(out, job.specimen, job.timepoint, list(job.cameras), list(job.channels), "fusedStack")
         if job.missing:
-            _missing(summary, target, job.missing)
+            yield _missing_job(target, job.missing)
             continue
         fused = job.views
+        nbytes = _raw_bytes(*[part for view in fused for part in (view.view_a, view.view_b)])
         if len(fused) == 2:
             fixed = (fixed_parameters(job.specimen, job.timepoint, job.cameras, job.channels)
                      if fixed_parameters else None)
-            _fuse_one(summary, target, _fingerprint(fused[0], fused[1], config, fixed), config,
-                      lambda: fuse_pair(fused[0], fused[1], out, config, progress=progress, fixed=fixed))
+            yield fusion_job(target, _fingerprint(fused[0], fused[1], config, fixed), config,
+                             partial(fuse_pair, fused[0], fused[1], out, config, progress=False, fixed=fixed), nbytes)
         else:
-            _fuse_one(summary, target, _fingerprint(fused[0], None, config), config,
-                      lambda: fuse_channels(fused[0], out, config, progress=progress))
+            yield fusion_job(target, _fingerprint(fused[0], None, config), config,
+                             partial(fuse_channels, fused[0], out, config, progress=False), nbytes)
 
 
-def _missing(summary: StageSummary, target: Path, why: str) -> None:
-    summary.failed[str(target)] = why
-    log.error("%s: %s", target, why)
+def _raw_bytes(*views: CorrectedView) -> int:
+    """Raw input bytes behind corrected views (from their records), for admission and throughput."""
+    return int(sum(int(v.record.get("input_bytes") or 0) for v in views))
 
 
-def _fuse_one(summary: StageSummary, target: Path, expected_fingerprint: str, config: ProcessingConfig,
-              work) -> None:
-    """Skip ``target`` if complete with this fingerprint, else run ``work()`` and note the outcome.
+def _missing_job(target: Path, why: str) -> Job:
+    def run() -> JobResult:
+        log.error("%s: %s", target, why)
+        return JobResult("failed", str(target), message=why)
+    return Job(str(target), "fuse", run)
 
-    ``work`` returns the parameters record; a failure is noted, never raised, so the others go on.
+
+def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig, work, nbytes: int = 0) -> Job:
+    """The job writing fused volume ``target``: skipped if complete with this fingerprint, else ``work()``.
+
+    ``work`` returns the parameters record; a failure becomes the job's
+    result, never an exception, so the others go on.
     """
-    if not config.output.overwrite and completed(target.with_suffix(".json"), expected_fingerprint):
-        summary.skipped.append(str(target))
-        return
-    try:
-        params = work()
-    except (IsoviewError, ValueError, OSError) as exc:
-        summary.failed[str(target)] = str(exc)
-        log.error("fusion of %s failed: %s", target, exc)
-        return
-    summary.written.append(str(target))
-    summary.input_bytes += params["input_bytes"]
-    if params.get("registration_rejected"):
-        summary.warnings[str(target)] = f"registration rejected: {params['registration_rejected']}"
+    def run() -> JobResult:
+        if not config.output.overwrite and completed(target.with_suffix(".json"), expected_fingerprint):
+            return JobResult("skipped", str(target))
+        try:
+            params = work()
+        except (IsoviewError, ValueError, OSError) as exc:
+            log.error("fusion of %s failed: %s", target, exc)
+            return JobResult("failed", str(target), message=str(exc))
+        rejected = params.get("registration_rejected")
+        return JobResult("written", str(target), input_bytes=params["input_bytes"],
+                         warning=f"registration rejected: {rejected}" if rejected else "")
+    return Job(str(target), "fuse", run, nbytes=nbytes)
+
+
+def fusion_jobs(views: dict, out: str | Path, config: ProcessingConfig, fixed_parameters=None) -> Iterator[Job]:
+    """Every fusion job over the complete corrected ``views`` (as :func:`find_corrected` returns them).
+
+    Channel-pair outputs first (``fusion.channel_pairs``), then every
+    selected (specimen, timepoint, channel) and camera pair; see
+    :func:`fuse_dataset` for what is formed and :func:`fusion_job` for one job.
+    """
+    out = Path(out)
+    sel = config.input
+    paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
+    groups = sorted({(s, t, ch) for s, t, _, ch in views
+                     if (sel.specimens is None or s in sel.specimens)
+                     and (sel.timepoints is None or t in sel.timepoints)
+                     and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
+    if config.fusion.channel_pairs:
+        yield from _channel_pair_jobs(views, out, config, fixed_parameters)
+    for specimen, timepoint, channel in groups:
+        for a, b in config.fusion.camera_pairs:
+            ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))
+            if ref is None and mov is None:
+                continue
+            target = output_path(out, specimen, timepoint, [a, b], channel, "fusedStack")
+            if ref is None or mov is None:
+                yield _missing_job(target, f"camera {a if ref is None else b} has no complete corrected volume "
+                                           f"for timepoint {timepoint}, channel {channel}")
+                continue
+            fixed = fixed_parameters(specimen, timepoint, (a, b), channel) if fixed_parameters else None
+            yield fusion_job(target, _fingerprint(ref, mov, config, fixed), config,
+                             partial(fuse_pair, ref, mov, out, config, progress=False, fixed=fixed),
+                             _raw_bytes(ref, mov))
 
 
 def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,
@@ -864,29 +912,7 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
     out = Path(out) if out is not None else Path(corrected)
     views = find_corrected(corrected)
     summary = StageSummary("fuse")
-    start = time.perf_counter()
-    sel = config.input
-    paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
-    groups = sorted({(s, t, ch) for s, t, _, ch in views
-                     if (sel.specimens is None or s in sel.specimens)
-                     and (sel.timepoints is None or t in sel.timepoints)
-                     and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
-    if config.fusion.channel_pairs:
-        _fuse_channel_pairs(views, out, config, summary, progress, fixed_parameters)
-    for specimen, timepoint, channel in groups:
-        for a, b in config.fusion.camera_pairs:
-            ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))
-            if ref is None and mov is None:
-                continue
-            target = output_path(out, specimen, timepoint, [a, b], channel, "fusedStack")
-            if ref is None or mov is None:
-                _missing(summary, target, f"camera {a if ref is None else b} has no complete corrected volume "
-                                          f"for timepoint {timepoint}, channel {channel}")
-                continue
-            fixed = fixed_parameters(specimen, timepoint, (a, b), channel) if fixed_parameters else None
-            _fuse_one(summary, target, _fingerprint(ref, mov, config, fixed), config,
-                      lambda: fuse_pair(ref, mov, out, config, progress=progress, fixed=fixed))
-    summary.seconds = time.perf_counter() - start
+    run_jobs(fusion_jobs(views, out, config, fixed_parameters), {"fuse": summary}, progress=progress, label="fuse")
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("fuse", out, summary, config=config, source=corrected, fixed_parameters=fixed_parameters)
     return summary

@@ -1,0 +1,278 @@
+"""Many views in flight at once: the jobs of a run and the executor that runs them.
+
+A stage (or a whole ``run``) is planned as a stream of :class:`Job` s: one
+per camera-view correction, pair estimation or pair fusion, each naming the
+jobs it waits for (a fusion waits for its cameras' corrections). The
+planner is a generator, so a 1000-timepoint recording is never planned, nor
+held, at once: :func:`run_jobs` pulls a few jobs ahead of what runs.
+
+Each job runs in a client-side thread and submits its graphs to the cluster
+through :func:`isoview_dask.cluster.compute` (``Client.compute``), with a
+priority: earlier jobs above later ones, estimation reductions above writes
+(:data:`~isoview_dask.cluster.ESTIMATE_PRIORITY`). So while view k writes its
+shards, the statistics of views k+1, k+2... run in the gaps, and the
+scheduler always holds runnable tasks from several views. Fault tolerance
+(retries, a dead worker's tasks rerun) stays distributed's.
+
+Admission: a job enters only when the raw bytes of the jobs in flight plus
+its own fit the memory budget (:data:`MEMORY_FRACTION` of the workers'
+summed memory limits), and at most ``max_jobs`` run at once. One job is
+always admitted, so a volume larger than the budget still runs (alone; its
+graph streams chunk by chunk). Without a distributed client, jobs run one
+at a time in this thread: the serial path, which gives the same outputs bit
+for bit.
+
+One progress bar covers the whole run: jobs done of planned, MB/s of raw
+input, time left.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import dask
+
+from ..cluster import current_client, job_priority
+from .common import StageSummary
+
+log = logging.getLogger(__name__)
+
+#: Fraction of the workers' summed memory limits that the raw volumes of jobs in flight may take.
+MEMORY_FRACTION = 0.5
+#: Jobs in flight per worker thread when nothing else limits them (dask config ``isoview-dask.jobs-per-thread``).
+JOBS_PER_THREAD = 3
+#: dask config key: the most jobs in flight at once (overrides the default above).
+MAX_JOBS_CONFIG_KEY = "isoview-dask.max-jobs"
+#: Spacing of the priorities of consecutive jobs (each job's graphs may add small offsets below it).
+PRIORITY_STEP = 10
+
+
+@dataclass
+class JobResult:
+    """What one job did: ``status`` 'written', 'skipped' or 'failed'; failure reason or warning text."""
+
+    status: str
+    name: str
+    input_bytes: int = 0
+    message: str = ""
+    warning: str = ""
+
+
+@dataclass
+class Job:
+    """One unit of work: a view correction, a pair estimation or a pair fusion.
+
+    Attributes
+    ----------
+    key : str
+        Unique name (the output's path); other jobs wait for it by this key.
+    stage : str
+        The :class:`~isoview_dask.pipeline.common.StageSummary` it reports to.
+    run : callable
+        ``run() -> JobResult``; it must not raise for a failure of its own
+        view (return ``status='failed'``), only for interruptions.
+    nbytes : int
+        Raw input bytes it reads (admission and throughput).
+    deps : tuple of str
+        Keys of jobs that must have finished (whatever their outcome) first.
+    """
+
+    key: str
+    stage: str
+    run: Callable[[], JobResult]
+    nbytes: int = 0
+    deps: tuple[str, ...] = ()
+
+
+@dataclass
+class _Slot:
+    index: int
+    job: Job
+    future: cf.Future | None = None
+
+
+def cluster_capacity(client) -> tuple[int, float]:
+    """Worker threads and summed memory limits (bytes; inf when unlimited) of the client's cluster."""
+    info = client.scheduler_info()["workers"] if client is not None else {}
+    threads = sum(int(w.get("nthreads", 1)) for w in info.values())
+    limits = [int(w.get("memory_limit") or 0) for w in info.values()]
+    memory = float(sum(limits)) if limits and all(limits) else float("inf")
+    return max(1, threads), memory
+
+
+def _limits(client, max_jobs: int | None, memory_budget: float | None) -> tuple[int, float]:
+    if client is None:
+        return 1, float("inf")
+    threads, memory = cluster_capacity(client)
+    if max_jobs is None:
+        max_jobs = dask.config.get(MAX_JOBS_CONFIG_KEY, None)
+    if max_jobs is None:
+        max_jobs = max(2, JOBS_PER_THREAD * threads)
+    if memory_budget is None:
+        memory_budget = MEMORY_FRACTION * memory
+    return max(1, int(max_jobs)), float(memory_budget)
+
+
+class _Progress:
+    """The run's single progress bar (tqdm): jobs done of planned, MB/s of raw input, ETA."""
+
+    def __init__(self, enabled: bool, total: int | None, label: str):
+        self.bar = None
+        self.start = time.perf_counter()
+        self.bytes = 0
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=label, unit="view", file=sys.stderr, dynamic_ncols=True,
+                            smoothing=0.1)
+
+    def planned(self, count: int) -> None:
+        if self.bar is not None and (self.bar.total is None or count > self.bar.total):
+            self.bar.total = count
+            self.bar.refresh()
+
+    def done(self, result: JobResult) -> None:
+        self.bytes += result.input_bytes
+        if self.bar is not None:
+            seconds = max(1e-9, time.perf_counter() - self.start)
+            self.bar.set_postfix_str(f"{self.bytes / 1e6 / seconds:.1f} MB/s raw", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progress: bool = True,
+             total: int | None = None, label: str = "isoview-dask", max_jobs: int | None = None,
+             memory_budget: float | None = None) -> dict[str, StageSummary]:
+    """Run planned jobs, many at once on a distributed client, and fill in the stage summaries.
+
+    Parameters
+    ----------
+    jobs : iterable of Job
+        In plan order (a job's dependencies come before it); read lazily.
+    summaries : dict
+        A :class:`StageSummary` per stage name; results are appended in plan
+        order whatever the completion order, and ``seconds`` is set.
+    total : int, optional
+        Number of jobs planned, for the progress bar (else counted as read).
+    max_jobs : int, optional
+        Jobs in flight at once (default: ``isoview-dask.max-jobs`` in dask's
+        config, else :data:`JOBS_PER_THREAD` per worker thread; 1 without a
+        distributed client).
+    memory_budget : float, optional
+        Bytes of raw input in flight at once (default :data:`MEMORY_FRACTION`
+        of the workers' memory limits). At least one job always runs.
+
+    Returns
+    -------
+    dict
+        ``summaries``, filled in.
+    """
+    client = current_client()
+    limit, budget = _limits(client, max_jobs, memory_budget)
+    start = time.perf_counter()
+    bar = _Progress(progress, total, label)
+    results: dict[int, tuple[str, JobResult]] = {}
+    source: Iterator[Job] = iter(jobs)
+    waiting: list[_Slot] = []
+    running: dict[cf.Future, _Slot] = {}
+    finished: set[str] = set()
+    known: set[str] = set()
+    planned = 0
+    exhausted = False
+    in_flight_bytes = 0
+
+    def plan_ahead() -> None:
+        nonlocal planned, exhausted
+        while not exhausted and len(waiting) < 2 * limit + 1:
+            try:
+                job = next(source)
+            except StopIteration:
+                exhausted = True
+                break
+            if job.key in known:
+                raise ValueError(f"job {job.key!r} planned twice")
+            known.add(job.key)
+            waiting.append(_Slot(planned, job))
+            planned += 1
+            if total is None:
+                bar.planned(planned)
+
+    def ready(slot: _Slot) -> bool:
+        return all(dep in finished or dep not in known for dep in slot.job.deps)
+
+    def execute(slot: _Slot) -> JobResult:
+        with job_priority(-PRIORITY_STEP * slot.index):
+            return slot.job.run()
+
+    def record(slot: _Slot, result: JobResult) -> None:
+        finished.add(slot.job.key)
+        results[slot.index] = (slot.job.stage, result)
+        bar.done(result)
+
+    pool = cf.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="isoview-job") if client else None
+    try:
+        plan_ahead()
+        while waiting or running:
+            started = False
+            for slot in list(waiting):
+                if len(running) >= limit:
+                    break
+                fits = not running or in_flight_bytes + slot.job.nbytes <= budget
+                if not (fits and ready(slot)):
+                    continue
+                waiting.remove(slot)
+                if pool is None:
+                    record(slot, execute(slot))
+                else:
+                    slot.future = pool.submit(execute, slot)
+                    running[slot.future] = slot
+                    in_flight_bytes += slot.job.nbytes
+                started = True
+                plan_ahead()
+            if running:
+                done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    slot = running.pop(future)
+                    in_flight_bytes -= slot.job.nbytes
+                    record(slot, future.result())
+                plan_ahead()
+            elif waiting and not started:
+                # Nothing runs and nothing can start: a dependency that was never planned.
+                slot = waiting.pop(0)
+                record(slot, JobResult("failed", slot.job.key, message="its inputs were never planned"))
+    except BaseException:
+        for future in running:
+            future.cancel()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = None
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
+    seconds = time.perf_counter() - start
+    for index in sorted(results):
+        stage, result = results[index]
+        summary = summaries[stage]
+        if result.status == "written":
+            summary.written.append(result.name)
+            summary.input_bytes += result.input_bytes
+        elif result.status == "skipped":
+            summary.skipped.append(result.name)
+        else:
+            summary.failed[result.name] = result.message
+        if result.warning:
+            summary.warnings[result.name] = result.warning
+    for summary in summaries.values():
+        summary.seconds = seconds
+    log.info("%d jobs in %.1f s (at most %d in flight, memory budget %.3g GB)", planned, seconds, limit,
+             budget / 1e9)
+    return summaries
