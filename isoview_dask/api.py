@@ -94,15 +94,12 @@ def process_dataset(config=None, input=None, out=None, *, fusion: bool = False, 
     if input is None or out is None:
         raise TypeError("process_dataset needs the raw recording (input) and the output root (out)")
     cfg = load_config(config, **flags)
-    from .pipeline import correct_dataset, fuse_dataset
+    from .pipeline import process_dataset as run_dataset
     from .pipeline.timelapse import process_timelapse
     with _cluster_context(cluster):
         if two_pass:
             return process_timelapse(input, out, cfg, progress=progress)
-        summaries = {"correct": correct_dataset(input, out, cfg, progress=progress)}
-        if fusion:
-            summaries["fuse"] = fuse_dataset(out, out, cfg, progress=progress)
-    return summaries
+        return run_dataset(input, out, cfg, fuse=fusion, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------- fusion

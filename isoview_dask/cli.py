@@ -363,14 +363,13 @@ def cmd_fuse(args) -> int:
 def cmd_run(args) -> int:
     if getattr(args, "two_pass", False):
         return cmd_timelapse(args)
-    from .pipeline import correct_dataset, fuse_dataset
+    from .pipeline import process_dataset
     config = _config_from_args(args)
     with _cluster(args):
-        corrected = correct_dataset(args.input, args.out, config)
-        print(corrected.report())
-        fused = fuse_dataset(args.out, args.out, config)
-        print(fused.report())
-    return 1 if (corrected.failed or fused.failed) else 0
+        summaries = process_dataset(args.input, args.out, config)
+    for summary in summaries.values():
+        print(summary.report())
+    return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 
 # -- time-lapse commands --

@@ -46,7 +46,8 @@ class EmptyVolumeError(IsoviewError, ValueError):
     """A camera volume holds no signal at all (every voxel zero)."""
 
 
-def _check_selection(dataset: Dataset, config: ProcessingConfig) -> list[CameraView]:
+def selected_views(dataset: Dataset, config: ProcessingConfig) -> list[CameraView]:
+    """The views of ``dataset`` that ``config.input`` selects (an unknown camera, channel... raises)."""
     sel = config.input
     for name, wanted, present in (("camera", sel.cameras, dataset.cameras),
                                   ("channel", sel.channels, dataset.channels),
@@ -338,7 +339,7 @@ def correct_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     dataset = source if isinstance(source, Dataset) else open_dataset(
         source, allow_truncated=config.input.allow_truncated)
-    views = _check_selection(dataset, config)
+    views = selected_views(dataset, config)
     summary = StageSummary("correct")
     run_jobs(correction_jobs(views, out, config), {"correct": summary}, progress=progress, total=len(views),
              label="correct")

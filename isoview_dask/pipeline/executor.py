@@ -32,7 +32,7 @@ import concurrent.futures as cf
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import dask
@@ -80,18 +80,25 @@ class Job:
         Raw input bytes it reads (admission and throughput).
     deps : tuple of str
         Keys of jobs that must have finished (whatever their outcome) first.
+    expand : callable, optional
+        A planning step instead of work: once ``deps`` have finished,
+        ``expand()`` (run in the executor's thread; keep it cheap) returns the
+        jobs to run in its place, e.g. one timepoint's fusions, which exist
+        only once its corrections are complete. ``run`` is then unused.
     """
 
     key: str
     stage: str
-    run: Callable[[], JobResult]
+    run: Callable[[], JobResult] | None = None
     nbytes: int = 0
     deps: tuple[str, ...] = ()
+    expand: Callable[[], Iterable["Job"]] | None = None
 
 
 @dataclass
 class _Slot:
-    index: int
+    index: int  # plan order: the order of the results
+    rank: int  # priority order: an expanded job takes its planning step's rank
     job: Job
     future: cf.Future | None = None
 
@@ -199,16 +206,32 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
             if job.key in known:
                 raise ValueError(f"job {job.key!r} planned twice")
             known.add(job.key)
-            waiting.append(_Slot(planned, job))
+            waiting.append(_Slot(planned, planned, job))
             planned += 1
-            if total is None:
-                bar.planned(planned)
+            if total is None and job.expand is None:
+                bar.planned(len(results) + len(running) + sum(s.job.expand is None for s in waiting))
+
+    def expand(slot: _Slot) -> None:
+        nonlocal planned
+        position = waiting.index(slot)
+        waiting.remove(slot)
+        finished.add(slot.job.key)
+        children = []
+        for job in slot.job.expand():
+            if job.key in known:
+                raise ValueError(f"job {job.key!r} planned twice")
+            known.add(job.key)
+            children.append(_Slot(planned, slot.rank, job))
+            planned += 1
+        waiting[position:position] = children
+        if total is None:
+            bar.planned(len(results) + len(running) + sum(s.job.expand is None for s in waiting))
 
     def ready(slot: _Slot) -> bool:
         return all(dep in finished or dep not in known for dep in slot.job.deps)
 
     def execute(slot: _Slot) -> JobResult:
-        with job_priority(-PRIORITY_STEP * slot.index):
+        with job_priority(-PRIORITY_STEP * slot.rank):
             return slot.job.run()
 
     def record(slot: _Slot, result: JobResult) -> None:
@@ -220,10 +243,16 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     try:
         plan_ahead()
         while waiting or running:
-            started = False
+            started = expanded = False
             for slot in list(waiting):
+                if slot.job.expand is not None and ready(slot):
+                    expand(slot)
+                    expanded = True
+                    break  # its jobs now stand where it stood: look again from the start
                 if len(running) >= limit:
                     break
+                if slot.job.expand is not None:
+                    continue
                 fits = not running or in_flight_bytes + slot.job.nbytes <= budget
                 if not (fits and ready(slot)):
                     continue
@@ -236,6 +265,9 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
                     in_flight_bytes += slot.job.nbytes
                 started = True
                 plan_ahead()
+            if expanded:
+                plan_ahead()
+                continue
             if running:
                 done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
                 for future in done:
@@ -243,7 +275,9 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
                     in_flight_bytes -= slot.job.nbytes
                     record(slot, future.result())
                 plan_ahead()
-            elif waiting and not started:
+            elif started:
+                continue
+            elif waiting:
                 # Nothing runs and nothing can start: a dependency that was never planned.
                 slot = waiting.pop(0)
                 record(slot, JobResult("failed", slot.job.key, message="its inputs were never planned"))

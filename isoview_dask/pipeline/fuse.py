@@ -607,16 +607,28 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     outputs = [target]
     if fc.diagnostics:
         from .diagnostics import channel_figures, fusion_figures
-        outputs += fusion_figures(target.with_suffix(""), images, transition, n_planes, blending_range,
-                                  fc.blending_profile, params)
+        outputs += _draw(fusion_figures, target.with_suffix(""), images, transition, n_planes, blending_range,
+                         fc.blending_profile, params)
         channel_views = [v for v in (ref, mov) if isinstance(v, ChannelFusedView)]
         if channel_views:
-            outputs += channel_figures(target.with_suffix(""), [(v.camera, v.estimate) for v in channel_views],
-                                       reference.shape[2], fc.blending_range[0], fc.blending_profile, fc.type)
+            outputs += _draw(channel_figures, target.with_suffix(""), [(v.camera, v.estimate) for v in channel_views],
+                             reference.shape[2], fc.blending_range[0], fc.blending_profile, fc.type)
     params["outputs"] = relative_outputs(target.with_suffix(".json"), outputs)
     params["fingerprint"] = _fingerprint(ref, mov, config, fixed)
     write_json(target.with_suffix(".json"), params)
     return params
+
+
+def _draw(function, *args) -> list[Path]:
+    """Run a figure-drawing function of :mod:`.diagnostics` as one cluster task (here without a client).
+
+    Drawing is CPU-bound Python: on the client it would hold the GIL that the
+    scheduler of a local cluster and the other jobs' graph building share.
+    """
+    import dask
+
+    from ..cluster import compute
+    return list(compute(dask.delayed(function, pure=False)(*args), progress=False)[0])
 
 
 def _write_fused(fused, target: Path, voxel_size_um, oc, extra: dict, progress: bool, label: str) -> dict:
@@ -689,8 +701,8 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
     outputs = [target]
     if fc.diagnostics:
         from .diagnostics import channel_figures
-        outputs += channel_figures(target.with_suffix(""), [(view.camera, view.estimate)], fused.shape[2],
-                                   fc.blending_range[0], fc.blending_profile, fc.type, images)
+        outputs += _draw(channel_figures, target.with_suffix(""), [(view.camera, view.estimate)], fused.shape[2],
+                         fc.blending_range[0], fc.blending_profile, fc.type, images)
     params = {
         "package_version": __version__,
         "camera": view.camera, "channel": view.channel, "channels": list(view.channels),

@@ -40,7 +40,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -50,6 +52,7 @@ from ..errors import IsoviewError
 from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
                      relative_outputs, scan_records, write_json)
+from .executor import Job, JobResult, run_jobs
 from .fuse import ChannelFusedView, CorrectedView, _channel_fields, estimate_pair, find_corrected, fuse_dataset
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,66 @@ def _save_npy(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def estimation_jobs(views: dict, out: Path, config: ProcessingConfig) -> Iterator[Job]:
+    """One pass-1 job per (specimen, timepoint, channel, camera pair) of complete corrected ``views``.
+
+    Each job estimates the pair (:func:`~isoview_dask.pipeline.fuse.estimate_pair`)
+    and writes its ``.fusionEstimate.json`` record and transition map, or is
+    skipped when that record is complete with the same inputs and options.
+    """
+    for specimen, timepoint, channel, (a, b), ref, mov in _groups(views, config, channel_pairs=True):
+        name_channel = list(channel) if isinstance(channel, tuple) else channel
+        record_path = output_path(out, specimen, timepoint, [a, b], name_channel, ESTIMATE_KIND, "json")
+        if ref is None or mov is None:
+            missing = a if ref is None else b
+            what = (f"channels {channel[0]} and {channel[1]}" if isinstance(channel, tuple)
+                    else f"channel {channel}")
+            why = f"camera {missing} has no complete corrected volume for timepoint {timepoint}, {what}"
+            yield Job(str(record_path), "estimate", partial(JobResult, "failed", str(record_path), message=why))
+            continue
+        parts = _corrected_parts(ref) + _corrected_parts(mov)
+        nbytes = int(sum(int(v.record.get("input_bytes") or 0) for v in parts))
+        yield Job(str(record_path), "estimate",
+                  partial(_estimate_one, specimen, timepoint, name_channel, (a, b), ref, mov, record_path, out,
+                          config), nbytes=nbytes)
+
+
+def _estimate_one(specimen, timepoint, name_channel, pair, ref, mov, record_path: Path, out: Path,
+                  config: ProcessingConfig) -> JobResult:
+    a, b = pair
+    fp = _estimate_fingerprint(ref, mov, config)
+    if not config.output.overwrite and completed(record_path, fp):
+        return JobResult("skipped", str(record_path))
+    try:
+        ref, mov = ref.prepare(config, progress=False), mov.prepare(config, progress=False)
+        estimate = estimate_pair(ref, mov, config, progress=False)
+    except (IsoviewError, ValueError, OSError) as exc:
+        log.error("estimation for %s failed: %s", record_path, exc)
+        return JobResult("failed", str(record_path), message=str(exc))
+    map_path = _save_npy(output_path(out, specimen, timepoint, [a, b], name_channel, TRANSITION_KIND, "npy"),
+                         estimate.transition_yx)
+    intensity = estimate.intensity
+    parts = _corrected_parts(ref) + _corrected_parts(mov)
+    record = {
+        "package_version": __version__,
+        "specimen": specimen, "timepoint": timepoint, "channel": name_channel,
+        "reference_camera": a, "moving_camera": b,
+        **estimate.summary(),
+        **({k: v for k, v in _channel_fields(config.fusion, ref, mov).items() if k == "channel_fusion"}
+           if isinstance(name_channel, list) else {}),
+        "registration_method": estimate.method,
+        "intensity_factor": intensity.factor if intensity else 1.0,
+        "intensity_scaled_camera": (a if intensity.scaled_camera == "reference" else b) if intensity else None,
+        "shape_zyx": list(parts[0].record.get("shape_zyx", [])),
+        "timings": estimate.timings,
+        "inputs": [str(v.record_path) for v in parts],
+        "outputs": relative_outputs(record_path, [map_path]),
+        "fingerprint": fp,
+    }
+    write_json(record_path, record)
+    return JobResult("written", str(record_path), input_bytes=int(len(parts) * np.prod(record["shape_zyx"] or [0]) * 2))
+
+
 def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
                         config: ProcessingConfig | None = None, *, progress: bool = True, **flags) -> StageSummary:
     """Pass 1: estimate and persist the fusion parameters of every timepoint, pair and channel.
@@ -157,52 +220,7 @@ def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
     out = Path(out) if out is not None else Path(corrected)
     views = find_corrected(corrected)
     summary = StageSummary("estimate")
-    start = time.perf_counter()
-    for specimen, timepoint, channel, (a, b), ref, mov in _groups(views, config, channel_pairs=True):
-        name_channel = list(channel) if isinstance(channel, tuple) else channel
-        record_path = output_path(out, specimen, timepoint, [a, b], name_channel, ESTIMATE_KIND, "json")
-        if ref is None or mov is None:
-            missing = a if ref is None else b
-            what = (f"channels {channel[0]} and {channel[1]}" if isinstance(channel, tuple)
-                    else f"channel {channel}")
-            summary.failed[str(record_path)] = (f"camera {missing} has no complete corrected volume for timepoint "
-                                                f"{timepoint}, {what}")
-            continue
-        fp = _estimate_fingerprint(ref, mov, config)
-        if not config.output.overwrite and completed(record_path, fp):
-            summary.skipped.append(str(record_path))
-            continue
-        try:
-            ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
-            estimate = estimate_pair(ref, mov, config, progress=progress)
-        except (IsoviewError, ValueError, OSError) as exc:
-            summary.failed[str(record_path)] = str(exc)
-            log.error("estimation for %s failed: %s", record_path, exc)
-            continue
-        map_path = _save_npy(output_path(out, specimen, timepoint, [a, b], name_channel, TRANSITION_KIND, "npy"),
-                             estimate.transition_yx)
-        intensity = estimate.intensity
-        parts = _corrected_parts(ref) + _corrected_parts(mov)
-        record = {
-            "package_version": __version__,
-            "specimen": specimen, "timepoint": timepoint, "channel": name_channel,
-            "reference_camera": a, "moving_camera": b,
-            **estimate.summary(),
-            **({k: v for k, v in _channel_fields(config.fusion, ref, mov).items() if k == "channel_fusion"}
-               if isinstance(channel, tuple) else {}),
-            "registration_method": estimate.method,
-            "intensity_factor": intensity.factor if intensity else 1.0,
-            "intensity_scaled_camera": (a if intensity.scaled_camera == "reference" else b) if intensity else None,
-            "shape_zyx": list(parts[0].record.get("shape_zyx", [])),
-            "timings": estimate.timings,
-            "inputs": [str(v.record_path) for v in parts],
-            "outputs": relative_outputs(record_path, [map_path]),
-            "fingerprint": fp,
-        }
-        write_json(record_path, record)
-        summary.written.append(str(record_path))
-        summary.input_bytes += int(len(parts) * np.prod(record["shape_zyx"] or [0]) * 2)
-    summary.seconds = time.perf_counter() - start
+    run_jobs(estimation_jobs(views, out, config), {"estimate": summary}, progress=progress, label="estimate")
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("estimate", out, summary, config=config, source=corrected)
     return summary

@@ -1,0 +1,78 @@
+"""``run``: correction and fusion of a recording as one plan, timepoint after timepoint.
+
+The correction jobs of a timepoint come first, then a planning step that,
+once they have finished, forms that timepoint's fusion jobs from the
+complete corrected views (:func:`~isoview_dask.pipeline.fuse.fusion_jobs`).
+The executor (:mod:`isoview_dask.pipeline.executor`) keeps several
+timepoints in flight, so fusions of timepoint t overlap corrections of t+1,
+t+2...; outputs, completion records and resumption are those of
+:func:`~isoview_dask.pipeline.correct.correct_dataset` followed by
+:func:`~isoview_dask.pipeline.fuse.fuse_dataset`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from itertools import groupby
+from pathlib import Path
+from typing import Iterator
+
+from ..config import ProcessingConfig
+from ..dataset import CameraView, Dataset, open_dataset
+from .common import StageSummary
+from .correct import correction_job, selected_views
+from .executor import Job, run_jobs
+from .fuse import find_corrected, fusion_jobs
+
+
+def _timepoint_fusions(out: Path, specimen: int, timepoint: int, config: ProcessingConfig) -> list[Job]:
+    return list(fusion_jobs(find_corrected(out, specimen=specimen, timepoint=timepoint), out, config))
+
+
+def plan_run(views: list[CameraView], out: Path, config: ProcessingConfig, *, fuse: bool = True) -> Iterator[Job]:
+    """Correction jobs per timepoint, each timepoint followed by the step that plans its fusions."""
+    key = lambda v: (v.specimen, v.timepoint)  # noqa: E731
+    for (specimen, timepoint), group in groupby(sorted(views, key=key), key=key):
+        corrections = [correction_job(view, out, config) for view in group]
+        yield from corrections
+        if fuse:
+            yield Job(f"plan fusions of SPM{specimen:02d} TM{timepoint:06d}", "fuse",
+                      deps=tuple(job.key for job in corrections),
+                      expand=partial(_timepoint_fusions, out, specimen, timepoint, config))
+
+
+def process_dataset(source: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None, *,
+                    fuse: bool = True, progress: bool = True, **flags) -> dict[str, StageSummary]:
+    """Correct every selected view and fuse every camera pair of a recording, many views at once (resumable).
+
+    Parameters
+    ----------
+    source : path or Dataset
+        Raw recording.
+    out : path
+        Output root of corrected and fused volumes (``<out>/SPM##/TM######/``).
+    config : ProcessingConfig, optional
+        Options; ``flags`` override them (e.g. ``input_timepoints=[0, 1]``).
+    fuse : bool
+        Also fuse (default); False corrects only.
+
+    Returns
+    -------
+    dict of stage name -> StageSummary
+        ``correct`` and, with ``fuse``, ``fuse``: as :func:`correct_dataset`
+        and :func:`fuse_dataset` report them.
+    """
+    config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
+    dataset = source if isinstance(source, Dataset) else open_dataset(
+        source, allow_truncated=config.input.allow_truncated)
+    out = Path(out)
+    views = selected_views(dataset, config)
+    summaries = {"correct": StageSummary("correct")}
+    if fuse:
+        summaries["fuse"] = StageSummary("fuse")
+    run_jobs(plan_run(views, out, config, fuse=fuse), summaries, progress=progress, label="run")
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("correct", out, summaries["correct"], config=config, source=dataset)
+    if fuse:
+        record_run("fuse", out, summaries["fuse"], config=config, source=out)
+    return summaries
