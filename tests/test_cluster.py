@@ -65,19 +65,23 @@ def reference_converted(raw_dir, tmp_path_factory):
     return out
 
 
-def _normalized(value, root: Path):
+def _normalized(value, root: Path, ignore=()):
     """A record with run-dependent entries removed and the output folder replaced by a marker."""
     if isinstance(value, dict):
-        return {k: _normalized(v, root) for k, v in value.items() if k not in VOLATILE}
+        return {k: _normalized(v, root, ignore) for k, v in value.items() if k not in VOLATILE | set(ignore)}
     if isinstance(value, list):
-        return [_normalized(v, root) for v in value]
+        return [_normalized(v, root, ignore) for v in value]
     if isinstance(value, str):
         return value.replace(str(root), "<out>")
     return value
 
 
-def assert_same_outputs(got: Path, want: Path) -> None:
-    """Same file tree; arrays decode equal; every non-JSON file byte-identical; JSON equal but timings."""
+def assert_same_outputs(got: Path, want: Path, ignore=()) -> None:
+    """Same file tree; arrays decode equal; every non-JSON file byte-identical; JSON equal but timings.
+
+    ``ignore``: further JSON keys to leave out (e.g. fusion fingerprints, which hash their
+    input records' paths, so differ between output folders).
+    """
     # run records (provenance) differ per run by design: compare the outputs only
     files = sorted(p.relative_to(got) for p in got.rglob("*") if p.is_file() and "isoview-runs" not in p.parts)
     assert files == sorted(p.relative_to(want) for p in want.rglob("*")
@@ -86,7 +90,8 @@ def assert_same_outputs(got: Path, want: Path) -> None:
     for rel in files:
         a, b = got / rel, want / rel
         if rel.suffix == ".json":
-            assert _normalized(json.loads(a.read_text()), got) == _normalized(json.loads(b.read_text()), want), rel
+            assert (_normalized(json.loads(a.read_text()), got, ignore)
+                    == _normalized(json.loads(b.read_text()), want, ignore)), rel
         else:
             assert a.read_bytes() == b.read_bytes(), f"{rel} differs"
     volumes = sorted(p.relative_to(got) for p in got.rglob("*.zarr"))

@@ -5,7 +5,7 @@ Each figure is small and made from arrays the stage already computed
 Figures are matplotlib ``Figure`` objects on the Agg canvas, never pyplot's
 global state, so that many jobs (threads of a client or of a worker) draw at
 once safely; the fusion stage draws them as a cluster task, off the client.
-They are saved without a tight bounding box (a second full draw) and with
+They are laid out by fixed margins, saved without a tight bounding box (a second full draw) and with
 fast PNG compression: drawing was a fifth of a small recording's CPU time.
 """
 
@@ -48,7 +48,7 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     save = _saver(stem, written)
 
     if "reference_xy" in images:
-        fig = figure(figsize=(10, 5), layout="compressed")
+        fig = figure(figsize=(10, 5))
         axes = fig.subplots(1, 2)
         axes[0].imshow(_overlay(images["reference_xy"], images["moving_xy"]))
         axes[0].set_title("before registration\nreference magenta, flipped moving green", fontsize=9)
@@ -60,7 +60,7 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
             ax.axis("off")
         save(fig, "registration")
 
-    fig = figure(figsize=(6, 5), layout="compressed")
+    fig = figure(figsize=(6, 5))
     ax = fig.subplots()
     shown = ax.imshow(transition, cmap="viridis")
     fig.colorbar(shown, ax=ax, label="transition plane (z index)")
@@ -69,7 +69,7 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
 
     centre = float(np.nanmedian(transition)) if np.isfinite(transition).any() else (n_planes - 1) / 2
     weights = blending_weights(centre, n_planes, blending_range, profile)
-    fig = figure(figsize=(6, 3.5), layout="compressed")
+    fig = figure(figsize=(6, 3.5))
     ax = fig.subplots()
     ax.plot(np.arange(n_planes), weights, label="reference camera")
     ax.plot(np.arange(n_planes), 1 - weights, label="moving camera")
@@ -102,6 +102,7 @@ def _saver(stem: Path, written: list):
     def save(fig, kind):
         path = Path(f"{stem}.{kind}.png")
         FigureCanvasAgg(fig)
+        fig.subplots_adjust(left=0.08, right=0.95, bottom=0.1, top=0.86, wspace=0.25, hspace=0.4)
         with atomic_output(path, overwrite=True) as tmp:
             fig.savefig(tmp, dpi=90, format="png", pil_kwargs={"compress_level": 1})
         written.append(path)
@@ -109,7 +110,7 @@ def _saver(stem: Path, written: list):
 
 
 def _projections(figure, save, images: dict) -> None:
-    fig = figure(figsize=(10, 5), layout="compressed")
+    fig = figure(figsize=(10, 5))
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     axes[0].imshow(_normalise(images["fused_xy"]), cmap="gray")
     axes[0].set_title("fused, max projection along z")
@@ -150,7 +151,7 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
     from ..fuse import blending_weights
     written: list[Path] = []
     save = _saver(stem, written)
-    fig = figure(figsize=(11, 4 * len(estimates)), layout="compressed")
+    fig = figure(figsize=(11, 4 * len(estimates)))
     axes = fig.subplots(len(estimates), 2, squeeze=False)
     for (camera, estimate), (ax_map, ax_w) in zip(estimates, axes):
         a, b = estimate.channels

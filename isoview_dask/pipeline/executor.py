@@ -97,7 +97,7 @@ class Job:
 
 @dataclass
 class _Slot:
-    index: int  # plan order: the order of the results
+    index: tuple  # plan order (a planning step's jobs: its index, then their number): the order of the results
     rank: int  # priority order: an expanded job takes its planning step's rank
     job: Job
     future: cf.Future | None = None
@@ -185,7 +185,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     limit, budget = _limits(client, max_jobs, memory_budget)
     start = time.perf_counter()
     bar = _Progress(progress, total, label)
-    results: dict[int, tuple[str, JobResult]] = {}
+    results: dict[tuple, tuple[str, JobResult]] = {}
     source: Iterator[Job] = iter(jobs)
     waiting: list[_Slot] = []
     running: dict[cf.Future, _Slot] = {}
@@ -206,23 +206,21 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
             if job.key in known:
                 raise ValueError(f"job {job.key!r} planned twice")
             known.add(job.key)
-            waiting.append(_Slot(planned, planned, job))
+            waiting.append(_Slot((planned,), planned, job))
             planned += 1
             if total is None and job.expand is None:
                 bar.planned(len(results) + len(running) + sum(s.job.expand is None for s in waiting))
 
     def expand(slot: _Slot) -> None:
-        nonlocal planned
         position = waiting.index(slot)
         waiting.remove(slot)
         finished.add(slot.job.key)
         children = []
-        for job in slot.job.expand():
+        for number, job in enumerate(slot.job.expand()):
             if job.key in known:
                 raise ValueError(f"job {job.key!r} planned twice")
             known.add(job.key)
-            children.append(_Slot(planned, slot.rank, job))
-            planned += 1
+            children.append(_Slot(slot.index + (number,), slot.rank, job))
         waiting[position:position] = children
         if total is None:
             bar.planned(len(results) + len(running) + sum(s.job.expand is None for s in waiting))
@@ -282,10 +280,14 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
                 slot = waiting.pop(0)
                 record(slot, JobResult("failed", slot.job.key, message="its inputs were never planned"))
     except BaseException:
-        for future in running:
-            future.cancel()
+        # Interrupted (Ctrl-C, or a job raised something that is not its own failure): plan nothing
+        # more, and let the jobs already running finish, so that no thread of this run still writes
+        # when a rerun starts. A second Ctrl-C stops waiting.
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            if running:
+                log.warning("interrupted: waiting for %d running job(s) to finish (Ctrl-C again to stop at once)",
+                            len(running))
+            pool.shutdown(wait=True, cancel_futures=True)
             pool = None
         raise
     finally:
