@@ -52,6 +52,15 @@ MAX_JOBS_CONFIG_KEY = "isoview-dask.max-jobs"
 PRIORITY_STEP = 10
 
 
+def job_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that fail one job (its view), not the run: our errors, bad values, I/O, and a task
+    whose workers kept dying (``distributed.KilledWorker``, e.g. out of memory)."""
+    from distributed import KilledWorker
+
+    from ..errors import IsoviewError
+    return (IsoviewError, ValueError, OSError, KilledWorker)
+
+
 @dataclass
 class JobResult:
     """What one job did: ``status`` 'written', 'skipped' or 'failed'; failure reason or warning text."""

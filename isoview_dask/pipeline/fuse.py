@@ -53,7 +53,7 @@ from ..fuse import (IntensityResult, apply_inplane_transform, apply_inplane_tran
 from ..fuse.transforms import inverse_transform
 from ..io import open_volume
 from ..io.zarr import CodecSpec, prepare_zarr
-from .executor import Job, JobResult, run_jobs
+from .executor import Job, JobResult, job_errors, run_jobs
 from .common import (StageSummary, completed, fingerprint, output_path, relative_outputs, scan_records,
                      write_json)
 
@@ -839,7 +839,7 @@ def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig
             return JobResult("skipped", str(target))
         try:
             params = work()
-        except (IsoviewError, ValueError, OSError) as exc:
+        except job_errors() as exc:
             log.error("fusion of %s failed: %s", target, exc)
             return JobResult("failed", str(target), message=str(exc))
         rejected = params.get("registration_rejected")

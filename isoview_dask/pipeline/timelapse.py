@@ -48,11 +48,10 @@ import numpy as np
 
 from .. import __version__
 from ..config import ProcessingConfig
-from ..errors import IsoviewError
 from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
                      relative_outputs, scan_records, write_json)
-from .executor import Job, JobResult, run_jobs
+from .executor import Job, JobResult, job_errors, run_jobs
 from .fuse import ChannelFusedView, CorrectedView, _channel_fields, estimate_pair, find_corrected, fuse_dataset
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def _estimate_one(specimen, timepoint, name_channel, pair, ref, mov, record_path
     try:
         ref, mov = ref.prepare(config, progress=False), mov.prepare(config, progress=False)
         estimate = estimate_pair(ref, mov, config, progress=False)
-    except (IsoviewError, ValueError, OSError) as exc:
+    except job_errors() as exc:
         log.error("estimation for %s failed: %s", record_path, exc)
         return JobResult("failed", str(record_path), message=str(exc))
     map_path = _save_npy(output_path(out, specimen, timepoint, [a, b], name_channel, TRANSITION_KIND, "npy"),
