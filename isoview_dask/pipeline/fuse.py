@@ -848,6 +848,19 @@ def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig
     return Job(str(target), "fuse", run, nbytes=nbytes)
 
 
+def single_channel_groups(views, config: ProcessingConfig) -> list[tuple[int, int, int]]:
+    """Sorted (specimen, timepoint, channel) of ``views`` that ``config.input`` selects, fused channel by channel.
+
+    Channels of a ``fusion.channel_pairs`` pair are left out: they are fused together (:func:`channel_jobs`).
+    """
+    sel = config.input
+    paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
+    return sorted({(s, t, ch) for s, t, _, ch in views
+                   if (sel.specimens is None or s in sel.specimens)
+                   and (sel.timepoints is None or t in sel.timepoints)
+                   and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
+
+
 def fusion_jobs(views: dict, out: str | Path, config: ProcessingConfig, fixed_parameters=None) -> Iterator[Job]:
     """Every fusion job over the complete corrected ``views`` (as :func:`find_corrected` returns them).
 
@@ -856,12 +869,7 @@ def fusion_jobs(views: dict, out: str | Path, config: ProcessingConfig, fixed_pa
     :func:`fuse_dataset` for what is formed and :func:`fusion_job` for one job.
     """
     out = Path(out)
-    sel = config.input
-    paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
-    groups = sorted({(s, t, ch) for s, t, _, ch in views
-                     if (sel.specimens is None or s in sel.specimens)
-                     and (sel.timepoints is None or t in sel.timepoints)
-                     and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
+    groups = single_channel_groups(views, config)
     if config.fusion.channel_pairs:
         yield from _channel_pair_jobs(views, out, config, fixed_parameters)
     for specimen, timepoint, channel in groups:

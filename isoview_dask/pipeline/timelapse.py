@@ -52,7 +52,8 @@ from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
                      relative_outputs, scan_records, write_json)
 from .executor import Job, JobResult, job_errors, run_jobs
-from .fuse import ChannelFusedView, CorrectedView, _channel_fields, estimate_pair, find_corrected, fuse_dataset
+from .fuse import (ChannelFusedView, CorrectedView, _channel_fields, estimate_pair, find_corrected, fuse_dataset,
+                   single_channel_groups)
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,8 @@ def _groups(views: dict, config: ProcessingConfig, channel_pairs: bool = False):
     (``fusion.channel_pairs``): ``channel`` is then the tuple (a, b) and the
     views are :class:`ChannelFusedView` s (None where a camera lacks a channel).
     """
-    sel = config.input
     # channels of a fusion.channel_pairs pair are fused together, per timepoint (see fuse_dataset)
-    paired_channels = {ch for pair in config.fusion.channel_pairs for ch in pair}
-    keys = sorted({(s, t, ch) for s, t, _, ch in views
-                   if (sel.specimens is None or s in sel.specimens)
-                   and (sel.timepoints is None or t in sel.timepoints)
-                   and (sel.channels is None or ch in sel.channels) and ch not in paired_channels})
-    for specimen, timepoint, channel in keys:
+    for specimen, timepoint, channel in single_channel_groups(views, config):
         for a, b in config.fusion.camera_pairs:
             ref, mov = views.get((specimen, timepoint, a, channel)), views.get((specimen, timepoint, b, channel))
             if ref is None and mov is None:
