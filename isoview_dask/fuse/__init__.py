@@ -29,7 +29,7 @@ from .blending import (
     transition_plane_map,
 )
 from .intensity import IntensityResult, channel_intensity_factor, intensity_factor
-from .registration import RegistrationResult, register_images, register_pair
+from .registration import RegistrationResult, register_images, register_pair, registration_task
 from .surface import coordinate_depths, fitted_surface, surface_image
 from .transforms import (
     apply_inplane_transform,
@@ -60,6 +60,7 @@ __all__ = [
     "max_displacement_px",
     "register_images",
     "register_pair",
+    "registration_task",
     "surface_image",
     "transition_plane_map",
     "view_transform",

@@ -113,6 +113,9 @@ def register_pair(reference, moving_flipped, *, mask_ref=None, mask_mov=None, xy
                   highpass_sigmas: tuple[float, float] = (1.0, 6.0), iterations: int = 2) -> RegistrationResult:
     """Sub-pixel translation and small rotation of the opposing camera, from reduced data.
 
+    Computes :func:`registration_task` (same parameters) on the current
+    dask scheduler and returns its result.
+
     Parameters
     ----------
     reference : dask or numpy array, shape (Z, Y, X)
@@ -178,10 +181,38 @@ def register_pair(reference, moving_flipped, *, mask_ref=None, mask_mov=None, xy
     the few planes the surface passes through. 2D inputs (Y, X) skip the
     reduction and are registered as they are.
     """
+    task = registration_task(reference, moving_flipped, mask_ref=mask_ref, mask_mov=mask_mov,
+                             xy_coordinate_mask=xy_coordinate_mask, search_px=search_px,
+                             max_rotation_deg=max_rotation_deg, upsample=upsample, slab_planes=slab_planes,
+                             surface_degree=surface_degree, highpass_sigmas=highpass_sigmas, iterations=iterations)
+    return dask.compute(task)[0]
+
+
+def registration_task(reference, moving_flipped, *, mask_ref=None, mask_mov=None, xy_coordinate_mask=None,
+                      search_px: float = 30.0, max_rotation_deg: float = 2.0, upsample: int = 100,
+                      slab_planes: float = 1.0, surface_degree: int = 2,
+                      highpass_sigmas: tuple[float, float] = (1.0, 6.0), iterations: int = 2):
+    """The registration of :func:`register_pair` as one lazy graph, for a scheduler to run.
+
+    Parameters are those of :func:`register_pair`. The graph holds the
+    reductions (the four transition-surface images) and, as one task fed
+    by them, the image registration (:func:`register_images`): computed on
+    a cluster, no pixel of it runs where the graph was built. Only the
+    depth maps (when ``xy_coordinate_mask`` is not given) are computed
+    here, because the surface fitted to them says which planes to read.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        Computes to a :class:`RegistrationResult`.
+    """
+    options = dict(search_px=search_px, max_rotation_deg=max_rotation_deg, upsample=upsample,
+                   highpass_sigmas=highpass_sigmas, iterations=iterations)
     if reference.ndim == 2:
-        return register_images(reference, moving_flipped, mask_ref=mask_ref, mask_mov=mask_mov,
-                               search_px=search_px, max_rotation_deg=max_rotation_deg, upsample=upsample,
-                               highpass_sigmas=highpass_sigmas, iterations=iterations)
+        _check_options(**options)
+        return dask.delayed(register_images, pure=True)(reference, moving_flipped, mask_ref=mask_ref,
+                                                        mask_mov=mask_mov, **options)
+    _check_options(**options)
     reference, moving_flipped = as_dask(reference), as_dask(moving_flipped)
     if reference.ndim != 3 or tuple(moving_flipped.shape) != tuple(reference.shape):
         raise ValueError("reference and moving_flipped must be (Z, Y, X) arrays of the same shape, got "
@@ -198,23 +229,34 @@ def register_pair(reference, moving_flipped, *, mask_ref=None, mask_mov=None, xy
     else:
         depth_maps = [np.asarray(xy_coordinate_mask, dtype=np.float64), None]
     surface = fitted_surface(*depth_maps, n_planes, degree=surface_degree)
-    options = dict(search_px=search_px, max_rotation_deg=max_rotation_deg, upsample=upsample,
-                   highpass_sigmas=highpass_sigmas, iterations=iterations)
-    return _register_on_surface([reference, moving_flipped, mask_ref, mask_mov], surface, slab_planes, options)
+    images = [None if v is None else surface_image(v, surface, slab_planes)
+              for v in (reference, moving_flipped, mask_ref, mask_mov)]
+    details = {"reduction": "transition-surface slab", "slab_planes": float(slab_planes),
+               "surface_median_plane": float(np.median(surface)),
+               "surface_range_planes": [float(np.min(surface)), float(np.max(surface))]}
+    return dask.delayed(_register_surface_images, pure=True)(*images, options=options, details=details)
 
 
-def _register_on_surface(volumes, surface, slab_planes: float, options: dict) -> RegistrationResult:
-    """Reduce the two cameras (and their masks, where given) to the surface and register the images."""
-    present = [v for v in volumes if v is not None]
-    images = iter(dask.compute(*[surface_image(v, surface, slab_planes) for v in present]))
-    ref_image, mov_image = next(images), next(images)
-    fg_ref = next(images) >= 0.5 if volumes[2] is not None else None
-    fg_mov = next(images) >= 0.5 if volumes[3] is not None else None
-    result = register_images(ref_image, mov_image, mask_ref=fg_ref, mask_mov=fg_mov, **options)
-    result.details.update({"reduction": "transition-surface slab", "slab_planes": float(slab_planes),
-                           "surface_median_plane": float(np.median(surface)),
-                           "surface_range_planes": [float(np.min(surface)), float(np.max(surface))]})
+def _register_surface_images(ref_image, mov_image, fg_ref, fg_mov, *, options: dict,
+                             details: dict) -> RegistrationResult:
+    """Register the two surface images (masks as weights, where given) and note how they were made."""
+    result = register_images(ref_image, mov_image, mask_ref=None if fg_ref is None else fg_ref >= 0.5,
+                             mask_mov=None if fg_mov is None else fg_mov >= 0.5, **options)
+    result.details.update(details)
     return result
+
+
+def _check_options(*, search_px, max_rotation_deg, upsample, highpass_sigmas, iterations) -> None:
+    """The parameter checks of :func:`register_images`, made before a graph is built."""
+    if not (search_px >= 0 and math.isfinite(search_px)):
+        raise ValueError(f"search_px must be a finite number >= 0, got {search_px!r}")
+    if not (0 <= max_rotation_deg <= 45):
+        raise ValueError(f"max_rotation_deg must lie in [0, 45], got {max_rotation_deg!r}")
+    if int(upsample) < 1 or int(iterations) < 1:
+        raise ValueError(f"upsample and iterations must be >= 1, got {upsample!r} and {iterations!r}")
+    small, large = (float(s) for s in highpass_sigmas)
+    if not 0 <= small < large:
+        raise ValueError(f"highpass_sigmas must be (small, large) with 0 <= small < large, got {highpass_sigmas!r}")
 
 
 def register_images(reference, moving, *, mask_ref=None, mask_mov=None, search_px: float = 30.0,
@@ -243,15 +285,9 @@ def register_images(reference, moving, *, mask_ref=None, mask_mov=None, search_p
                          f"{reference.shape} and {moving.shape}")
     if min(reference.shape) < 16:
         raise ValueError(f"images must be at least 16 x 16 pixels, got {reference.shape}")
-    if not (search_px >= 0 and math.isfinite(search_px)):
-        raise ValueError(f"search_px must be a finite number >= 0, got {search_px!r}")
-    if not (0 <= max_rotation_deg <= 45):
-        raise ValueError(f"max_rotation_deg must lie in [0, 45], got {max_rotation_deg!r}")
-    if int(upsample) < 1 or int(iterations) < 1:
-        raise ValueError(f"upsample and iterations must be >= 1, got {upsample!r} and {iterations!r}")
+    _check_options(search_px=search_px, max_rotation_deg=max_rotation_deg, upsample=upsample,
+                   highpass_sigmas=highpass_sigmas, iterations=iterations)
     small, large = (float(s) for s in highpass_sigmas)
-    if not 0 <= small < large:
-        raise ValueError(f"highpass_sigmas must be (small, large) with 0 <= small < large, got {highpass_sigmas!r}")
 
     taper = int(math.ceil(2 * large))
     images = [*_prepare(reference, mask_ref, small, large, taper), *_prepare(moving, mask_mov, small, large, taper)]

@@ -54,7 +54,8 @@ def open_volume(path: str | os.PathLike, *, frame_shape: Sequence[int] | None = 
     expected_planes : int, optional
         Depth declared by the XML, checked for ``.stack`` files.
     chunks : (Z, Y, X), optional
-        Dask chunks (for KLB, chunks are whole block groups chosen by the reader).
+        Dask chunks (for KLB, chunks are whole block groups chosen by the reader;
+        for zarr also ``"stored"``, see :func:`~isoview_dask.io.zarr.open_zarr`).
     planes : int, optional
         Planes per chunk for ``.stack``.
     """

@@ -256,10 +256,12 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
         level_arr = _downsample(level_arr, step)
         previous = factor
         inner, shard = fit_chunks(level_arr.shape, chunks, shards)
+        # write_empty_chunks: every chunk is stored, as a reader expects of a complete volume;
+        # zarr's test of each chunk against the fill value cost a third of the write's CPU.
         target = group.create_array(
             str(index), shape=level_arr.shape, dtype=level_arr.dtype, chunks=inner, shards=shard,
             compressors=spec.zarr_compressors(np.dtype(level_arr.dtype).itemsize),
-            dimension_names=("z", "y", "x"), fill_value=0)
+            dimension_names=("z", "y", "x"), fill_value=0, config={"write_empty_chunks": True})
         aligned = level_arr.rechunk(write_chunks(inner, shard, level_arr.shape, np.dtype(level_arr.dtype).itemsize))
         stores.append(_store_blocks(aligned, target))
         level_arr = aligned
@@ -353,7 +355,11 @@ def _open_array(path: Path, level: int):
     raise ValueError(f"{path}: zarr group holds no OME-NGFF multiscales and no array '0'")
 
 
-def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | None = None) -> da.Array:
+#: ``open_zarr(..., chunks=STORED)``: one dask block per stored shard.
+STORED = "stored"
+
+
+def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | str | None = None) -> da.Array:
     """Open a zarr volume (an OME-NGFF group or a bare array) lazily as dask.
 
     Parameters
@@ -362,12 +368,20 @@ def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | N
         The ``.zarr`` directory.
     level : int
         Pyramid level (0 = full resolution).
-    chunks : (Z, Y, X), optional
+    chunks : (Z, Y, X) or "stored", optional
         Dask chunk shape; default whole shards grouped along z up to ~32 MiB per task
         (:func:`~isoview_dask.io.chunking.write_chunks`), or ~64 MiB of inner chunks unsharded.
+        ``"stored"``: one block per stored shard (per chunk if unsharded), for
+        reading slabs. A slice directly on the array reads only the chunks it
+        touches whatever the blocks, but one behind a flip or a cast (which
+        stop dask from fusing the slice into the read) reads whole blocks.
     """
     path = Path(path)
     arr, _ = _open_array(path, level)
+    if isinstance(chunks, str):
+        if chunks != STORED:
+            raise ValueError(f"chunks must be a (Z, Y, X) shape or {STORED!r}, got {chunks!r}")
+        chunks = arr.shards or arr.chunks
     if chunks is None and arr.shards:
         from .chunking import write_chunks
         chunks = write_chunks(arr.chunks, arr.shards, arr.shape, np.dtype(arr.dtype).itemsize)
@@ -377,7 +391,9 @@ def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | N
         inner = arr.chunks
         planes = plane_chunks(arr.shape, np.dtype(arr.dtype).itemsize)[0] if arr.ndim == 3 else inner[0]
         chunks = (max(inner[0], (planes // inner[0]) * inner[0]),) + tuple(arr.shape[1:])
-    return da.from_zarr(arr, chunks=tuple(chunks))
+    # inline_array: a slice of the volume (a slab for an estimate) fuses into the zarr read of
+    # each block, which then decodes only the chunks it needs, not its whole ~32 MiB block.
+    return da.from_zarr(arr, chunks=tuple(chunks), inline_array=True)
 
 
 def zarr_voxel_size(path: str | os.PathLike, level: int = 0) -> tuple[float, float, float] | None:

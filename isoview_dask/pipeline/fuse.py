@@ -48,11 +48,11 @@ from ..config import ProcessingConfig
 from ..correct import coordinate_masks
 from ..errors import IsoviewError
 from ..fuse import (IntensityResult, apply_inplane_transform, apply_inplane_transform_numpy, blend, blend_channels,
-                    channel_intensity_factor, fuse_views, geometric_transition, intensity_factor, register_pair,
+                    channel_intensity_factor, fuse_views, geometric_transition, intensity_factor, registration_task,
                     transition_plane_map, view_transform)
 from ..fuse.transforms import inverse_transform
 from ..io import open_volume
-from ..io.zarr import CodecSpec, prepare_zarr
+from ..io.zarr import STORED, CodecSpec, prepare_zarr
 from .executor import Job, JobResult, job_errors, run_jobs
 from .common import (StageSummary, completed, fingerprint, output_path, relative_outputs, scan_records,
                      write_json)
@@ -108,11 +108,18 @@ class CorrectedView:
         """Nothing to estimate for a corrected view (see :meth:`ChannelFusedView.prepare`)."""
         return self
 
-    def open_arrays(self):
-        """The corrected volume and its foreground mask (bool), lazily, (Z, Y, X)."""
+    def open_arrays(self, *, slabs: bool = False):
+        """The corrected volume and its foreground mask (bool), lazily, (Z, Y, X).
+
+        ``slabs``: for estimates that read a few planes, zarr volumes are
+        opened one block per stored shard (:data:`~isoview_dask.io.zarr.STORED`),
+        so that a slab behind a flip reads its shards, not the whole volume.
+        """
         if not self.record.get("segmented", True):
             raise MissingInputError(f"{self.record_path}: was corrected without segmentation; fusion needs masks")
-        return open_volume(self.path()), open_volume(self.path("segmentationMask")).astype(bool)
+        paths = self.path(), self.path("segmentationMask")
+        chunks = [STORED if slabs and p.suffix == ".zarr" else None for p in paths]
+        return open_volume(paths[0], chunks=chunks[0]), open_volume(paths[1], chunks=chunks[1]).astype(bool)
 
 
 @dataclass
@@ -360,16 +367,16 @@ def _saved_map(view, kind: str) -> np.ndarray | None:
     return values if values.shape == expected else None
 
 
-def _open_arrays(view, fc):
+def _open_arrays(view, fc, slabs: bool = False):
     if isinstance(view, ChannelFusedView):
         return view.open_arrays(fc)
-    return view.open_arrays()
+    return view.open_arrays(slabs=slabs)
 
 
-def _open_pair(ref, mov, fc=None):
+def _open_pair(ref, mov, fc=None, slabs: bool = False):
     """Reference and moving volumes and masks (corrected views, or channel-fused ones once prepared)."""
-    reference, mask_ref = _open_arrays(ref, fc)
-    moving, mask_mov = _open_arrays(mov, fc)
+    reference, mask_ref = _open_arrays(ref, fc, slabs)
+    moving, mask_mov = _open_arrays(mov, fc, slabs)
     if reference.shape != moving.shape:
         raise IsoviewError(f"{ref.name} and {mov.name}: shapes {reference.shape} and {moving.shape} differ; "
                            "opposing cameras must record the same planes and frame")
@@ -423,8 +430,8 @@ class PairEstimate:
         }
 
 
-def _prepared(ref, mov, fc):
-    reference, moving, mask_ref, mask_mov = _open_pair(ref, mov, fc)
+def _prepared(ref, mov, fc, slabs: bool = False):
+    reference, moving, mask_ref, mask_mov = _open_pair(ref, mov, fc, slabs)
     flips = dict(flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation, flip_z=fc.flip_z)
     moving_f, mask_mov_f = view_transform(moving, **flips), view_transform(mask_mov, **flips)
     if moving_f.shape != reference.shape:
@@ -459,7 +466,7 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
     fixed = fixed or {}
     t0 = time.perf_counter()
     ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
-    reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
+    reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc, slabs=True)
     n_planes = reference.shape[0]
     need_depths = "sampling_offset_yx_px" not in fixed or not ("transition_yx" in fixed
                                                                or "transition_plane" in fixed)
@@ -483,10 +490,12 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
         confidence, method = float(fixed.get("registration_confidence", float("nan"))), "fixed"
         rejected = None
     else:
-        registration = register_pair(reference, moving_f, mask_ref=mask_ref, mask_mov=mask_mov_f,
-                                     xy_coordinate_mask=(depth_ref, depth_mov_f), search_px=fc.search_px,
-                                     max_rotation_deg=fc.max_rotation_deg,
-                                     slab_planes=fc.registration_slab_planes)
+        # the surface images and the image registration run as cluster tasks
+        task = registration_task(reference, moving_f, mask_ref=mask_ref, mask_mov=mask_mov_f,
+                                 xy_coordinate_mask=(depth_ref, depth_mov_f), search_px=fc.search_px,
+                                 max_rotation_deg=fc.max_rotation_deg, slab_planes=fc.registration_slab_planes)
+        registration = compute(task, progress=progress, label=f"{_label(ref, mov)}: registration",
+                               estimate=True)[0]
         offset, rotation = registration.offset_yx, registration.rotation_deg
         confidence, method = registration.confidence, registration.method
         rejected = registration.details.get("rejected")
