@@ -255,6 +255,8 @@ class FusionConfig(Section):
                                   hi=45.0)
     registration_slab_planes: float = opt(1.0, "half-thickness (planes) of the mid-specimen slab registered on",
                                           lo=0.0)
+    strict_registration: bool = opt(False, "one-pass fusion: fail a pair whose registration is rejected (its "
+                                    "estimate at the search limit) instead of fusing it with a warning")
     intensity_correction: bool = opt(True, "scale the dimmer camera to the brighter one in the mask overlap")
     mask_fusion_mode: str = opt("overlap", "which cameras' foreground gives the transition plane: both "
                                 "(overlap), either (union), or one", choices=("overlap", "union", "reference",

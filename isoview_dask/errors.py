@@ -41,3 +41,8 @@ class OutputExistsError(IsoviewError, FileExistsError):
 
 class DatasetError(IsoviewError, ValueError):
     """A folder does not look like an IsoView recording in a known layout."""
+
+
+class RegistrationError(IsoviewError, ValueError):
+    """A registration was rejected (its estimate hit the search limits) and the
+    user asked for strict fusion (``fusion.strict_registration``)."""

@@ -197,3 +197,16 @@ def test_registration_clamped_at_search_limit_is_flagged(fused, tmp_path):
     target = str(output_path(narrow, 0, 0, [0, 1], 0, "fusedStack"))
     assert target in summary.warnings and "registration rejected" in summary.warnings[target]
     assert "WARNING" in summary.report() and summary.to_dict()["warnings"] == summary.warnings
+
+
+def test_strict_registration_fails_a_rejected_pair_and_writes_nothing(fused, tmp_path):
+    """fusion.strict_registration with a 12 px search range: pair (0, 1) (true offset (17.3, -19.6) px) fails
+    with the reason and leaves no output; pair (2, 3), within range, is written."""
+    truth, out = fused
+    strict = tmp_path / "strict"
+    summary = fuse_dataset(out, strict, progress=False, fusion_search_px=12, fusion_strict_registration=True)
+    target = output_path(strict, 0, 0, [0, 1], 0, "fusedStack")
+    assert str(target) in summary.failed and "registration rejected" in summary.failed[str(target)]
+    assert not target.exists() and not target.with_suffix(".json").exists()
+    assert max(abs(v) for v in truth.offset((2, 3))) < 8  # the other pair is within 12 px: written
+    assert str(output_path(strict, 0, 0, [2, 3], 1, "fusedStack")) in summary.written

@@ -46,7 +46,7 @@ import numpy as np
 from .. import __version__
 from ..config import ProcessingConfig
 from ..correct import coordinate_masks
-from ..errors import IsoviewError
+from ..errors import IsoviewError, RegistrationError
 from ..fuse import (IntensityResult, apply_inplane_transform, apply_inplane_transform_numpy, blend, blend_channels,
                     channel_intensity_factor, fuse_views, geometric_transition, intensity_factor, registration_task,
                     transition_plane_map, view_transform)
@@ -499,8 +499,8 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
         offset, rotation = registration.offset_yx, registration.rotation_deg
         confidence, method = registration.confidence, registration.method
         rejected = registration.details.get("rejected")
-        if rejected:
-            log.warning("%s: registration rejected (%s); fused with the clamped estimate",
+        if rejected and not fc.strict_registration:
+            log.warning("%s: registration rejected (%s); the clamped estimate is used",
                         _label(ref, mov), rejected)
     timings = {"registration_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
@@ -561,6 +561,10 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     t0 = time.perf_counter()
     ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
     estimate = estimate_pair(ref, mov, config, progress=progress, fixed=fixed)
+    if estimate.rejected and fc.strict_registration:
+        raise RegistrationError(f"{_label(ref, mov)}: registration rejected ({estimate.rejected}); nothing "
+                                "written (fusion.strict_registration). Widen fusion.search_px / "
+                                "fusion.max_rotation_deg, or fuse the time-lapse in two passes")
     timings = {**_channel_timings(ref, mov), **estimate.timings}
     reference, moving_f, _, _ = _prepared(ref, mov, fc)
     n_planes = reference.shape[0]
