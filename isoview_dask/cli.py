@@ -200,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--outlier-timepoint", type=int, help="timepoint whose opposing views are corrupted")
     p.add_argument("--no-truth-volumes", action="store_true", help="write truth.json only (large datasets)")
+    p.add_argument("--illumination-channels", metavar="A,B",
+                   help="every camera records two channels, A lit from the low-x side of its frame, B from the "
+                        "high-x side (SiMView-style; e.g. 0,1)")
+    p.add_argument("--illumination-balance", type=float, metavar="RATIO",
+                   help="photons of channel B over channel A (default 1)")
+    p.add_argument("--sheet-offset", metavar="PLANES",
+                   help="channel B's light sheet offset along z in each camera's frame: one value, or CAMERA:VALUE "
+                        "pairs (0:1.5,1:-0.8); needs --illumination-channels")
+    p.add_argument("--sheet-tilt", metavar="DEGREES",
+                   help="channel B's light sheet tilt about x (voxel units, planes per row), as --sheet-offset")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("convert", help="convert raw volumes to sharded zarr, KLB or TIFF",
@@ -319,12 +329,47 @@ def _synth_kwargs(args) -> dict:
             kwargs[name] = value
     if getattr(args, "no_truth_volumes", False):
         kwargs["write_truth_volumes"] = False
+    if getattr(args, "illumination_channels", None):
+        kwargs["illumination_channels"] = _int_list(args.illumination_channels, "--illumination-channels", 2)
+    if getattr(args, "illumination_balance", None) is not None:
+        kwargs["illumination_balance"] = args.illumination_balance
+    for flag, name in (("sheet_offset", "sheet_offset_planes"), ("sheet_tilt", "sheet_tilt_deg")):
+        value = getattr(args, flag, None)
+        if value:
+            kwargs[name] = _per_camera(value, "--" + flag.replace("_", "-"))
     return kwargs
 
 
+def _int_list(text: str, flag: str, count: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise IsoviewError(f"{flag}: expected {count} comma-separated integers, got {text!r}")
+    return values
+
+
+def _per_camera(text: str, flag: str):
+    """One number, or ``camera:value`` pairs separated by commas, as SyntheticSpec takes them."""
+    try:
+        if ":" not in text:
+            return float(text)
+        return {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
+    except ValueError:
+        raise IsoviewError(f"{flag}: expected a number or CAMERA:VALUE pairs such as 0:1.5,1:-0.8, "
+                           f"got {text!r}") from None
+
+
 def cmd_synth(args) -> int:
-    from .synthetic import generate_dataset
-    truth = generate_dataset(args.out, overwrite=args.overwrite, **_synth_kwargs(args))
+    from .synthetic import SyntheticSpec, generate_dataset
+    kwargs = _synth_kwargs(args)
+    try:  # check the spec first: its errors name the field and what it expects
+        preset = {"tiny": SyntheticSpec.tiny, "small": SyntheticSpec.small, "full": SyntheticSpec.full_frame}
+        preset[kwargs["preset"]](**{k: v for k, v in kwargs.items() if k != "preset"})
+    except ValueError as exc:
+        raise IsoviewError(str(exc)) from None
+    truth = generate_dataset(args.out, overwrite=args.overwrite, **kwargs)
     print(f"wrote synthetic recording to {args.out} (raw: {truth.raw_dir}, truth: {Path(args.out) / 'truth'})")
     return 0
 

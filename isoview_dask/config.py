@@ -245,6 +245,17 @@ class FusionConfig(Section):
                                                      "camera's frame, b from the high-x side; blended along x "
                                                      "(channel blending range) before the camera fusion; empty: "
                                                      "off", lo=0, hi=99)
+    channel_registration: bool = opt(True, "channel pairs: align channel b's light sheet onto channel a's (offset "
+                                     "along z and tilt about x, fitted around the channel transition) before "
+                                     "the channel blend")
+    channel_search_planes: float = opt(5.0, "channel registration search range for the sheet offset, planes",
+                                       lo=0.5)
+    channel_max_rotation_deg: float = opt(3.0, "channel registration search range for the sheet tilt about x, "
+                                          "degrees in voxel units (planes per row)", lo=0.0, hi=30.0)
+    channel_registration_columns: int = opt(8, "channel registration: half-width (columns) of the band around "
+                                            "the channel transition it is fitted on", lo=1)
+    channel_min_confidence: float = opt(0.3, "channel registration: below this confidence (correlation of the "
+                                        "band-passed channel images) channel b is not moved", lo=0.0, hi=1.0)
     flip_h: bool = opt(True, "mirror the moving camera left-right before registration", matlab="flipH")
     flip_v: bool = opt(False, "mirror the moving camera up-down", matlab="flipV")
     rotation: int = opt(0, "rotate the moving camera by this many degrees (counter-clockwise)",

@@ -106,6 +106,16 @@ travels). Step 2 above gains a factor and step 3 becomes a mix:
     the far surface; ``s`` is the point (µm, body centre at the origin)
     and ``a_v`` the body's semi-axis along ``v``.
 
+Channel b's light sheet may also be misaligned with channel a's
+(``sheet_offset_planes``, ``sheet_tilt_deg``, per camera, in its raw frame):
+channel b's plane k at row y then images what channel a's plane
+``k + d(y)`` images, ``d(y) = offset + tan(tilt) (y - (Y - 1) / 2)`` planes
+(the sheet is shifted along the detection axis and tilted about the x
+axis; the camera's pixel grid is the same). The motion that brings channel
+b's content onto channel a is ``z -> z + d(y)``. Nuclei are evaluated at
+the sheet's depth at their own row (their in-plane section is not sheared
+within one nucleus).
+
 So channel a is bright and sharp at low x and dim and blurred at high x,
 channel b the reverse; at the body's middle column they see the specimen
 equally (up to ``balance``). ``clean`` and ``body_mask`` are the same for
@@ -235,7 +245,9 @@ CONVENTIONS: dict[str, str] = {
     "timepoint_index": "Accessors take the 0-based index n; file names use TM number first_timepoint + n.",
     "illumination": "With illumination_channels (a, b): channel a is lit from the low-x (low column) side of each "
                     "camera's raw frame, b from the high-x side; each is attenuated (path length inside the body "
-                    "from the light's entry surface) and progressively blurred on its far half in x; ideal is per "
+                    "from the light's entry surface) and progressively blurred on its far half in x; b's sheet may "
+                    "be misaligned (illumination.sheet_misalignment): b's content at (z, y) lands on a's at "
+                    "z + offset_z_planes + tan(rotation_deg) * (y - (Y-1)/2); ideal is per "
                     "channel (truth.ideal(camera, t, channel)), clean and body_mask are shared.",
 }
 
@@ -340,6 +352,13 @@ class SyntheticSpec:
     illumination_balance : float
         Photons of channel ``b`` relative to channel ``a`` (unequal laser
         powers); the brightness ratio an intensity correction should find.
+    sheet_offset_planes, sheet_tilt_deg : float or {camera: float}
+        Misalignment of channel b's light sheet with channel a's in each
+        camera's raw frame (one value for every camera, or per camera;
+        missing cameras 0): channel b's plane k at row y images channel a's
+        plane ``k + offset + tan(tilt) * (y - (Y - 1) / 2)``. Offsets within
+        +-Z/4 planes, tilts within +-10 degrees (counted in voxel units,
+        planes per row); nonzero values need ``illumination_channels``.
 
     Files
     -----
@@ -392,6 +411,8 @@ class SyntheticSpec:
     illumination_attenuation_um: float | None = None
     illumination_blur_px: float = 2.0
     illumination_balance: float = 1.0
+    sheet_offset_planes: float | Mapping[int, float] = 0.0
+    sheet_tilt_deg: float | Mapping[int, float] = 0.0
     layout: str = "keller"
     write_truth_volumes: bool = True
     specimen: int = 0
@@ -599,6 +620,23 @@ class SyntheticSpec:
         number("illumination_attenuation_um", 0.0, lo_open=True, optional=True)
         number("illumination_blur_px", 0.0, 50.0)
         number("illumination_balance", 0.0, 10.0, lo_open=True)
+        for name, limit in (("sheet_offset_planes", Z / 4.0), ("sheet_tilt_deg", 10.0)):
+            value = getattr(self, name)
+            try:
+                if _is_number(value):
+                    per_camera = {c: float(value) for c in range(4)}
+                else:
+                    given = {int(k): float(v) for k, v in dict(value).items()}
+                    if any(k not in (0, 1, 2, 3) for k in given):
+                        raise ValueError
+                    per_camera = {c: given.get(c, 0.0) for c in range(4)}
+            except (TypeError, ValueError, AttributeError):
+                fail(name, "a number or a mapping camera (0-3) -> number")
+            if any(not (math.isfinite(v) and abs(v) <= limit) for v in per_camera.values()):
+                fail(name, f"finite values within +-{limit:g}")
+            if sides is None and any(per_camera.values()):
+                fail(name, "0 without illumination_channels (it misaligns channel b's light sheet)")
+            set_(name, per_camera)
 
         # files
         if self.layout not in ("keller", "flat", "both"):
@@ -651,7 +689,7 @@ class SyntheticSpec:
             value = getattr(self, f.name)
             if f.name in ("offsets", "rotations_deg"):
                 value = {f"{a},{b}": (list(v) if isinstance(v, tuple) else v) for (a, b), v in value.items()}
-            elif f.name in ("channel_of_camera", "gains"):
+            elif f.name in ("channel_of_camera", "gains", "sheet_offset_planes", "sheet_tilt_deg"):
                 value = {str(k): v for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = list(value)
@@ -929,6 +967,14 @@ class _Model:
             A = A @ _moving_to_reference(self.Y, self.X, self.offsets[(a, b)][t], float(self.rotations[(a, b)][t]))
         return A
 
+    def sheet_shift(self, camera: int, side: int | None) -> tuple[float, float] | None:
+        """(offset planes, planes per row) of channel b's sheet in ``camera``'s frame; None when aligned."""
+        if side != 1:
+            return None
+        offset = self.spec.sheet_offset_planes[camera]
+        slope = math.tan(math.radians(self.spec.sheet_tilt_deg[camera]))
+        return None if offset == 0 and slope == 0 else (offset, slope)
+
     def is_outlier(self, camera: int, t: int) -> bool:
         return self.spec.outlier_timepoint == t and camera in (1, 3)
 
@@ -999,13 +1045,18 @@ class _Model:
                                     self.nuc_amp[order])
         return self._nuc_cache[key]
 
-    def _nuclei_in_plane(self, camera: int, t: int, k: int):
+    def _nuclei_in_plane(self, camera: int, t: int, k: int, shift: tuple[float, float] | None = None):
         kn, yn, xn, sig, amp = self._nuclei(camera, t)
         reach = NUCLEUS_TRUNCATE * self.spec.nucleus_sigma_um[1] / self.dz
-        lo, hi = np.searchsorted(kn, k - reach, "left"), np.searchsorted(kn, k + reach, "right")
+        k_lo = k_hi = k
+        if shift is not None:  # the sheet's depth varies with the row: k + offset + slope (y - yc)
+            half = abs(shift[1]) * (self.Y - 1) / 2
+            k_lo, k_hi = k + shift[0] - half, k + shift[0] + half
+        lo, hi = np.searchsorted(kn, k_lo - reach, "left"), np.searchsorted(kn, k_hi + reach, "right")
         if lo >= hi:
             return None
-        dd = (k - kn[lo:hi]) * self.dz
+        depth = k if shift is None else k + shift[0] + shift[1] * (yn[lo:hi] - (self.Y - 1) / 2)
+        dd = (depth - kn[lo:hi]) * self.dz
         s = sig[lo:hi]
         rho2 = (NUCLEUS_TRUNCATE * s) ** 2 - dd**2
         keep = rho2 > 0
@@ -1038,9 +1089,18 @@ class _Model:
         kinds = set(kinds)
         s, Y, X = self.spec, self.Y, self.X
         A = self.affine(camera, t)
-        o, ey, ex = A[:3, 0] * k + A[:3, 3], A[:3, 1], A[:3, 2]
-        nuc = self._nuclei_in_plane(camera, t, k)
-        win = self._body_window(o, ey, ex)
+        o, ey, ex, ez = A[:3, 0] * k + A[:3, 3], A[:3, 1], A[:3, 2], A[:3, 0]
+        shift = self.sheet_shift(camera, side)
+        nuc = self._nuclei_in_plane(camera, t, k, shift)
+        if shift is None:
+            win = self._body_window(o, ey, ex)
+        else:  # a tilted sheet: the union of the sections at depths spanning its rows
+            half = abs(shift[1]) * (Y - 1) / 2
+            win = None
+            for depth in np.linspace(shift[0] - half, shift[0] + half, 9):
+                win = _union(win, self._body_window(o + ez * depth, ey, ex))
+            if win is not None:
+                win = (win[0] - 2, win[1] + 2, win[2] - 2, win[3] + 2)
         if nuc is not None:
             ny, nx, rho = nuc["y"], nuc["x"], nuc["rho_px"]
             nwin = (int(np.floor((ny - rho).min())) - 1, int(np.ceil((ny + rho).max())) + 2,
@@ -1062,7 +1122,10 @@ class _Model:
             y0, y1, x0, x1 = win
             yy = np.arange(y0, y1, dtype=float)
             xx = np.arange(x0, x1, dtype=float)
-            coords = [((o[d] + ey[d] * yy)[:, None] + (ex[d] * xx)[None, :]).astype(np.float32) for d in range(3)]
+            # planes moved per row by channel b's sheet misalignment (zero for an aligned sheet)
+            rows_depth = np.zeros_like(yy) if shift is None else shift[0] + shift[1] * (yy - (Y - 1) / 2)
+            coords = [((o[d] + ey[d] * yy + ez[d] * rows_depth)[:, None] + (ex[d] * xx)[None, :]).astype(np.float32)
+                      for d in range(3)]
             r2 = np.zeros((y1 - y0, x1 - x0), np.float32)
             for d in range(3):
                 r2 += (coords[d] / np.float32(self.semi[d])) ** 2
@@ -1072,7 +1135,7 @@ class _Model:
             if s.texture_amplitude > 0:
                 tex = np.zeros_like(clean)
                 for kv, ph in zip(self.wave_k, self.wave_phase):
-                    py = (kv @ o + ph + (kv @ ey) * yy).astype(np.float32)
+                    py = (kv @ o + ph + (kv @ ey) * yy + (kv @ ez) * rows_depth).astype(np.float32)
                     px = ((kv @ ex) * xx).astype(np.float32)
                     tex += np.cos(py[:, None] + px[None, :])
                 clean *= 1 + np.float32(s.texture_amplitude / len(self.wave_k)) * tex
@@ -1627,7 +1690,9 @@ def _truth_dict(spec: SyntheticSpec, model: _Model, keller: bool, flat: bool) ->
             "channels": list(spec.illumination_channels),
             "low_x_channel": spec.illumination_channels[0], "high_x_channel": spec.illumination_channels[1],
             "sharp_side": {str(spec.illumination_channels[0]): "low x", str(spec.illumination_channels[1]): "high x"},
-            "extra_blur_px": spec.illumination_blur_px, "balance_b_over_a": spec.illumination_balance},
+            "extra_blur_px": spec.illumination_blur_px, "balance_b_over_a": spec.illumination_balance,
+            "sheet_misalignment": {str(c): {"offset_z_planes": spec.sheet_offset_planes[c],
+                                            "rotation_deg": spec.sheet_tilt_deg[c]} for c in spec.cameras}},
         "outlier": {"timepoint": spec.outlier_timepoint, "cameras": [c for c in (1, 3) if c in spec.cameras],
                     "dim": spec.outlier_dim, "extra_noise": spec.outlier_noise},
         "files": {"raw_dir": "raw" if keller else None, "flat_dir": "raw_flat" if flat else None,
@@ -1754,6 +1819,16 @@ class SyntheticTruth:
         """Photons of the high-x channel over the low-x one (the ratio intensity matching should find)."""
         sides = self.data.get("illumination")
         return 1.0 if sides is None else float(sides["balance_b_over_a"])
+
+    def sheet_misalignment(self, camera: int) -> tuple[float, float]:
+        """(offset_z_planes, rotation_deg) of channel b's sheet in ``camera``'s raw frame ((0, 0) when aligned).
+
+        Channel b's content at (z, y) lands on channel a's at
+        ``z + offset_z_planes + tan(rotation_deg) * (y - (Y - 1) / 2)``.
+        """
+        sides = self.data.get("illumination") or {}
+        entry = (sides.get("sheet_misalignment") or {}).get(str(camera))
+        return (0.0, 0.0) if entry is None else (float(entry["offset_z_planes"]), float(entry["rotation_deg"]))
 
     def camera_affine(self, camera: int, timepoint: int = 0) -> np.ndarray:
         """4x4 map of raw voxel (k, y, x, 1) to specimen (z, y, x, 1) in µm."""

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from isoview_dask.cli import main
 from isoview_dask.config import ConfigError, ProcessingConfig
-from isoview_dask.fuse import blend_channels_numpy, fuse_views_numpy, view_transform
+from isoview_dask.fuse import apply_sheet_transform_numpy, blend_channels_numpy, fuse_views_numpy, view_transform
 from isoview_dask.io import open_volume
 from isoview_dask.pipeline import (ChannelFusedView, correct_dataset, estimate_channels, estimate_pair,
                                    find_corrected, fuse_dataset, output_path)
@@ -69,6 +69,13 @@ def _estimate(corrected, camera=0, **flags):
     views = find_corrected(corrected)
     config = ProcessingConfig.from_flags(**{**ALONE, **flags})
     return estimate_channels(views[(0, 0, camera, 0)], views[(0, 0, camera, 1)], config, progress=False)
+
+
+def _sheet_aligned(b, sheet):
+    """Channel b moved onto channel a's sheet as the stage does (numpy twin), unchanged for no motion."""
+    if sheet.is_identity:
+        return b
+    return apply_sheet_transform_numpy(b, sheet.offset_z_planes, sheet.rotation_deg, order=1)
 
 
 def _correlation(volume, truth, camera=0):
@@ -187,7 +194,7 @@ def test_channel_blending_range_changes_only_voxels_near_the_transition(lone, tm
 def test_stage_equals_blend_channels_numpy(lone):
     truth, corrected, fused = lone
     estimate = _estimate(corrected)
-    a, b = _channel(corrected, 0, 0), _channel(corrected, 0, 1)
+    a, b = _channel(corrected, 0, 0), _sheet_aligned(_channel(corrected, 0, 1), estimate.sheet)
     expected = blend_channels_numpy(a, b, 20.0, "x", estimate.transition_zy, intensity=estimate.intensity,
                                     dtype=a.dtype)
     np.testing.assert_array_equal(_volume(fused, 0, [0, 1]), expected)
@@ -223,7 +230,8 @@ def test_camera_pair_equals_its_numpy_reference(pair):
     estimate = estimate_pair(ref, mov, config, progress=False)
     cameras = []
     for view in (ref, mov):
-        a, b = _channel(corrected, view.camera, 0), _channel(corrected, view.camera, 1)
+        a, b = _channel(corrected, view.camera, 0), _sheet_aligned(_channel(corrected, view.camera, 1),
+                                                                   view.estimate.sheet)
         cameras.append(blend_channels_numpy(a, b, 20.0, "x", view.estimate.transition_zy,
                                             intensity=view.estimate.intensity, dtype=a.dtype))
     moving = np.asarray(view_transform(cameras[1], flip_h=True))

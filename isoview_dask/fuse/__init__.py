@@ -30,10 +30,14 @@ from .blending import (
 )
 from .intensity import IntensityResult, channel_intensity_factor, intensity_factor
 from .registration import RegistrationResult, register_images, register_pair, registration_task
+from .sheets import SheetRegistration, register_sheets, sheet_registration_task
 from .surface import coordinate_depths, fitted_surface, surface_image
 from .transforms import (
     apply_inplane_transform,
     apply_inplane_transform_numpy,
+    apply_sheet_transform,
+    apply_sheet_transform_numpy,
+    sheet_displacement,
     inplane_matrix,
     max_displacement_px,
     view_transform,
@@ -42,8 +46,11 @@ from .transforms import (
 __all__ = [
     "IntensityResult",
     "RegistrationResult",
+    "SheetRegistration",
     "apply_inplane_transform",
     "apply_inplane_transform_numpy",
+    "apply_sheet_transform",
+    "apply_sheet_transform_numpy",
     "blend",
     "blend_channels",
     "blend_channels_numpy",
@@ -60,7 +67,10 @@ __all__ = [
     "max_displacement_px",
     "register_images",
     "register_pair",
+    "register_sheets",
     "registration_task",
+    "sheet_displacement",
+    "sheet_registration_task",
     "surface_image",
     "transition_plane_map",
     "view_transform",

@@ -228,3 +228,135 @@ def _merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
         tail = merged.pop()
         merged[-1] += tail
     return tuple(merged)
+
+
+# --------------------------------------------------------------------------------------------- light sheets
+
+#: Planes interpolated at once by the sheet transform (bounds a task's temporaries).
+_SHEET_PLANES_PER_STEP = 8
+
+
+def sheet_displacement(n_rows: int, offset_z_planes: float, rotation_deg: float) -> np.ndarray:
+    """Plane displacement per row of a light-sheet transform, ``(Y,)`` float64 (planes).
+
+    ``d(y) = offset_z_planes + tan(rotation_deg) * (y - (Y - 1) / 2)``: the
+    content of row ``y`` moves from plane ``z`` to plane ``z + d(y)``. The
+    angle is counted in voxel units (planes per row), as a sheet tilted
+    about the x axis appears in the (Z, Y) index grid.
+    """
+    rows = np.arange(int(n_rows), dtype=np.float64) - (int(n_rows) - 1) / 2.0
+    return float(offset_z_planes) + math.tan(math.radians(float(rotation_deg))) * rows
+
+
+def _check_sheet(offset_z_planes, rotation_deg, order) -> None:
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 (nearest) or 1 (linear) along z, got {order!r}")
+    if not (math.isfinite(float(offset_z_planes)) and math.isfinite(float(rotation_deg))
+            and abs(float(rotation_deg)) < 45.0):
+        raise ValueError(f"sheet transform: finite offset and |rotation| < 45 degrees expected, got "
+                         f"{offset_z_planes!r}, {rotation_deg!r}")
+
+
+def _shear_planes(block: np.ndarray, z_origin: int, n_planes: int, displacement: np.ndarray, order: int, cval,
+                  dtype) -> np.ndarray:
+    """Resample a (z, Y, X) block whose first plane is global plane ``z_origin`` along z.
+
+    ``out[z, y] = block[z - d(y), y]`` (global plane indices), linear (order 1) or nearest (order 0);
+    planes whose source lies outside ``[0, n_planes - 1]`` get ``cval``. Sources outside the block are
+    clipped to it (only the halo planes, which the caller trims, can need them).
+    """
+    n, height = block.shape[0], block.shape[1]
+    out = np.empty(block.shape, dtype=dtype)
+    rows = np.arange(height)[None, :]
+    for z0 in range(0, n, _SHEET_PLANES_PER_STEP):
+        z = np.arange(z_origin + z0, z_origin + min(n, z0 + _SHEET_PLANES_PER_STEP), dtype=np.float64)
+        src = z[:, None] - displacement[None, :]                                  # (planes, Y)
+        valid = (src >= -1e-9) & (src <= n_planes - 1 + 1e-9)
+        if order == 0:
+            local = np.clip(np.floor(src + 0.5).astype(np.intp) - z_origin, 0, n - 1)
+            values = block[local, rows].astype(dtype)
+        else:
+            below = np.floor(src)
+            frac = (src - below).astype(np.float32)[:, :, None]
+            lo = np.clip(below.astype(np.intp) - z_origin, 0, n - 1)
+            hi = np.clip(lo + 1, 0, n - 1)
+            v0 = block[lo, rows].astype(np.float32)
+            v1 = block[hi, rows].astype(np.float32)
+            values = (v0 + frac * (v1 - v0)).astype(dtype, copy=False)
+        values[~valid] = cval
+        out[z0:z0 + len(z)] = values
+    return out
+
+
+def apply_sheet_transform_numpy(volume, offset_z_planes: float, rotation_deg: float, order: int = 1,
+                                cval: float = np.nan, dtype=np.float32) -> np.ndarray:
+    """In-memory reference of :func:`apply_sheet_transform` (same parameters, numpy result)."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
+    _check_sheet(offset_z_planes, rotation_deg, order)
+    displacement = sheet_displacement(volume.shape[1], offset_z_planes, rotation_deg)
+    return _shear_planes(volume, 0, volume.shape[0], displacement, order, cval, np.dtype(dtype))
+
+
+def apply_sheet_transform(volume, offset_z_planes: float, rotation_deg: float, order: int = 1,
+                          cval: float = np.nan, dtype=np.float32):
+    """Move a volume's content along z by a light-sheet offset and tilt, blockwise.
+
+    Used to bring illumination channel b onto channel a of the same camera:
+    the two light sheets are never coplanar, so b's plane k at row y images
+    a's plane ``k + d(y)`` (:func:`sheet_displacement`).
+
+    Parameters
+    ----------
+    volume : dask or numpy array, shape (Z, Y, X)
+        Channel b (any numeric or boolean dtype).
+    offset_z_planes : float
+        Displacement at the middle row, planes.
+    rotation_deg : float
+        Tilt about the x axis, degrees, counted in voxel units (planes per row).
+    order : {0, 1}
+        Interpolation along z: 0 nearest (masks), 1 linear.
+    cval : float
+        Value of voxels whose source plane lies outside the stack; NaN (the
+        default) marks them as not recorded, which the channel blend then
+        fills from channel a.
+    dtype : numpy dtype
+        Output dtype (float32 by default; ``bool`` with ``order=0`` and
+        ``cval=False`` for masks).
+
+    Returns
+    -------
+    dask.array.Array, shape (Z, Y, X), ``dtype``
+        ``out[z, y, x] = volume[z - d(y), y, x]``.
+
+    Notes
+    -----
+    ``map_overlap`` with a halo in z of the largest displacement plus one
+    plane and none in y and x, ``boundary='none'``: every output voxel finds
+    both planes it interpolates between inside its padded block, so the
+    result equals :func:`apply_sheet_transform_numpy` whatever the chunking.
+    Chunks thinner than the halo are merged first.
+    """
+    volume = as_dask(volume)
+    require_ndim(volume, 3, "volume")
+    _check_sheet(offset_z_planes, rotation_deg, order)
+    dtype = np.dtype(dtype)
+    n_planes = volume.shape[0]
+    displacement = sheet_displacement(volume.shape[1], offset_z_planes, rotation_deg)
+    halo = int(math.ceil(float(np.abs(displacement).max()))) + 1
+    z_chunks = _merge_small_chunks(volume.chunks[0], halo)
+    volume = volume.rechunk((z_chunks,) + volume.chunks[1:])
+    depth = {0: halo if len(z_chunks) > 1 else 0, 1: 0, 2: 0}
+    starts = np.concatenate([[0], np.cumsum(z_chunks)[:-1]])
+    row_starts = np.concatenate([[0], np.cumsum(volume.chunks[1])[:-1]])
+
+    def shear_block(block, block_info=None):
+        location = block_info[0]["chunk-location"]
+        y0 = int(row_starts[location[1]])
+        z_origin = int(starts[location[0]]) - (depth[0] if location[0] > 0 else 0)
+        rows = displacement[y0:y0 + block.shape[1]]
+        return _shear_planes(block, z_origin, n_planes, rows, order, cval, dtype)
+
+    return da.map_overlap(shear_block, volume, depth=depth, boundary="none", allow_rechunk=False,
+                          dtype=dtype, meta=np.empty((0, 0, 0), dtype))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -47,9 +47,10 @@ from .. import __version__
 from ..config import ProcessingConfig
 from ..correct import coordinate_masks
 from ..errors import IsoviewError, RegistrationError
-from ..fuse import (IntensityResult, apply_inplane_transform, apply_inplane_transform_numpy, blend, blend_channels,
+from ..fuse import (IntensityResult, SheetRegistration, apply_inplane_transform, apply_inplane_transform_numpy,
+                    apply_sheet_transform, apply_sheet_transform_numpy, blend, blend_channels,
                     channel_intensity_factor, fuse_views, geometric_transition, intensity_factor, registration_task,
-                    transition_plane_map, view_transform)
+                    sheet_registration_task, transition_plane_map, view_transform)
 from ..fuse.transforms import inverse_transform
 from ..io import open_volume
 from ..io.zarr import STORED, CodecSpec, prepare_zarr
@@ -134,12 +135,18 @@ class ChannelEstimate:
         Transition column per plane and row (fractional column index), or
         one column for the whole volume (``fusion.type = 'geometric'``).
     intensity : IntensityResult or None
-        ``ratio = b / a``; 'reference' scales channel a, 'moving' channel b.
+        ``ratio = b / a``; 'reference' scales channel a, 'moving' channel b
+        (measured after the sheet registration).
     mean_column : (float, float)
         Mean foreground column of each channel (NaN without foreground). The
         channel lit from low x sees more of the specimen there, so a's mean
         is expected to be the smaller; ``orientation_consistent`` says so.
     timings : dict
+    sheet : SheetRegistration
+        Channel b's light-sheet offset and tilt onto channel a
+        (:mod:`isoview_dask.fuse.sheets`); method 'off' when not registered.
+    voxel_size_um : (z, y, x) or None
+        Gives the physical tilt in :meth:`summary`.
     """
 
     channels: tuple[int, int]
@@ -147,6 +154,8 @@ class ChannelEstimate:
     intensity: IntensityResult | None
     mean_column: tuple[float, float]
     timings: dict
+    sheet: SheetRegistration = field(default_factory=SheetRegistration)
+    voxel_size_um: tuple | None = None
 
     @property
     def orientation_consistent(self) -> bool | None:
@@ -167,11 +176,12 @@ class ChannelEstimate:
                                          else self.channels[1]) if intensity else None,
             "mean_foreground_column": [None if not np.isfinite(v) else float(v) for v in self.mean_column],
             "orientation_consistent": self.orientation_consistent,
+            **self.sheet.summary(self.voxel_size_um),
         }
 
 
 def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: ProcessingConfig | None = None, *,
-                      progress: bool = True) -> ChannelEstimate:
+                      progress: bool = True, sheet: SheetRegistration | None = None) -> ChannelEstimate:
     """Estimate the transition column map and intensity ratio of one camera's two illumination channels.
 
     Parameters
@@ -186,7 +196,13 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
         camera fusion (``mask_fusion_mode``, ``mask_padding``,
         ``mask_min_object_size``, ``median_filter_range``,
         ``transition_smoothing_px``, ``precise_gauss``) and
-        ``intensity_correction``.
+        ``intensity_correction``; the sheet registration
+        (``channel_registration``, ``channel_search_planes``,
+        ``channel_max_rotation_deg``, ``channel_registration_columns``,
+        ``channel_min_confidence``).
+    sheet : SheetRegistration, optional
+        Use this sheet registration instead of fitting one (e.g. the
+        time-smoothed values of a two-pass run).
 
     Returns
     -------
@@ -195,8 +211,11 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
     Notes
     -----
     Only reductions are computed: the two xz coordinate masks (mean
-    foreground column per (z, y)) and, for the intensity ratio, a slab
-    one column either side of the transition.
+    foreground column per (z, y)), the mean of a few columns around the
+    transition for the sheet registration and, for the intensity ratio, a
+    slab one column either side of the transition. When channel b's sheet
+    is moved, its column map moves with it (nearest plane) before the
+    transition map is formed.
     """
     from ..cluster import compute
 
@@ -216,18 +235,42 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
     computed = iter(compute(*missing, progress=progress, label=f"{label}: column maps",
                                    estimate=True) if missing else ())
     xz_a, xz_b = (done if done is not None else next(computed) for done in saved)
-    # the transition map of the camera fusion, with x for z: (Z, Y) maps of mean column
-    transition = transition_plane_map(xz_a, xz_b, n_columns, median_filter_range=fc.median_filter_range,
-                                      smoothing_sigma=fc.transition_smoothing_px, rim_px=fc.mask_padding,
-                                      mask_mode=fc.mask_fusion_mode, min_object_fraction=fc.mask_min_object_size,
-                                      precise=fc.precise_gauss)
-    if fc.type == "geometric":
-        transition = geometric_transition(xz_a, xz_b, n_columns)
+
+    def transition_map(xz_b):  # the camera fusion's transition map, with x for z: (Z, Y) maps of mean column
+        if fc.type == "geometric":
+            return geometric_transition(xz_a, xz_b, n_columns)
+        return transition_plane_map(xz_a, xz_b, n_columns, median_filter_range=fc.median_filter_range,
+                                    smoothing_sigma=fc.transition_smoothing_px, rim_px=fc.mask_padding,
+                                    mask_mode=fc.mask_fusion_mode, min_object_fraction=fc.mask_min_object_size,
+                                    precise=fc.precise_gauss)
+
+    transition = transition_map(xz_b)
+    t1 = time.perf_counter()
+    if sheet is None and fc.channel_registration:
+        z_um, y_um, _ = view_a.voxel_size_um
+        task = sheet_registration_task(volume_a, volume_b, transition, weight=np.isfinite(xz_a) & np.isfinite(xz_b),
+                                       half_width=fc.channel_registration_columns,
+                                       search_planes=fc.channel_search_planes,
+                                       max_rotation_deg=fc.channel_max_rotation_deg,
+                                       spacing_ratio=z_um / y_um, min_confidence=fc.channel_min_confidence)
+        sheet = compute(task, progress=progress, label=f"{label}: sheet registration", estimate=True)[0]
+        if sheet.method == "fallback":
+            log.warning("%s: channel sheet registration not applied (confidence %.2f%s); channel b is not moved",
+                        label, sheet.confidence, f", {sheet.details['rejected']}" if sheet.details.get("rejected")
+                        else "")
+    sheet = sheet or SheetRegistration()
+    sheet_s = time.perf_counter() - t1
+    if not sheet.is_identity:  # b's column map and volume move with its sheet
+        xz_b = apply_sheet_transform_numpy(xz_b[:, :, None], sheet.offset_z_planes, sheet.rotation_deg, order=0,
+                                           cval=np.nan, dtype=np.float64)[:, :, 0]
+        transition = transition_map(xz_b)
+        volume_b, mask_b = _sheet_aligned(volume_b, mask_b, sheet)
     intensity = (channel_intensity_factor(volume_a, volume_b, mask_a, mask_b, transition)
                  if fc.intensity_correction else None)
     mean_column = tuple(float(np.nanmean(m)) if np.isfinite(m).any() else float("nan") for m in (xz_a, xz_b))
     estimate = ChannelEstimate((view_a.channel, view_b.channel), transition, intensity, mean_column,
-                               {"channel_estimation_s": time.perf_counter() - t0})
+                               {"channel_estimation_s": time.perf_counter() - t0, "sheet_registration_s": sheet_s},
+                               sheet, tuple(view_a.voxel_size_um))
     if estimate.orientation_consistent is False:
         log.warning("%s: channel %d's foreground lies at higher x (mean column %.1f) than channel %d's (%.1f); "
                     "fusion.channel_pairs lists the channel lit from low x first: check the order",
@@ -276,11 +319,16 @@ class ChannelFusedView:
     def fingerprint_inputs(self) -> list[dict]:
         return self.view_a.fingerprint_inputs() + self.view_b.fingerprint_inputs()
 
-    def prepare(self, config: ProcessingConfig | None = None, *, progress: bool = True) -> "ChannelFusedView":
-        """This view with its channel estimate (estimated now unless it already has one)."""
+    def prepare(self, config: ProcessingConfig | None = None, *, progress: bool = True,
+                sheet: SheetRegistration | None = None) -> "ChannelFusedView":
+        """This view with its channel estimate (estimated now unless it already has one).
+
+        ``sheet`` fixes the sheet registration (see :func:`estimate_channels`).
+        """
         if self.estimate is not None:
             return self
-        return replace(self, estimate=estimate_channels(self.view_a, self.view_b, config, progress=progress))
+        return replace(self, estimate=estimate_channels(self.view_a, self.view_b, config, progress=progress,
+                                                        sheet=sheet))
 
     def open_arrays(self, fc=None):
         """The channel-fused volume (the corrected dtype) and its mask (a OR b), lazily, (Z, Y, X).
@@ -292,10 +340,19 @@ class ChannelFusedView:
             raise IsoviewError(f"{self.name}: the channel fusion is not estimated yet (call prepare first)")
         fc = fc or ProcessingConfig().fusion
         volume_a, mask_a = self.view_a.open_arrays()
-        volume_b, mask_b = self.view_b.open_arrays()
+        volume_b, mask_b = _sheet_aligned(*self.view_b.open_arrays(), self.estimate.sheet)
         fused = channel_blend(volume_a, volume_b, self.estimate, fc.blending_range[0], fc.type,
                               fc.blending_profile)
         return fused, mask_a | mask_b
+
+
+def _sheet_aligned(volume_b, mask_b, sheet: SheetRegistration):
+    """Channel b's volume (float32, NaN where its sheet moved out of the stack) and mask, on channel a's sheet."""
+    if sheet.is_identity:
+        return volume_b, mask_b
+    return (apply_sheet_transform(volume_b, sheet.offset_z_planes, sheet.rotation_deg, order=1, cval=np.nan),
+            apply_sheet_transform(mask_b, sheet.offset_z_planes, sheet.rotation_deg, order=0, cval=False,
+                                  dtype=bool))
 
 
 def channel_blend(volume_a, volume_b, estimate: ChannelEstimate, blending_range: float, method: str = "adaptive",
