@@ -189,3 +189,49 @@ def test_synth_cli_writes_two_channels_per_camera_with_misaligned_sheets(tmp_pat
     assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--sheet-offset", "1"]) == 2
     assert "without illumination_channels" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------------------ time-lapse
+
+@pytest.fixture(scope="module")
+def timelapse(tmp_path_factory):
+    """Five timepoints of a camera pair with misaligned sheets, fused in two passes with static parameters."""
+    from isoview_dask.pipeline import process_timelapse
+    root = tmp_path_factory.mktemp("sheet-timelapse")
+    truth = generate_dataset(root / "syn", shape=SHAPE, seed=5, cameras=(0, 1), timepoints=5,
+                             illumination_channels=(0, 1), sheet_offset_planes={0: 1.3, 1: -0.8},
+                             sheet_tilt_deg={0: 0.7, 1: -0.4})
+    summaries = process_timelapse(truth.raw_dir, root / "out", progress=False, fusion_channel_pairs=[[0, 1]],
+                                  fusion_diagnostics=False, fusion_static=True)
+    assert not any(s.failed for s in summaries.values())
+    return truth, root / "out"
+
+
+def test_timelapse_smooths_and_freezes_the_sheet_registration(timelapse):
+    """Per-timepoint sheet fits enter the lookup table; static freezes them; pass 2 applies the table's values."""
+    import csv
+    from isoview_dask.pipeline.timelapse import lookup_table_path
+    truth, out = timelapse
+    lut = json.loads(lookup_table_path(out, 0, (0, 1), (0, 1), "lookUpTable.json").read_text())
+    rows = lut["timepoints"]
+    assert len(rows) == 5
+    for camera in (0, 1):
+        true_offset, true_rotation = truth.sheet_misalignment(camera)
+        used = [(r["channel_registration"][str(camera)]["offset_z_planes"],
+                 r["channel_registration"][str(camera)]["rotation_deg"]) for r in rows]
+        assert len(set(used)) == 1  # static: one value for every timepoint
+        offset, rotation = used[0]
+        assert abs(offset - true_offset) <= OFFSET_TOL and abs(rotation - true_rotation) <= ROTATION_TOL
+        role = "ref" if camera == 0 else "mov"
+        estimated = [r["estimated"][f"sheet_offset_{role}"] for r in rows]
+        assert len(set(estimated)) > 1  # the per-timepoint fits differ (fresh noise), the used value does not
+        for t, row in enumerate(rows):
+            params = json.loads(output_path(out, 0, t, [0, 1], [0, 1], "fusedStack", "json").read_text())
+            entry = next(e for e in params["channel_fusion"] if e["camera"] == camera)
+            assert entry["channel_registration_method"] == "fixed"
+            assert (entry["offset_z_planes"], entry["rotation_deg"]) == pytest.approx(used[t])
+            assert "channel_registration" in params["parameters_fixed"]
+    with open(lookup_table_path(out, 0, (0, 1), (0, 1), "lookUpTable.csv")) as fh:
+        table = list(csv.DictReader(fh))
+    assert float(table[2]["sheet_offset_z_planes_CM00"]) == pytest.approx(rows[2]["channel_registration"]["0"]
+                                                                         ["offset_z_planes"])

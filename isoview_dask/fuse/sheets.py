@@ -80,6 +80,16 @@ class SheetRegistration:
     correlation_before: float = float("nan")
     details: dict = field(default_factory=dict)
 
+    @classmethod
+    def fixed(cls, offset_z_planes: float, rotation_deg: float, n_rows: int) -> "SheetRegistration":
+        """Given values (e.g. time-smoothed): method 'fixed', or 'negligible' (no motion) when no row of
+        an ``n_rows`` frame would move by ``NEGLIGIBLE_PLANES``."""
+        offset, rotation = float(offset_z_planes), float(rotation_deg)
+        details = {"estimated_offset_z_planes": offset, "estimated_rotation_deg": rotation, "rejected": None}
+        if np.abs(sheet_displacement(n_rows, offset, rotation)).max() < NEGLIGIBLE_PLANES:
+            return cls(0.0, 0.0, float("nan"), "negligible", float("nan"), details)
+        return cls(offset, rotation, float("nan"), "fixed", float("nan"), details)
+
     @property
     def is_identity(self) -> bool:
         return self.offset_z_planes == 0.0 and self.rotation_deg == 0.0

@@ -588,6 +588,18 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
                         rejected)
 
 
+def _prepare_view(view, config: ProcessingConfig, progress: bool, fixed: dict | None):
+    """``view.prepare``; a channel-fused camera takes its sheet registration from ``fixed`` when there."""
+    if not isinstance(view, ChannelFusedView):
+        return view.prepare(config, progress=progress)
+    entry = ((fixed or {}).get("channel_registration") or {}).get(str(view.camera))
+    sheet = None
+    if entry is not None:
+        n_rows = int((view.view_a.record.get("shape_zyx") or view.view_a.open_arrays()[0].shape)[1])
+        sheet = SheetRegistration.fixed(entry["offset_z_planes"], entry["rotation_deg"], n_rows)
+    return view.prepare(config, progress=progress, sheet=sheet)
+
+
 def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: ProcessingConfig | None = None,
               *, progress: bool = True, fixed: dict | None = None) -> dict:
     """Register, intensity-match and blend one opposing camera pair; write outputs.
@@ -602,7 +614,9 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         Output root; ``<out>/SPM##/TM######/SPM##_TM######_CM<a>_CM<b>_CHN##.fusedStack.zarr``
         (``..._CHN<a>_CHN<b>.fusedStack.zarr`` for channel-fused views).
     fixed : dict, optional
-        Parameters to use instead of estimating them (see :func:`estimate_pair`).
+        Parameters to use instead of estimating them (see :func:`estimate_pair`);
+        ``channel_registration`` ({camera: {offset_z_planes, rotation_deg}})
+        fixes the sheet registration of channel-fused cameras.
 
     Returns
     -------
@@ -616,7 +630,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     config = config or ProcessingConfig()
     fc, oc = config.fusion, config.output
     t0 = time.perf_counter()
-    ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
+    ref, mov = (_prepare_view(view, config, progress, fixed) for view in (ref, mov))
     estimate = estimate_pair(ref, mov, config, progress=progress, fixed=fixed)
     if estimate.rejected and fc.strict_registration:
         raise RegistrationError(f"{_label(ref, mov)}: registration rejected ({estimate.rejected}); nothing "

@@ -73,6 +73,9 @@ _NOT_ESTIMATION = set(TEMPORAL_FIELDS) | {"diagnostics", "blending_range", "blen
 SERIES = {"dy": 0, "dx": 0, "rotation_deg": 1, "intensity_factor_moving": 2,
           "transition_min": 0, "transition_median": 0, "transition_max": 0}
 REGISTRATION_SERIES = ("dy", "dx", "rotation_deg")
+#: Light-sheet registration of channel-fused cameras (reference and moving camera): the group in
+#: ``lut_averaging`` (offsets, angles) of each. Present only for camera pairs of channel-fused cameras.
+SHEET_SERIES = {"sheet_offset_ref": 0, "sheet_rotation_ref": 1, "sheet_offset_mov": 0, "sheet_rotation_mov": 1}
 #: A residual from the smoothed curve below this is never called an outlier, whatever rloess's
 #: robustness weight (with very precise estimates 6 x MAD is a few hundredths of a pixel).
 OUTLIER_FLOOR = {"dy": 0.5, "dx": 0.5, "rotation_deg": 0.1}
@@ -282,7 +285,13 @@ class SmoothedParameters:
                "transition_plane": {k: float(self.used[f"transition_{k}"][i]) for k in ("min", "median", "max")},
                "registration_confidence": float(self.confidence[i]),
                "dropped": bool(self.dropped[i]), "outlier": bool(self.outlier[i]),
-               "estimated": {name: _num(self.raw[name][i]) for name in SERIES}}
+               "estimated": {name: _num(self.raw[name][i]) for name in (*SERIES, *SHEET_SERIES)
+                             if name in self.raw}}
+        if "sheet_offset_ref" in self.used:
+            row["channel_registration"] = {
+                str(camera): {"offset_z_planes": float(self.used[f"sheet_offset_{role}"][i]),
+                              "rotation_deg": float(self.used[f"sheet_rotation_{role}"][i])}
+                for role, camera in (("ref", self.pair[0]), ("mov", self.pair[1]))}
         return row
 
 
@@ -317,7 +326,34 @@ def _series_from_records(records: list[dict]) -> dict[str, np.ndarray]:
                  "transition_min": tp.get("min"), "transition_median": tp.get("median"),
                  "transition_max": tp.get("max")}[name]
         return np.nan if value is None else float(value)
-    return {name: np.array([get(r, name) for r in records], dtype=float) for name in SERIES}
+    series = {name: np.array([get(r, name) for r in records], dtype=float) for name in SERIES}
+    return {**series, **_sheet_series(records)}
+
+
+def _sheet_series(records: list[dict]) -> dict[str, np.ndarray]:
+    """Per-timepoint sheet fits of both cameras (NaN where rejected or below confidence); {} if never fitted.
+
+    The fitted values count even where they were too small to apply ('negligible'): the series is the
+    measurement, smoothing decides what is applied.
+    """
+    def entry(record, camera):
+        for item in record.get("channel_fusion") or []:
+            if item.get("camera") == camera:
+                return item
+        return {}
+
+    out: dict[str, list[float]] = {name: [] for name in SHEET_SERIES}
+    fitted = False
+    for record in records:
+        for role, camera in (("ref", record["reference_camera"]), ("mov", record["moving_camera"])):
+            item = entry(record, camera)
+            method = item.get("channel_registration_method")
+            fitted |= method in ("estimated", "negligible", "fallback")
+            good = method in ("estimated", "negligible")
+            for name, key in (("offset", "estimated_offset_z_planes"), ("rotation", "estimated_rotation_deg")):
+                value = item.get(key) if good else None
+                out[f"sheet_{name}_{role}"].append(np.nan if value is None else float(value))
+    return {name: np.array(values, dtype=float) for name, values in out.items()} if fitted else {}
 
 
 def temporal_settings(config: ProcessingConfig) -> dict:
@@ -364,6 +400,11 @@ def smooth_parameters(records: list[dict], config: ProcessingConfig | None = Non
             far = np.abs(np.nan_to_num(series - fit)) > OUTLIER_FLOOR[name]
             flags[name] = (np.nan_to_num(weights, nan=1.0) <= 0) & far
             outlier |= flags[name]
+    for name, group in SHEET_SERIES.items():  # the sheet fits have their own confidence (NaN where too low)
+        if name in raw:
+            smoothed = smooth_series(raw[name], span=span, averaging=fc.lut_averaging[group],
+                                     method=fc.lut_averaging_method, static=fc.static)
+            used[name] = np.nan_to_num(smoothed, nan=0.0)  # never fitted well: no motion
     return SmoothedParameters(first["specimen"], (first["reference_camera"], first["moving_camera"]),
                               as_channel(first["channel"]), [int(r["timepoint"]) for r in records], raw, used,
                               confidence,
@@ -385,7 +426,11 @@ LUT_CSV_COLUMNS = ("timepoint", "dy", "dx", "rotation_deg", "intensity_factor", 
 def _lut_csv(params: SmoothedParameters) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LUT_CSV_COLUMNS)
+    sheets = "sheet_offset_ref" in params.used
+    cameras = [f"CM{c:02d}" for c in params.pair]
+    sheet_columns = [f"{what}_{camera}" for camera in cameras for what in ("sheet_offset_z_planes",
+                                                                        "sheet_rotation_deg")]
+    writer.writerow(list(LUT_CSV_COLUMNS) + (sheet_columns if sheets else []))
     for t in params.timepoints:
         row = params.used_at(t)
         f = float(params.used["intensity_factor_moving"][params.index(t)])
@@ -395,7 +440,9 @@ def _lut_csv(params: SmoothedParameters) -> str:
         writer.writerow([t, *row["sampling_offset_yx_px"], row["sampling_rotation_deg"], factor, flag,
                          *row["transition_plane"].values(), row["registration_confidence"], int(row["dropped"]),
                          int(row["outlier"]), est["dy"], est["dx"], est["rotation_deg"],
-                         est["intensity_factor_moving"], est["transition_median"]])
+                         est["intensity_factor_moving"], est["transition_median"],
+                         *([v for c in params.pair for v in row["channel_registration"][str(c)].values()]
+                           if sheets else [])])
     return buf.getvalue()
 
 
@@ -589,6 +636,8 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
             values["transition_plane"] = row["transition_plane"]["median"]
         else:
             values["transition_yx"] = maps[key].at(timepoint)
+        if "channel_registration" in row and fc.channel_registration:
+            values["channel_registration"] = row["channel_registration"]
         return values
 
     fused = fuse_dataset(corrected, out, config, progress=progress, fixed_parameters=fixed)
