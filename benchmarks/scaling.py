@@ -99,12 +99,16 @@ def generate(workdir: Path, shape, timepoints: int, seed: int) -> Path:
     return raw
 
 
-def measure(raw: Path, out: Path, workers: int, memory_limit: str, **flags) -> dict:
+def measure(raw: Path, out: Path, workers: int, memory_limit: str, max_jobs: int | None = None, **flags) -> dict:
+    import contextlib
+
+    import dask
     from distributed import get_task_stream
 
     from isoview_dask.cluster import client_context
     from isoview_dask.dataset import open_dataset
     from isoview_dask.pipeline import process_dataset
+    from isoview_dask.pipeline.executor import MAX_JOBS_CONFIG_KEY
 
     nbytes = open_dataset(raw).nbytes
     for path in sorted(raw.rglob("*")):
@@ -116,13 +120,14 @@ def measure(raw: Path, out: Path, workers: int, memory_limit: str, **flags) -> d
         with _common.PeakMemory(client) as mem, ParallelismSampler(client) as sampler, \
                 get_task_stream(client) as stream:
             t0 = time.perf_counter()
-            summaries = process_dataset(raw, out, progress=False, **flags)
+            with (dask.config.set({MAX_JOBS_CONFIG_KEY: max_jobs}) if max_jobs else contextlib.nullcontext()):
+                summaries = process_dataset(raw, out, progress=False, **flags)
             wall = time.perf_counter() - t0
         tasks = [t for t in stream.data]
     failed = sum(len(s.failed) for s in summaries.values())
     busy = sum(s["stop"] - s["start"] for t in tasks for s in t["startstops"] if s["action"] == "compute")
     memory = mem.result()
-    return {"workers": workers, "memory_limit": memory_limit, "input_mb": nbytes / _common.MB,
+    return {"workers": workers, "memory_limit": memory_limit, "max_jobs": max_jobs or "default", "input_mb": nbytes / _common.MB,
             "views": len(summaries["correct"].written), "fused": len(summaries["fuse"].written), "failed": failed,
             "wall_s": wall, "mb_per_s": nbytes / _common.MB / wall,
             "cpu_s": memory.get("cpu_s"), "cpu_s_per_gb": memory.get("cpu_s", 0) / (nbytes / 1e9),
@@ -142,6 +147,10 @@ def main(argv=None) -> int:
     parser.add_argument("--low-memory-limit", default="512MiB")
     parser.add_argument("--low-memory-shards", default="16,512,512",
                         help="zarr shard Z,Y,X of the low-memory run: small workers want small tasks")
+    parser.add_argument("--max-jobs", type=int, default=0,
+                        help="also run 2 workers with this many jobs in flight (isoview-dask.max-jobs) instead of "
+                             "the default 3 per worker thread: the parallelism the plan exposes to a wider cluster, "
+                             "with worker memory still bounded by the budget")
     parser.add_argument("--low-memory", action="store_true",
                         help="also run the memory-limit-below-one-volume configuration (see the module docstring; "
                              "it did not finish within 20 minutes when first tried, under investigation)")
@@ -160,6 +169,10 @@ def main(argv=None) -> int:
         rows.append({"recording": f"{timepoints} TP x 4 x {'x'.join(map(str, shape))}",
                      **measure(raw, args.workdir / "scaling-out", n, args.memory_limit)})
         print(f"  {rows[-1]['wall_s']:.1f} s, {rows[-1]['mb_per_s']:.1f} MB/s", file=sys.stderr, flush=True)
+    if args.max_jobs:
+        print(f"2 workers, {args.max_jobs} jobs in flight ...", file=sys.stderr, flush=True)
+        rows.append({"recording": f"{timepoints} TP x 4 x {'x'.join(map(str, shape))}",
+                     **measure(raw, args.workdir / "scaling-out", 2, args.memory_limit, max_jobs=args.max_jobs)})
     if args.low_memory:
         low_raw = generate(args.workdir, low_shape, 1, seed=4)
         volume_mb = 2 * low_shape[0] * low_shape[1] * low_shape[2] / _common.MB
@@ -170,6 +183,7 @@ def main(argv=None) -> int:
     cells = [{**r, "parallelism_median": r["parallelism"]["median"], "parallelism_p10": r["parallelism"]["p10"]}
              for r in rows]
     columns = [("recording", "recording"), ("workers", "workers"), ("memory_limit", "memory/worker"),
+               ("max_jobs", "jobs in flight"),
                ("input_mb", "raw MB"), ("wall_s", "wall s"), ("mb_per_s", "MB/s"), ("cpu_s_per_gb", "CPU-s/GB"),
                ("utilisation", "utilisation"), ("parallelism_median", "runnable median"),
                ("parallelism_p10", "runnable p10"), ("worker_peak_mb", "worker peak MB"), ("failed", "failed")]

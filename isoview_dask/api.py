@@ -308,14 +308,11 @@ def _with_volumes(entry: PairFusion, views, cfg: ProcessingConfig) -> PairFusion
         fused, mask = views[0].open_arrays(fc)
         return replace(entry, fused=fused, reference=fused, mask_reference=mask)
     ref, mov = views
-    from .fuse import fuse_views
-    from .pipeline.fuse import _aligned, _prepared
+    from .pipeline.fuse import _aligned, _prepared, fused_volume
     estimate = entry.estimate
     reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
     moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
-    fused = fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, estimate.transition_yx,
-                       fc.blending_range[1], fc.type, estimate.intensity, profile=fc.blending_profile,
-                       dtype=reference.dtype, slab_planes=fc.slab_size_cameras or None)
+    fused = fused_volume(reference, moving_f, estimate, fc)
     return replace(entry, fused=fused, reference=reference, moving_aligned=moving_a,
                    mask_reference=mask_ref, mask_moving_aligned=mask_mov_a)
 
@@ -425,7 +422,8 @@ def blend_views(reference, moving_aligned, transition=None, *, config=None, blen
         Transition plane(s); None with ``method='geometric'`` is the middle plane.
     config : ProcessingConfig, mapping, path or None
         Defaults for ``blending_range`` (its camera value), ``method``
-        (``fusion.type``) and ``profile`` (``fusion.blending_profile``).
+        (``fusion.type``; 'sharpness' ignores the transition) and ``profile``
+        (``fusion.blending_profile``).
     intensity : IntensityResult or float, optional
         A float is the ``moving / reference`` brightness ratio; the dimmer view is scaled.
 
@@ -433,10 +431,13 @@ def blend_views(reference, moving_aligned, transition=None, *, config=None, blen
     -------
     dask.array.Array (Z, Y, X), lazy.
     """
-    from .fuse import IntensityResult, blend
+    from .fuse import IntensityResult, blend, blend_by_sharpness
     fc = load_config(config).fusion
     if intensity is not None and not isinstance(intensity, IntensityResult):
         intensity = IntensityResult.from_ratio(float(intensity))
+    if (fc.type if method is None else method) == "sharpness":  # content-based: no transition
+        return blend_by_sharpness(reference, moving_aligned, sigma_px=fc.sharpness_sigma_px, intensity=intensity,
+                                  dtype=dtype)
     return blend(reference, moving_aligned, transition,
                  fc.blending_range[1] if blending_range is None else blending_range,
                  fc.type if method is None else method, intensity,

@@ -28,9 +28,13 @@ class ConfigError(IsoviewError, ValueError):
     """An invalid configuration value or an unknown key (the message names it)."""
 
 
-def opt(default, help: str, *, choices=None, lo=None, hi=None, matlab: str | None = None, **kw):
-    """A config field with its help text, allowed values and MATLAB name."""
-    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "matlab": matlab}
+def opt(default, help: str, *, choices=None, lo=None, hi=None, matlab: str | None = None, aliases=None, **kw):
+    """A config field with its help text, allowed values, MATLAB name and accepted aliases.
+
+    ``aliases`` maps other spellings (compared as text, e.g. MATLAB's numeric
+    codes) to the canonical value.
+    """
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "matlab": matlab, "aliases": aliases}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -108,7 +112,11 @@ class Section:
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            value = _coerce(self._name, f.name, hints[f.name], getattr(self, f.name))
+            value = getattr(self, f.name)
+            aliases = f.metadata.get("aliases") or {}
+            if not isinstance(value, (list, tuple, dict)) and str(value) in aliases:
+                value = aliases[str(value)]
+            value = _coerce(self._name, f.name, hints[f.name], value)
             object.__setattr__(self, f.name, value)
             meta = f.metadata
             items = value if isinstance(value, tuple) else (value,)
@@ -232,8 +240,15 @@ class FusionConfig(Section):
     """Registration, intensity matching and blending of opposing cameras (the MATLAB clusterMF)."""
 
     _name: typing.ClassVar[str] = "fusion"
-    type: str = opt("adaptive", "blending: per-pixel transition plane, one plane, or the mean",
-                    choices=("adaptive", "geometric", "average"), matlab="fusionType")
+    type: str = opt("adaptive", "blending: per-pixel transition plane, one plane, local sharpness (Tenengrad) "
+                    "weights, or the mean; MATLAB's fusionType numbers are accepted (0 adaptive, 1 geometric, "
+                    "2 wavelet -> sharpness, 3 average)",
+                    choices=("adaptive", "geometric", "sharpness", "average"), matlab="fusionType",
+                    aliases={"0": "adaptive", "1": "geometric", "2": "sharpness", "wavelet": "sharpness",
+                             "3": "average", "adaptive_blending": "adaptive", "geometric_blending": "geometric",
+                             "averaging": "average"})
+    sharpness_sigma_px: float = opt(4.0, "type 'sharpness': Gaussian sigma (px) over which each view's in-plane "
+                                    "gradient energy is averaged into its weight", lo=0.0)
     blending_range: tuple[float, float] = opt((20.0, 10.0), "transition widths: [channel (columns along x, "
                                               "for channel_pairs), camera (planes along z)]", lo=0.0,
                                               matlab="blendingRange")
@@ -256,6 +271,10 @@ class FusionConfig(Section):
                                             "the channel transition it is fitted on", lo=1)
     channel_min_confidence: float = opt(0.3, "channel registration: below this confidence (correlation of the "
                                         "band-passed channel images) channel b is not moved", lo=0.0, hi=1.0)
+    front_camera: str = opt("reference", "which camera of a pair images the low planes (near side at low z) and "
+                            "takes them in the blend; MATLAB frontFlag 1 reference, 2 moving",
+                            choices=("reference", "moving"), matlab="frontFlag",
+                            aliases={"1": "reference", "2": "moving"})
     flip_h: bool = opt(True, "mirror the moving camera left-right before registration", matlab="flipH")
     flip_v: bool = opt(False, "mirror the moving camera up-down", matlab="flipV")
     rotation: int = opt(0, "rotate the moving camera by this many degrees (counter-clockwise)",
@@ -268,6 +287,18 @@ class FusionConfig(Section):
                                           lo=0.0)
     strict_registration: bool = opt(False, "one-pass fusion: fail a pair whose registration is rejected (its "
                                     "estimate at the search limit) instead of fusing it with a warning")
+    intensity_ratio: float | None = opt(None, "camera pairs: a given brightness ratio moving / reference instead "
+                                        "of estimating it (the dimmer camera is scaled); none: estimated", lo=1e-6)
+    transition_plane: float | None = opt(None, "camera pairs: one given transition plane (fractional plane index) "
+                                         "for every pixel instead of the estimated map; none: estimated", lo=0.0)
+    channel_intensity_ratio: float | None = opt(None, "channel pairs: a given brightness ratio b / a instead of "
+                                                "estimating it; none: estimated", lo=1e-6)
+    channel_transition_column: float | None = opt(None, "channel pairs: one given transition column (fractional "
+                                                  "column index) instead of the estimated map; none: estimated",
+                                                  lo=0.0)
+    channel_swapped_cameras: tuple[int, ...] = opt((), "cameras whose channel pair is lit the other way round: "
+                                                   "the pair's second channel from the low-x side of their frame "
+                                                   "(MATLAB leftFlags 0)", lo=0, hi=15, matlab="leftFlags")
     intensity_correction: bool = opt(True, "scale the dimmer camera to the brighter one in the mask overlap")
     mask_fusion_mode: str = opt("overlap", "which cameras' foreground gives the transition plane: both "
                                 "(overlap), either (union), or one", choices=("overlap", "union", "reference",

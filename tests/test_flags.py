@@ -38,7 +38,8 @@ COVERAGE = {
     "input_cameras": ["test_input_selection", "test_pipeline_correct.py::test_formats_hold_identical_values"],
     "input_channels": ["test_input_selection", "test_camera_pairs_and_channels_restrict_the_fusions"],
     "correction_precise_gauss": ["test_precise_gauss_changes_the_mask_slightly"],
-    "fusion_type": ["test_fusion_type"],
+    "fusion_type": ["test_fusion_type", "test_multifuse_options.py::test_matlab_fusion_type_numbers_are_aliases",
+                    "test_multifuse_options.py::test_sharpness_fusion_against_truth"],
     "fusion_blending_range": ["test_blending_range_zero_is_a_hard_switch",
                               "test_blending_range_mixes_only_near_the_transition",
                               "test_channel_blending_range",
@@ -61,6 +62,8 @@ COVERAGE = {
                       "test_timelapse.py::test_static_gives_the_robust_centre"],
     "fusion_generate_lookup_table": ["test_static_and_no_lookup_table_files",
                                      "test_timelapse.py::test_lookup_table_files_and_plot"],
+    "fusion_front_camera": ["test_multifuse_options.py::test_front_camera_moving_when_the_reference_sees_the_far_side"],
+    "fusion_channel_swapped_cameras": ["test_multifuse_options.py::test_swapped_channel_sides_per_camera"],
     "fusion_lut_averaging": ["test_lut_averaging_windows"],
     "fusion_lut_averaging_method": ["test_lut_averaging_windows"],
 }

@@ -21,6 +21,8 @@ corrected cameras with foreground masks (see :mod:`isoview_dask.correct`)::
 from .apply import fuse_views, fuse_views_numpy
 from .blending import (
     blend,
+    blend_by_sharpness,
+    blend_by_sharpness_numpy,
     blend_channels,
     blend_channels_numpy,
     blend_numpy,
@@ -52,6 +54,8 @@ __all__ = [
     "apply_sheet_transform",
     "apply_sheet_transform_numpy",
     "blend",
+    "blend_by_sharpness",
+    "blend_by_sharpness_numpy",
     "blend_channels",
     "blend_channels_numpy",
     "blend_numpy",

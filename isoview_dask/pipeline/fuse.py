@@ -48,7 +48,7 @@ from ..config import ProcessingConfig
 from ..correct import coordinate_masks
 from ..errors import IsoviewError, RegistrationError
 from ..fuse import (IntensityResult, SheetRegistration, apply_inplane_transform, apply_inplane_transform_numpy,
-                    apply_sheet_transform, apply_sheet_transform_numpy, blend, blend_channels,
+                    apply_sheet_transform, apply_sheet_transform_numpy, blend, blend_by_sharpness, blend_channels,
                     channel_intensity_factor, fuse_views, geometric_transition, intensity_factor, registration_task,
                     sheet_registration_task, transition_plane_map, view_transform)
 from ..fuse.transforms import inverse_transform
@@ -244,6 +244,11 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
                                     mask_mode=fc.mask_fusion_mode, min_object_fraction=fc.mask_min_object_size,
                                     precise=fc.precise_gauss)
 
+    if fc.channel_transition_column is not None:  # given by the user
+        if not fc.channel_transition_column <= n_columns - 1:
+            raise IsoviewError(f"fusion.channel_transition_column {fc.channel_transition_column:g} lies beyond the "
+                               f"last column ({n_columns - 1}) of {view_a.name}")
+        transition_map = lambda _: float(fc.channel_transition_column)  # noqa: E731
     transition = transition_map(xz_b)
     t1 = time.perf_counter()
     if sheet is None and fc.channel_registration:
@@ -265,8 +270,12 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
                                            cval=np.nan, dtype=np.float64)[:, :, 0]
         transition = transition_map(xz_b)
         volume_b, mask_b = _sheet_aligned(volume_b, mask_b, sheet)
-    intensity = (channel_intensity_factor(volume_a, volume_b, mask_a, mask_b, transition)
-                 if fc.intensity_correction else None)
+    if not fc.intensity_correction:
+        intensity = None
+    elif fc.channel_intensity_ratio is not None:  # given by the user
+        intensity = IntensityResult.from_ratio(fc.channel_intensity_ratio)
+    else:
+        intensity = channel_intensity_factor(volume_a, volume_b, mask_a, mask_b, transition)
     mean_column = tuple(float(np.nanmean(m)) if np.isfinite(m).any() else float("nan") for m in (xz_a, xz_b))
     estimate = ChannelEstimate((view_a.channel, view_b.channel), transition, intensity, mean_column,
                                {"channel_estimation_s": time.perf_counter() - t0, "sheet_registration_s": sheet_s},
@@ -292,6 +301,9 @@ class ChannelFusedView:
     view_a: CorrectedView
     view_b: CorrectedView
     estimate: ChannelEstimate | None = None
+    #: The channel pair as configured (names the outputs); default (a, b). It differs from
+    #: (view_a.channel, view_b.channel) for a camera lit the other way round (fusion.channel_swapped_cameras).
+    pair: tuple[int, int] | None = None
 
     def __post_init__(self):
         a, b = self.view_a, self.view_b
@@ -302,12 +314,13 @@ class ChannelFusedView:
     specimen = property(lambda self: self.view_a.specimen)
     timepoint = property(lambda self: self.view_a.timepoint)
     camera = property(lambda self: self.view_a.camera)
-    channel = property(lambda self: self.view_a.channel)
+    channel = property(lambda self: self.channels[0])
     voxel_size_um = property(lambda self: self.view_a.voxel_size_um)
 
     @property
     def channels(self) -> tuple[int, int]:
-        return (self.view_a.channel, self.view_b.channel)
+        """The channel pair as configured (output names); ``(view_a.channel, view_b.channel)`` is low x first."""
+        return tuple(self.pair) if self.pair else (self.view_a.channel, self.view_b.channel)
 
     @property
     def name(self) -> str:
@@ -342,7 +355,7 @@ class ChannelFusedView:
         volume_a, mask_a = self.view_a.open_arrays()
         volume_b, mask_b = _sheet_aligned(*self.view_b.open_arrays(), self.estimate.sheet)
         fused = channel_blend(volume_a, volume_b, self.estimate, fc.blending_range[0], fc.type,
-                              fc.blending_profile)
+                              fc.blending_profile, sharpness_sigma_px=fc.sharpness_sigma_px)
         return fused, mask_a | mask_b
 
 
@@ -356,13 +369,18 @@ def _sheet_aligned(volume_b, mask_b, sheet: SheetRegistration):
 
 
 def channel_blend(volume_a, volume_b, estimate: ChannelEstimate, blending_range: float, method: str = "adaptive",
-                  profile: str = "sigmoid"):
+                  profile: str = "sigmoid", *, sharpness_sigma_px: float = 4.0):
     """Blend two illumination channels with an estimate's transition and intensity (lazy, blockwise).
 
     'adaptive' and 'geometric' are :func:`~isoview_dask.fuse.blend_channels`
     along x (the estimate's (Z, Y) map or single column); 'average' is the
-    mean of the two (matched) channels. The result keeps ``volume_a``'s dtype.
+    mean of the two (matched) channels; 'sharpness' weighs them by local
+    sharpness (:func:`~isoview_dask.fuse.blend_by_sharpness`). The result
+    keeps ``volume_a``'s dtype.
     """
+    if method == "sharpness":
+        return blend_by_sharpness(volume_a, volume_b, sigma_px=sharpness_sigma_px, intensity=estimate.intensity,
+                                  dtype=volume_a.dtype)
     if method == "average":
         return blend(volume_a, volume_b, None, 0.0, "average", estimate.intensity, profile=profile,
                      dtype=volume_a.dtype)
@@ -520,10 +538,17 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
 
     config = config or ProcessingConfig()
     fc = config.fusion
-    fixed = fixed or {}
+    fixed = dict(fixed or {})
+    if fc.intensity_ratio is not None:  # given by the user: never estimated
+        fixed.setdefault("intensity_ratio_moving_over_reference", fc.intensity_ratio)
+    if fc.transition_plane is not None:
+        fixed.setdefault("transition_plane", fc.transition_plane)
     t0 = time.perf_counter()
     ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
     reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc, slabs=True)
+    if fc.transition_plane is not None and not fc.transition_plane <= reference.shape[0] - 1:
+        raise IsoviewError(f"fusion.transition_plane {fc.transition_plane:g} lies beyond the last plane "
+                           f"({reference.shape[0] - 1}) of {ref.name}")
     n_planes = reference.shape[0]
     need_depths = "sampling_offset_yx_px" not in fixed or not ("transition_yx" in fixed
                                                                or "transition_plane" in fixed)
@@ -588,6 +613,30 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
                         rejected)
 
 
+def fused_volume(reference, moving_f, estimate: PairEstimate, fc):
+    """The lazy fused volume of a prepared pair (moving camera flipped, not yet aligned), as ``fc.type`` says.
+
+    'adaptive', 'geometric', 'average': :func:`~isoview_dask.fuse.fuse_views`
+    (alignment and the transition-plane blend in one pass); 'sharpness':
+    the aligned moving camera and :func:`~isoview_dask.fuse.blend_by_sharpness`.
+    The result keeps the reference's dtype. With ``fc.front_camera =
+    'moving'`` (the moving camera's near side is at low z) the blend runs on
+    both volumes with their planes reversed and the result is reversed back.
+    """
+    if fc.front_camera == "moving" and fc.type in ("adaptive", "geometric"):
+        n_planes = reference.shape[0]
+        reversed_estimate = replace(estimate, transition_yx=(n_planes - 1) - np.asarray(estimate.transition_yx))
+        return fused_volume(reference[::-1], moving_f[::-1], reversed_estimate,
+                            replace(fc, front_camera="reference"))[::-1]
+    if fc.type == "sharpness":
+        aligned = apply_inplane_transform(moving_f, estimate.offset_yx, estimate.rotation_deg, order=1, cval=np.nan)
+        return blend_by_sharpness(reference, aligned, sigma_px=fc.sharpness_sigma_px, intensity=estimate.intensity,
+                                  dtype=reference.dtype)
+    return fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, estimate.transition_yx,
+                      fc.blending_range[1], fc.type, estimate.intensity, profile=fc.blending_profile,
+                      dtype=reference.dtype, slab_planes=fc.slab_size_cameras or None)
+
+
 def _prepare_view(view, config: ProcessingConfig, progress: bool, fixed: dict | None):
     """``view.prepare``; a channel-fused camera takes its sheet registration from ``fixed`` when there."""
     if not isinstance(view, ChannelFusedView):
@@ -645,9 +694,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     # projections for the figures.
     t2 = time.perf_counter()
     blending_range = fc.blending_range[1]
-    fused = fuse_views(reference, moving_f, estimate.offset_yx, estimate.rotation_deg, transition, blending_range,
-                       fc.type, intensity, profile=fc.blending_profile, dtype=reference.dtype,
-                       slab_planes=fc.slab_size_cameras or None)
+    fused = fused_volume(reference, moving_f, estimate, fc)
     target = output_path(out, ref.specimen, ref.timepoint, [ref.camera, mov.camera], list(ref.channels),
                          "fusedStack")
     extra = {"reference_xy": reference.max(axis=0), "moving_xy": moving_f.max(axis=0)} if fc.diagnostics else {}
@@ -873,7 +920,9 @@ def channel_jobs(views: dict, config: ProcessingConfig):
                                          f"camera(s) {', '.join(map(str, cameras))}")
                 continue
             yield ChannelJob(specimen, timepoint, cameras, (ch_a, ch_b), tuple(
-                ChannelFusedView(views[(specimen, timepoint, c, ch_a)], views[(specimen, timepoint, c, ch_b)])
+                ChannelFusedView(*(views[(specimen, timepoint, c, ch)] for ch in
+                                   ((ch_b, ch_a) if c in fc.channel_swapped_cameras else (ch_a, ch_b))),
+                                 pair=(ch_a, ch_b))
                 for c in cameras))
 
 

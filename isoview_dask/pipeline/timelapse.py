@@ -106,10 +106,13 @@ def _groups(views: dict, config: ProcessingConfig, channel_pairs: bool = False):
         if len(job.cameras) != 2:
             continue  # a lone camera has nothing to register or smooth
         pair = job.cameras
+        if job.views:  # complete: as the fusion builds them (channel order per camera included)
+            yield job.specimen, job.timepoint, job.channels, pair, job.views[0], job.views[1]
+            continue
 
         def view(camera):
             a, b = (views.get((job.specimen, job.timepoint, camera, ch)) for ch in job.channels)
-            return ChannelFusedView(a, b) if a is not None and b is not None else None
+            return ChannelFusedView(a, b, pair=job.channels) if a is not None and b is not None else None
         yield job.specimen, job.timepoint, job.channels, pair, view(pair[0]), view(pair[1])
 
 
