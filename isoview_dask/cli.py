@@ -47,16 +47,17 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
 
 
-def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+def _add_cluster_options(p: argparse.ArgumentParser, full: bool = True) -> None:
     # Dest names match isoview_dask.cluster.ClusterSpec fields (see _cluster).
     g = p.add_argument_group("cluster", "where to run: a local cluster (default), a batch system through "
                                         "dask-jobqueue, a running scheduler, or no cluster")
     g.add_argument("--cluster", choices=["local", "slurm", "pbs", "lsf", "sge", "none"], default=None,
                    help="cluster to start (default local; 'none' is --no-cluster)")
-    g.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:port)")
-    g.add_argument("--workers", type=int, help="local workers (default: one per core)")
-    g.add_argument("--threads", type=int, help="threads per local worker")
-    g.add_argument("--memory-limit", default="auto", help="memory limit per local worker, e.g. 4GiB")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (tcp://host:port)")
+    g.add_argument("--workers", type=int, metavar="N", help="local workers (default: one per core)")
+    g.add_argument("--threads", type=int, metavar="N", help="threads per local worker (default 1)")
+    g.add_argument("--memory-limit", default="auto", metavar="SIZE",
+                   help="memory limit per local worker, e.g. 4GiB (default auto: the machine's share)")
     g.add_argument("--no-cluster", action="store_true", help="run on dask's threaded scheduler in this process")
     g.add_argument("--dashboard-address", metavar="[HOST]:PORT",
                    help="where the dashboard is served (local default: a free port; batch default :8787)")
@@ -68,6 +69,8 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
                    help="write dask's performance report (task stream, profile, workers) as HTML")
     b = p.add_argument_group("batch jobs", "with --cluster slurm|pbs|lsf|sge; an option not given keeps its "
                                            "value from dask's config (~/.config/dask/jobqueue.yaml)")
+    if not full:  # parsed as always, listed only by --help-all
+        b = _Hidden(b)
     b.add_argument("--queue", help="queue / partition")
     b.add_argument("--account", help="account (project on LSF and SGE)")
     b.add_argument("--cores", type=int, help="cores per job")
@@ -89,12 +92,24 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     b.add_argument("--job-name", help="name of the worker jobs in the queue (default dask-worker)")
 
 
+class _Hidden:
+    """An argument group whose options parse as usual but are left out of the help."""
+
+    def __init__(self, group):
+        self.group = group
+        group.title, group.description = None, None
+
+    def add_argument(self, *args, **kwargs):
+        kwargs["help"] = argparse.SUPPRESS
+        return self.group.add_argument(*args, **kwargs)
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("selection")
-    g.add_argument("--specimens", help="e.g. 0 or 0,1 (default all)")
-    g.add_argument("--timepoints", help="e.g. 0-10,15 (default all)")
-    g.add_argument("--cameras", help="e.g. 0,1 (default all)")
-    g.add_argument("--channels", help="e.g. 0 (default all)")
+    g.add_argument("--specimens", metavar="LIST", help="e.g. 0 or 0,1 (default all)")
+    g.add_argument("--timepoints", metavar="LIST", help="e.g. 0-10,15 (default all)")
+    g.add_argument("--cameras", metavar="LIST", help="e.g. 0,1 (default all)")
+    g.add_argument("--channels", metavar="LIST", help="e.g. 0 (default all)")
 
 
 def _add_zarr_options(p: argparse.ArgumentParser) -> None:
@@ -111,33 +126,83 @@ def _add_zarr_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-existing", action="store_true", help="leave existing outputs alone")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--<section>-<key>`` option per configuration field (see ``isoview-dask init``)."""
-    from .config import all_flags
-    p.add_argument("--config", help="TOML or JSON configuration file (options below override it)")
+#: Selection fields of the [input] section: given as --specimens, --timepoints, ... (ranges allowed).
+SELECTION = ("specimens", "timepoints", "cameras", "channels")
+#: Configuration sections whose flags each processing command takes.
+STAGE_SECTIONS = {"correct": ("input", "correction", "output"), "fuse": ("input", "fusion", "output"),
+                  "run": ("input", "correction", "fusion", "output"),
+                  "timelapse": ("input", "correction", "fusion", "output")}
+
+
+def _metavar(f, hint) -> str:
+    """What a value looks like: the choices, true/false, or the shape of a list."""
+    import typing
+    choices = f.metadata.get("choices")
+    if choices:
+        return "{" + ",".join(str(c) for c in choices) + "}"
+    import types
+    kind = hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: the X
+        kind = next(a for a in typing.get_args(hint) if a is not type(None))
+    if kind is bool:
+        return "{true,false}"
+    if typing.get_origin(kind) is tuple:
+        inner = typing.get_args(kind)
+        if inner and typing.get_origin(inner[0]) is tuple:
+            return "A,B:C,D"
+        return "N,N,..." if len(inner) == 2 and inner[1] is Ellipsis else ",".join("N" * len(inner))
+    return {int: "N", float: "X", str: "TEXT"}.get(kind, "VALUE")
+
+
+def _short_help(text: str, limit: int = 110) -> str:
+    """A help text up to its first semicolon, cut at a word before ``limit`` characters (with an ellipsis)."""
+    text = text.split(";", 1)[0]
+    if text.count("(") > text.count(")"):  # a parenthesis the semicolon cut open: leave it out
+        text = text.rsplit(" (", 1)[0]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
+def _shown_default(value) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        if value and isinstance(value[0], tuple):
+            return ":".join(",".join(str(v) for v in item) for item in value) or "none"
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], full: bool,
+                      skip: Sequence[str] = ()) -> None:
+    """One ``--<section>-<key>`` option per configuration field of ``sections`` (see ``isoview-dask init``).
+
+    Each shows its allowed values (metavar) and default; ``full`` gives the whole help text, else its first
+    clause. ``skip`` names fusion fields the command has no use for.
+    """
+    import typing
+
+    from .config import ProcessingConfig, all_flags
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON configuration file (options override it)")
+    defaults = {flag: getattr(getattr(ProcessingConfig(), flag.split("_", 1)[0]), flag.split("_", 1)[1])
+                for flag, _, _ in all_flags()}
     groups = {}
     for flag, f, cls in all_flags():
-        if f.name == "camera":
-            continue  # per-camera tables only from the configuration file
         section = flag.split("_", 1)[0]
+        if f.name == "camera" or section not in sections or (section == "input" and f.name in SELECTION) \
+                or flag == "output_overwrite" or (f.name in skip and section == "fusion"):
+            continue  # per-camera tables: configuration file only; selection, --overwrite: their own options
         group = groups.setdefault(section, p.add_argument_group(f"[{section}] options"))
-        hint = f.metadata.get("help", "")
-        group.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar="VALUE", help=hint)
-
-
-def _add_fusion_shortcuts(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("fusion shortcuts (same as the --fusion-* options)")
-    g.add_argument("--pairs", help="camera pairs, e.g. 0,1:2,3")
-    g.add_argument("--method", choices=["adaptive", "geometric", "average"])
-    g.add_argument("--blending-range", help="planes: CAMERA or CHANNEL,CAMERA")
-    g.add_argument("--flip-h", choices=["true", "false"], help="mirror the moving camera left-right")
-    g.add_argument("--flip-v", choices=["true", "false"], help="mirror the moving camera up-down")
-    g.add_argument("--rotation", choices=["0", "90", "180", "270"], help="rotate the moving camera")
-    g.add_argument("--flip-z", choices=["true", "false"], help="reverse the moving camera's planes")
-
-
-FUSION_SHORTCUTS = {"pairs": "fusion_camera_pairs", "method": "fusion_type", "flip_h": "fusion_flip_h",
-                    "flip_v": "fusion_flip_v", "rotation": "fusion_rotation", "flip_z": "fusion_flip_z"}
+        text = f.metadata.get("help", "")
+        hint = typing.get_type_hints(cls)[f.name]
+        text = text if full else _short_help(text)
+        if "default" not in text:
+            text += f" (default {_shown_default(defaults[flag])})"
+        group.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar=_metavar(f, hint),
+                           help=text.replace("%", "%%"))
 
 
 def _config_from_args(args):
@@ -149,39 +214,51 @@ def _config_from_args(args):
         value = getattr(args, short, None)
         if value is not None:
             flags[f"input_{short}"] = parse_index_list(value)
-    for short, flag in FUSION_SHORTCUTS.items():
-        if getattr(args, short, None) is not None:
-            flags[flag] = getattr(args, short)
-    if getattr(args, "blending_range", None) is not None:
-        values = [float(v) for v in args.blending_range.split(",")]
-        channel_range = values[0] if len(values) == 2 else base.fusion.blending_range[0]
-        flags["fusion_blending_range"] = [channel_range, values[-1]]
     if getattr(args, "overwrite", False):
         flags["output_overwrite"] = True
     return ProcessingConfig.from_flags(base, **flags)
 
 
-def _stage_parser(sub, name: str, help: str, description: str, *, fusion: bool = True,
+def _stage_parser(sub, name: str, help: str, description: str, *, full: bool = False,
                   source: tuple[str, str] = ("input", "raw recording folder"),
                   out_help: str | None = None) -> argparse.ArgumentParser:
     """A processing command: its source folder, --out, --overwrite, selection, cluster and config options."""
-    p = sub.add_parser(name, help=help, description=description)
+    p = sub.add_parser(name, help=help, description=description, formatter_class=_Formatter,
+                       usage=f"isoview-dask {name} {source[0].upper()} {'[--out OUT]' if out_help else '--out OUT'} "
+                             "[options]",
+                       epilog=None if full else f"Only the first clause of each option's help is shown: "
+                                                f"'isoview-dask {name} --help-all' shows all of it, and the batch "
+                                                "job options.")
     p.add_argument(source[0], help=source[1])
     if out_help:
         p.add_argument("--out", help=out_help)
     else:
         p.add_argument("--out", required=True, help="output root")
     p.add_argument("--overwrite", action="store_true", help="redo complete outputs too")
-    if fusion:
-        _add_fusion_shortcuts(p)
+    p.add_argument("--allow-out-inside-input", action="store_true",
+                   help="accept an output folder inside the input folder")
+    p.add_argument("--help-all", action="help", help="the whole help, batch job options included")
     _add_selection(p)
-    _add_cluster_options(p)
-    _add_config_flags(p)
+    _add_cluster_options(p, full)
+    from .pipeline.timelapse import TEMPORAL_FIELDS
+    _add_config_flags(p, STAGE_SECTIONS[name], full, skip=TEMPORAL_FIELDS if name == "fuse" else ())
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Formatter(argparse.HelpFormatter):
+    """Help with a wider option column, so most options take one line."""
+
+    def __init__(self, prog, **kwargs):
+        kwargs.setdefault("max_help_position", 44)
+        kwargs.setdefault("width", 118)
+        super().__init__(prog, **kwargs)
+
+
+def build_parser(full: bool = False) -> argparse.ArgumentParser:
+    """The command-line parser; ``full`` gives every option's whole help text (``--help-all``)."""
+    from . import __version__
     parser = argparse.ArgumentParser(prog="isoview-dask", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"isoview-dask {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -223,14 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "correct", "correct raw camera volumes (dead pixels, background, masks)",
                   "The MATLAB clusterPT step: for every selected view write the corrected volume, foreground and "
                   "coordinate masks, projections and a statistics JSON under OUT/SPM##/TM######/. Complete "
-                  "outputs are skipped on a rerun.", fusion=False)
+                  "outputs are skipped on a rerun.", full=full)
     p = _stage_parser(sub, "fuse", "register and blend opposing camera pairs of corrected volumes",
                       "The MATLAB clusterMF step: for every timepoint and camera pair with complete corrected "
                       "volumes, write <stem>.fusedStack.zarr, its parameters JSON and diagnostic PNGs. Complete "
                       "outputs are skipped on a rerun.", source=("corrected", "output root of the correction stage"),
-                      out_help="where fused volumes go (default: beside the corrected ones)")
+                      out_help="where fused volumes go (default: beside the corrected ones)", full=full)
     p = _stage_parser(sub, "run", "correct then fuse a raw recording",
-                      "Correction then fusion, all outputs under OUT/SPM##/TM######/.")
+                      "Correction then fusion, all outputs under OUT/SPM##/TM######/.", full=full)
     p.add_argument("--two-pass", action="store_true",
                    help="time-lapse fusion: estimate every timepoint, smooth over time, then fuse (as 'timelapse')")
     # -- time-lapse: two-pass fusion and the parameter table (isoview_dask.pipeline.timelapse) --
@@ -238,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "Correction; pass 1 estimates registration, intensity and transition planes for every "
                   "timepoint; pass 2 smooths them over time (rloess or static, --fusion-* options), writes lookup "
                   "tables and plots to OUT/SPM##/ and fuses every timepoint with the smoothed values. Every step "
-                  "resumes.")
+                  "resumes.", full=full)
 
     p = sub.add_parser("params", help="print every estimated and used parameter as one table",
                        description="One row per timepoint, camera pair and channel: registration, intensity, "
@@ -312,6 +389,54 @@ def _cluster(args):
     return client_context(spec)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, before any work, if ``out`` cannot be created or written (nothing is left behind)."""
+    from .errors import IsoviewError as Error
+    if out.exists() and not out.is_dir():
+        raise Error(f"--out {out}: exists and is not a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise Error(f"--out {out}: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".isoview-write-test-"):
+            pass
+    except OSError as exc:
+        raise Error(f"--out {out}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def _checked_source(args, config=None, attribute: str = "input"):
+    """Validate the raw input and the output folder before a cluster starts; returns the opened dataset.
+
+    Refuses an output inside the input folder (its outputs would be scanned as input on the next run)
+    unless ``--allow-out-inside-input``.
+    """
+    from .dataset import open_dataset
+    source = Path(getattr(args, attribute))
+    dataset = open_dataset(source, allow_truncated=bool(config.input.allow_truncated) if config else False)
+    if getattr(args, "out", None):
+        out = Path(args.out)
+        if _inside(out, source) and not getattr(args, "allow_out_inside_input", False):
+            raise IsoviewError(f"--out {out} lies inside the input {source}; choose another folder or pass "
+                               "--allow-out-inside-input")
+        _check_writable(out)
+    return dataset
+
+
+def _finished(out) -> str:
+    """What an interrupted run leaves: the number of complete outputs (completion records) under ``out``."""
+    if not out:
+        return ""
+    records = [p for p in Path(out).glob("SPM*/TM*/*.json")]
+    return f"{len(records)} complete output record(s) under {out} are kept; "
+
+
 def cmd_info(args) -> int:
     from .dataset import open_dataset
     ds = open_dataset(args.path, allow_truncated=args.allow_truncated)
@@ -376,9 +501,11 @@ def cmd_synth(args) -> int:
 
 def cmd_convert(args) -> int:
     from .pipeline import convert_dataset
-    with _cluster(args):
+    cluster = _cluster(args)  # its options are checked first, then the input; then it starts
+    dataset = _checked_source(args)
+    with cluster:
         summary = convert_dataset(
-            args.input, args.out, fmt=args.fmt, codec=args.codec, level=args.level, chunks=parse_shape(args.chunks),
+            dataset, args.out, fmt=args.fmt, codec=args.codec, level=args.level, chunks=parse_shape(args.chunks),
             shards=parse_shape(args.shards), pyramid_levels=args.pyramid,
             specimens=parse_index_list(args.specimens), timepoints=parse_index_list(args.timepoints),
             cameras=parse_index_list(args.cameras), channels=parse_index_list(args.channels),
@@ -390,16 +517,26 @@ def cmd_convert(args) -> int:
 def cmd_correct(args) -> int:
     from .pipeline import correct_dataset
     config = _config_from_args(args)
-    with _cluster(args):
-        summary = correct_dataset(args.input, args.out, config)
+    cluster = _cluster(args)  # its options are checked first, then the input; then it starts
+    dataset = _checked_source(args, config)
+    with cluster:
+        summary = correct_dataset(dataset, args.out, config)
     print(summary.report())
     return 1 if summary.failed else 0
 
 
 def cmd_fuse(args) -> int:
-    from .pipeline import fuse_dataset
+    from .errors import InputNotFoundError
+    from .pipeline import fuse_dataset, find_corrected
     config = _config_from_args(args)
-    with _cluster(args):
+    if not Path(args.corrected).is_dir():
+        raise InputNotFoundError(f"{args.corrected}: no such folder (the output root of 'correct')")
+    if not find_corrected(args.corrected):
+        raise IsoviewError(f"{args.corrected}: no complete corrected volumes (run 'isoview-dask correct' first)")
+    cluster = _cluster(args)
+    if args.out:
+        _check_writable(Path(args.out))
+    with cluster:
         summary = fuse_dataset(args.corrected, args.out, config)
     print(summary.report())
     return 1 if summary.failed else 0
@@ -410,8 +547,10 @@ def cmd_run(args) -> int:
         return cmd_timelapse(args)
     from .pipeline import process_dataset
     config = _config_from_args(args)
-    with _cluster(args):
-        summaries = process_dataset(args.input, args.out, config)
+    cluster = _cluster(args)  # its options are checked first, then the input; then it starts
+    dataset = _checked_source(args, config)
+    with cluster:
+        summaries = process_dataset(dataset, args.out, config)
     for summary in summaries.values():
         print(summary.report())
     return 1 if any(summary.failed for summary in summaries.values()) else 0
@@ -421,8 +560,10 @@ def cmd_run(args) -> int:
 def cmd_timelapse(args) -> int:
     from .pipeline.timelapse import process_timelapse
     config = _config_from_args(args)
-    with _cluster(args):
-        summaries = process_timelapse(args.input, args.out, config)
+    cluster = _cluster(args)  # its options are checked first, then the input; then it starts
+    dataset = _checked_source(args, config)
+    with cluster:
+        summaries = process_timelapse(dataset, args.out, config)
     for summary in summaries.values():
         print(summary.report())
     return 1 if any(summary.failed for summary in summaries.values()) else 0
@@ -506,18 +647,42 @@ COMMANDS["rerun"] = cmd_rerun  # rerun
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``isoview-dask``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(full="--help-all" in argv).parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.verbose < 2:  # distributed logs every worker start and stop at INFO
         import distributed  # noqa: F401  (it configures its loggers on import; override after)
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING if args.verbose == 0 else logging.INFO)
+    import signal
+    previous = signal.signal(signal.SIGINT, _interrupted) if _main_thread() else None
     try:
         return COMMANDS[args.command](args)
     except IsoviewError as exc:
         print(f"isoview-dask {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"isoview-dask {args.command}: interrupted; {_finished(getattr(args, 'out', None))}"
+              "run the same command again to resume (complete outputs are skipped)", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interrupted(signum, frame):
+    """First Ctrl-C: silence the cluster's shutdown chatter, then interrupt (a second one is the default)."""
+    import signal
+    for name in ("distributed", "tornado", "bokeh", "asyncio", "isoview_dask.pipeline.executor"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -367,7 +367,7 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
         if n_workers is None:
             n_workers = cores if spec.processes else 1
         threads = spec.threads_per_worker or max(1, cores // n_workers)
-        with dask.config.set(_worker_environ_config(spec)):
+        with dask.config.set(_worker_environ_config(spec)), _workers_ignore_sigint():
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=spec.memory_limit,
                                    processes=spec.processes,
                                    dashboard_address=":0" if spec.dashboard_address is None
@@ -390,6 +390,24 @@ def close_client(client) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (inherited through spawn; Python then keeps it ignored).
+
+    A terminal's Ctrl-C reaches the whole process group: the workers would die with tracebacks while
+    this process stops the run and closes the cluster cleanly. Only in the main thread (signals).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -438,6 +456,38 @@ def current_client():
 ESTIMATE_PRIORITY = 10**9
 
 _job = threading.local()
+#: Futures that :func:`compute` is waiting for, in any thread, and whether the run is stopping.
+_in_flight: set = set()
+_in_flight_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by :func:`compute` once :func:`stop_computations` was called: the run is stopping."""
+
+
+def stop_computations(client) -> int:
+    """Cancel every computation :func:`compute` waits for and refuse new ones; returns how many were cancelled.
+
+    For an interrupted run: the threads blocked in ``compute`` return at once (with
+    :class:`Interrupted`) even when workers died with the interruption. Outputs are
+    written under temporary names, so a cancelled write leaves nothing that looks complete.
+    :func:`resume_computations` lifts the refusal (a new run).
+    """
+    _stopping.set()
+    with _in_flight_lock:
+        futures = [f for batch in _in_flight for f in batch]
+    if futures and client is not None:
+        try:
+            client.cancel(futures)
+        except Exception:  # noqa: BLE001 - a client already closing: its futures are gone anyway
+            pass
+    return len(futures)
+
+
+def resume_computations() -> None:
+    """Accept computations again after :func:`stop_computations`."""
+    _stopping.clear()
 
 
 @contextlib.contextmanager
@@ -474,6 +524,8 @@ def compute(*collections, progress: bool = True, label: str | None = None,
     """
     if label:
         log.info("computing %s", label)
+    if _stopping.is_set():
+        raise Interrupted(f"not computing {label or 'more'}: the run is stopping")
     client = current_client()
     if client is not None:
         if retries is None:
@@ -488,7 +540,18 @@ def compute(*collections, progress: bool = True, label: str | None = None,
                 print(label, file=sys.stderr, flush=True)
             distributed_progress(futures)
             print(file=sys.stderr, flush=True)
-        results = client.gather(futures)
+        batch = tuple(futures)
+        with _in_flight_lock:
+            _in_flight.add(batch)
+        try:
+            results = client.gather(futures)
+        except Exception:
+            if _stopping.is_set():
+                raise Interrupted(f"{label or 'computation'} cancelled: the run is stopping") from None
+            raise
+        finally:
+            with _in_flight_lock:
+                _in_flight.discard(batch)
         if progress:
             print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         return results

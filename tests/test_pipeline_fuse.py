@@ -123,7 +123,7 @@ def test_missing_camera_is_reported(fused, tmp_path):
 def test_cli_run_and_fuse(tmp_path, capsys):
     generate_dataset(tmp_path / "s", preset="tiny", seed=2)
     code = main(["run", str(tmp_path / "s" / "raw"), "--out", str(tmp_path / "o"), "--no-cluster",
-                 "--method", "geometric", "--blending-range", "5", "--pairs", "0,1"])
+                 "--fusion-type", "geometric", "--fusion-blending-range", "20,5", "--fusion-camera-pairs", "0,1"])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "correct: 4 written" in text and "fuse: 1 written" in text
@@ -131,10 +131,10 @@ def test_cli_run_and_fuse(tmp_path, capsys):
     assert params["blending_method"] == "geometric" and params["blending_range"] == 5.0
     tp = params["transition_plane"]
     assert tp["min"] == tp["max"]  # geometric: one plane
-    same = ["--method", "geometric", "--blending-range", "5", "--pairs", "0,1"]
+    same = ["--fusion-type", "geometric", "--fusion-blending-range", "20,5", "--fusion-camera-pairs", "0,1"]
     assert main(["fuse", str(tmp_path / "o"), "--no-cluster", *same]) == 0
     assert "0 written, 1 skipped" in capsys.readouterr().out
-    assert main(["fuse", str(tmp_path / "o"), "--no-cluster", "--pairs", "0,1"]) == 0  # other parameters
+    assert main(["fuse", str(tmp_path / "o"), "--no-cluster", "--fusion-camera-pairs", "0,1"]) == 0  # others
     assert "1 written, 0 skipped" in capsys.readouterr().out
 
 

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 
 import dask
 
-from ..cluster import current_client, job_priority
+from ..cluster import current_client, job_priority, resume_computations, stop_computations
 from .common import StageSummary
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ MEMORY_FRACTION = 0.5
 JOBS_PER_THREAD = 3
 #: dask config key: the most jobs in flight at once (overrides the default above).
 MAX_JOBS_CONFIG_KEY = "isoview-dask.max-jobs"
+#: After an interruption, seconds the running jobs get to finish before they are cancelled.
+INTERRUPT_GRACE_S = 10.0
 #: Spacing of the priorities of consecutive jobs (each job's graphs may add small offsets below it).
 PRIORITY_STEP = 10
 
@@ -191,6 +193,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
         ``summaries``, filled in.
     """
     client = current_client()
+    resume_computations()
     limit, budget = _limits(client, max_jobs, memory_budget)
     start = time.perf_counter()
     bar = _Progress(progress, total, label)
@@ -290,12 +293,19 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
                 record(slot, JobResult("failed", slot.job.key, message="its inputs were never planned"))
     except BaseException:
         # Interrupted (Ctrl-C, or a job raised something that is not its own failure): plan nothing
-        # more, and let the jobs already running finish, so that no thread of this run still writes
-        # when a rerun starts. A second Ctrl-C stops waiting.
+        # more; let the running jobs finish for a few seconds, then cancel their computations, so that
+        # their threads end (even if the workers died with the interruption) and no thread of this run
+        # still writes when a rerun starts. Cancelled outputs were being written under temporary
+        # names: a rerun redoes them.
         if pool is not None:
             if running:
-                log.warning("interrupted: waiting for %d running job(s) to finish (Ctrl-C again to stop at once)",
-                            len(running))
+                log.warning("interrupted: giving %d running job(s) %g s to finish, then cancelling them",
+                            len(running), INTERRUPT_GRACE_S)
+                try:
+                    cf.wait(list(running), timeout=INTERRUPT_GRACE_S)
+                except KeyboardInterrupt:  # a second Ctrl-C: cancel now
+                    pass
+            stop_computations(client)
             pool.shutdown(wait=True, cancel_futures=True)
             pool = None
         raise

@@ -1,0 +1,143 @@
+"""The command line as a user meets it: short help with defaults and choices, one name per option,
+--version, guards that refuse bad paths before any work, and a clean Ctrl-C that a rerun resumes."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from isoview_dask import __version__
+from isoview_dask.cli import STAGE_SECTIONS, build_parser, main
+from isoview_dask.synthetic import generate_dataset
+
+
+def _help(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ help
+
+def test_stage_help_is_short_and_shows_defaults_and_choices(capsys):
+    text = _help(capsys, "correct", "--help")
+    assert len(text.splitlines()) < 120, len(text.splitlines())
+    assert "--correction-segment-threshold X" in text and "(default 0.4)" in text
+    assert "{true,false}" in text and "{zarr,klb,tif}" in text
+    assert "--fusion-" not in text  # correction takes no fusion options
+    assert "--queue" not in text and "--help-all" in text
+    fuse = _help(capsys, "fuse", "--help")
+    assert "{adaptive,geometric,sharpness,average}" in fuse and "--correction-" not in fuse
+    assert "--fusion-static" not in fuse  # a two-pass option: timelapse / run --two-pass only
+    assert len(fuse.splitlines()) < 130
+    full = _help(capsys, "correct", "--help-all")
+    assert "--queue" in full and "--job-extra" in full and len(full.splitlines()) > len(text.splitlines())
+
+
+def test_every_option_has_one_name():
+    parser = build_parser(full=True)
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name in STAGE_SECTIONS:
+        dests = {}
+        for action in subparsers[name]._actions:
+            if action.option_strings and action.dest not in ("help",):
+                dests.setdefault(action.dest, []).extend(action.option_strings)
+        assert all(len(flags) == 1 for flags in dests.values()), {d: f for d, f in dests.items() if len(f) > 1}
+        assert len(set(dests)) == len(dests)
+    with pytest.raises(SystemExit):
+        main(["fuse", "somewhere", "--method", "geometric"])  # the old duplicate of --fusion-type
+    with pytest.raises(SystemExit):
+        main(["correct", "somewhere", "--out", "o", "--input-cameras", "0"])  # the old duplicate of --cameras
+
+
+def test_version(capsys):
+    assert _help(capsys, "--version").strip() == f"isoview-dask {__version__}"
+
+
+# ------------------------------------------------------------------------------------------ guards
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("cli") / "syn", preset="tiny", seed=1, timepoints=1)
+
+
+@pytest.fixture
+def no_cluster_start(monkeypatch):
+    """Fail loudly if a command starts a cluster: the guards must refuse before that."""
+    import isoview_dask.cluster as cluster
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cluster was started before the input and output were validated")
+    monkeypatch.setattr(cluster, "start_client", refuse)
+
+
+@pytest.mark.parametrize("command", ["correct", "run", "timelapse", "convert"])
+def test_output_inside_the_input_is_refused(recording, command, capsys, no_cluster_start):
+    out = recording.raw_dir / "out"
+    assert main([command, str(recording.raw_dir), "--out", str(out)]) == 2
+    assert "lies inside the input" in capsys.readouterr().err and not out.exists()
+
+
+def test_output_inside_the_input_when_asked(recording, tmp_path, capsys):
+    import shutil
+    raw = tmp_path / "raw"
+    shutil.copytree(recording.raw_dir, raw)
+    assert main(["correct", str(raw), "--out", str(raw / "out"), "--allow-out-inside-input", "--no-cluster",
+                 "--cameras", "0"]) == 0
+    assert "1 written" in capsys.readouterr().out
+
+
+def test_unwritable_output_is_refused_before_work(recording, tmp_path, capsys, no_cluster_start):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["correct", str(recording.raw_dir), "--out", str(blocker / "out")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["fuse", str(recording.raw_dir), "--out", str(tmp_path / "f")]) == 2  # not a corrected root
+    assert "no complete corrected volumes" in capsys.readouterr().err
+
+
+def test_missing_input_is_refused_before_the_cluster(tmp_path, capsys, no_cluster_start):
+    assert main(["run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere" in err and not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C
+
+def test_ctrl_c_prints_one_line_and_a_rerun_resumes(tmp_path):
+    """SIGINT during a run on a local cluster: exit status 130, one line on stderr that names what is kept
+    and says a rerun resumes, no traceback, no worker left; the rerun skips what was complete."""
+    truth = generate_dataset(tmp_path / "syn", preset="tiny", seed=3, timepoints=12)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "isoview_dask", "run", str(truth.raw_dir), "--out", str(out), "--workers", "1",
+               "--memory-limit", "2GiB", "--fusion-diagnostics", "false"]
+    # its own process group, signalled as a terminal's Ctrl-C signals it: the workers get SIGINT too
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("SPM*/TM*/*.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(1.0)  # some jobs in flight
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip() and not re.match(r"^\s*(correct|fuse|run)?.*\|", line)
+             and "dashboard" not in line.lower()]
+    assert "Traceback" not in err, err
+    final = err.strip().splitlines()[-1]
+    assert "interrupted" in final and "run the same command again to resume" in final, err
+    assert re.search(r"\d+ complete output record\(s\)", final), final
+    assert lines[-1] == final
+    # the rerun resumes: complete outputs are skipped, the rest is written
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    leftover = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True)
+    assert not leftover.stdout.strip(), f"processes of the interrupted run still alive: {leftover.stdout}"
+    skipped = int(re.search(r"correct: \d+ written, (\d+) skipped", rerun.stdout).group(1))
+    assert skipped >= 1, rerun.stdout
