@@ -334,8 +334,9 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate a synthetic recording and process it on a local cluster",
                        description="Generate a small synthetic IsoView recording, start a local dask "
-                                   "cluster (dashboard link printed), convert every view to sharded zarr and "
-                                   "print what was written.")
+                                   "cluster (dashboard link printed), convert every view to sharded zarr, "
+                                   "correct every view and fuse the opposing camera pairs, printing what each "
+                                   "step wrote and where.")
     p.add_argument("out", nargs="?", help="folder for the demo (default: a new temporary folder)")
     p.add_argument("--preset", choices=["tiny", "small", "full"], default="small")
     p.add_argument("--overwrite", action="store_true")

@@ -158,8 +158,9 @@ def fusion_summary(pair, *, blending_range: float | None = None, profile: str | 
     return fig
 
 
-PANELS = (("dy", "used_dy", "sampling offset dy (px)"), ("dx", "used_dx", "sampling offset dx (px)"),
-          ("rotation_deg", "used_rotation_deg", "rotation (deg)"),
+PANELS = (("sampling_dy", "used_sampling_dy", "sampling offset dy (px)"),
+          ("sampling_dx", "used_sampling_dx", "sampling offset dx (px)"),
+          ("sampling_rotation_deg", "used_sampling_rotation_deg", "sampling rotation (deg)"),
           ("intensity_ratio", "used_intensity_ratio", "intensity ratio (moving / reference)"),
           ("transition_median", "used_transition_median", "transition plane, median"),
           ("confidence", None, "registration confidence"))

@@ -158,8 +158,9 @@ def test_viz_figures(processed):
                viz.transition_map(pair.transition_yx), viz.blending_profile(7.0, 16, 10),
                viz.fusion_summary(pair)]
     rows = [{"specimen": 0, "timepoint": t, "reference_camera": 0, "moving_camera": 1, "channel": 0,
-             "dy": 1.0 + 0.1 * t, "dx": -1.0, "rotation_deg": 0.2, "intensity_ratio": 1.1, "confidence": 0.9,
-             "transition_median": 7.0, "used_dy": 1.0 + 0.1 * t, "used_dx": -1.0, "dropped": t == 2,
+             "sampling_dy": 1.0 + 0.1 * t, "sampling_dx": -1.0, "sampling_rotation_deg": 0.2,
+             "intensity_ratio": 1.1, "confidence": 0.9, "transition_median": 7.0,
+             "used_sampling_dy": 1.0 + 0.1 * t, "used_sampling_dx": -1.0, "dropped": t == 2,
              "outlier": False} for t in range(5)]
     figures.append(viz.parameters_over_time(rows))
     assert [len(f.axes) for f in figures] == [3, 1, 2, 1, 5, 6]

@@ -383,7 +383,7 @@ def test_parameter_table_lists_channel_pairs(timelapse):
     truth, out, _ = timelapse
     rows = [r for r in parameter_table(out) if r["channel"] == "0+1"]
     assert [r["timepoint"] for r in rows] == list(range(6))
-    assert all(r["fixed"] and r["dy"] is not None and r["used_dy"] is not None for r in rows)
+    assert all(r["fixed"] and r["sampling_dy"] is not None and r["used_sampling_dy"] is not None for r in rows)
     assert "0+1" in format_table(rows)
 
 

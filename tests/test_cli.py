@@ -141,3 +141,16 @@ def test_ctrl_c_prints_one_line_and_a_rerun_resumes(tmp_path):
     assert not leftover.stdout.strip(), f"processes of the interrupted run still alive: {leftover.stdout}"
     skipped = int(re.search(r"correct: \d+ written, (\d+) skipped", rerun.stdout).group(1))
     assert skipped >= 1, rerun.stdout
+
+
+def test_readme_python_snippet_runs_as_a_script(tmp_path):
+    """The README's first Python example, saved as a script and run as users run it (local cluster included)."""
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert 'if __name__ == "__main__":' in snippet
+    generate_dataset(tmp_path / "data", preset="tiny", seed=0, cameras=(0, 1))
+    (tmp_path / "example.py").write_text(snippet)
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cm1.zarr" / "zarr.json").is_file() and "dashboard" in done.stderr.lower()

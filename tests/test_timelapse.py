@@ -189,6 +189,8 @@ def test_changed_smoothing_refits_without_reestimating(recording, tmp_path):
 
 
 def test_parameter_table_and_cli(recording, capsys):
+    """The table's names say the convention: its sampling_* columns are the JSON's sampling_* fields, sign
+    included; the JSON's offset_yx_px / rotation_deg (the content's motion) never appear under those names."""
     truth, out, _ = recording
     rows = parameter_table(out)
     assert len(rows) == T and set(rows[0]) == set(TABLE_COLUMNS)
@@ -196,18 +198,22 @@ def test_parameter_table_and_cli(recording, capsys):
     for t, row in enumerate(rows):
         assert (row["timepoint"], row["reference_camera"], row["moving_camera"], row["channel"]) == (t, 0, 1, 0)
         assert row["fixed"] is True and row["dropped"] == (t == OUTLIER)
-        assert row["used_dy"] == pytest.approx(lut[t]["sampling_offset_yx_px"][0])
+        assert row["used_sampling_dy"] == pytest.approx(lut[t]["sampling_offset_yx_px"][0])
         assert row["transition_min"] <= row["transition_median"] <= row["transition_max"]
         for side in ("ref", "mov"):
             assert row[f"{side}_dead_pixels"] > 0 and row[f"{side}_background"] > 0
             assert row[f"{side}_segmentation_level"] > row[f"{side}_segmentation_min"]
     assert rows[OUTLIER]["confidence"] < 0.5 < rows[0]["confidence"]
+    fused = json.loads(output_path(out, 0, 0, [0, 1], 0, "fusedStack", "json").read_text())
+    assert rows[0]["used_sampling_rotation_deg"] == pytest.approx(fused["sampling_rotation_deg"])
+    assert fused["rotation_deg"] == pytest.approx(-fused["sampling_rotation_deg"])  # the other convention
+    assert not {"dy", "dx", "rotation_deg"} & set(TABLE_COLUMNS)
     assert main(["params", str(out), "--csv"]) == 0
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(table) == T and float(table[3]["dy"]) == pytest.approx(rows[3]["dy"], rel=1e-5)
+    assert len(table) == T and float(table[3]["sampling_dy"]) == pytest.approx(rows[3]["sampling_dy"], rel=1e-5)
     assert main(["params", str(out)]) == 0
     text = capsys.readouterr().out.splitlines()
-    assert len(text) == T + 1 and "used_dy" in text[0] and "ref_dead_pixels" in text[0]
+    assert len(text) == T + 1 and "used_sampling_dy" in text[0] and "ref_dead_pixels" in text[0]
     assert main(["params", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[OUTLIER])["dropped"] is True
 

@@ -420,9 +420,9 @@ def lookup_table_path(out: str | Path, specimen: int, pair, channel, suffix: str
     return Path(out) / f"SPM{specimen:02d}" / f"SPM{specimen:02d}_CM{a:02d}_CM{b:02d}_{channel_label(channel)}.{suffix}"
 
 
-LUT_CSV_COLUMNS = ("timepoint", "dy", "dx", "rotation_deg", "intensity_factor", "intensity_flag",
+LUT_CSV_COLUMNS = ("timepoint", "sampling_dy", "sampling_dx", "sampling_rotation_deg", "intensity_factor", "intensity_flag",
                    "transition_min", "transition_median", "transition_max", "registration_confidence", "dropped",
-                   "outlier", "estimated_dy", "estimated_dx", "estimated_rotation_deg",
+                   "outlier", "estimated_sampling_dy", "estimated_sampling_dx", "estimated_sampling_rotation_deg",
                    "estimated_intensity_factor", "estimated_transition_median")
 
 
@@ -467,7 +467,7 @@ def plot_parameters(params: SmoothedParameters, path: str | Path) -> Path | None
         return None
     t = np.array(params.timepoints)
     panels = [("dy", "sampling offset dy (px)"), ("dx", "sampling offset dx (px)"),
-              ("rotation_deg", "rotation (deg)"), ("intensity_factor_moving", "intensity factor (moving)"),
+              ("rotation_deg", "sampling rotation (deg)"), ("intensity_factor_moving", "intensity factor (moving)"),
               ("transition_median", "transition plane, median"), ("confidence", "registration confidence")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.0 * len(panels)), sharex=True)
     for ax, (name, label) in zip(axes, panels):
@@ -670,10 +670,12 @@ def process_timelapse(raw: str | Path, out: str | Path, config: ProcessingConfig
 TABLE_COLUMNS = (
     "specimen", "timepoint", "reference_camera", "moving_camera", "channel",
     # estimated at this timepoint (pass 1, or a one-pass fusion)
-    "dy", "dx", "rotation_deg", "confidence", "registration_method", "intensity_ratio", "intensity_factor",
+    "sampling_dy", "sampling_dx", "sampling_rotation_deg", "confidence", "registration_method", "intensity_ratio",
+    "intensity_factor",
     "intensity_scaled_camera", "transition_min", "transition_median", "transition_max",
     # used by the fusion written (smoothed values after a two-pass run)
-    "used_dy", "used_dx", "used_rotation_deg", "used_intensity_ratio", "used_transition_median", "fixed",
+    "used_sampling_dy", "used_sampling_dx", "used_sampling_rotation_deg", "used_intensity_ratio",
+    "used_transition_median", "fixed",
     "dropped", "outlier",
     # correction statistics of both cameras
     *(f"{side}_{name}" for side in ("ref", "mov") for name in (
@@ -705,7 +707,7 @@ def _correction_columns(side: str, record: dict | None) -> dict:
 def _estimate_columns(record: dict) -> dict:
     offset = record.get("sampling_offset_yx_px") or [None, None]
     tp = record.get("transition_plane") or {}
-    return {"dy": offset[0], "dx": offset[1], "rotation_deg": record.get("sampling_rotation_deg"),
+    return {"sampling_dy": offset[0], "sampling_dx": offset[1], "sampling_rotation_deg": record.get("sampling_rotation_deg"),
             "confidence": record.get("registration_confidence"),
             "registration_method": record.get("registration_method"),
             "intensity_ratio": record.get("intensity_ratio_moving_over_reference"),
@@ -762,7 +764,8 @@ def parameter_table(root: str | Path, pairs=((0, 1), (2, 3))) -> list[dict]:
             row.update(_estimate_columns(fus))
         if fus is not None:
             used = _estimate_columns(fus)
-            row.update(used_dy=used["dy"], used_dx=used["dx"], used_rotation_deg=used["rotation_deg"],
+            row.update(used_sampling_dy=used["sampling_dy"], used_sampling_dx=used["sampling_dx"],
+                       used_sampling_rotation_deg=used["sampling_rotation_deg"],
                        used_intensity_ratio=used["intensity_ratio"], used_transition_median=used["transition_median"],
                        fixed=bool(fus.get("parameters_fixed")))
         if lut is not None:
