@@ -39,12 +39,36 @@ def test_convert_values_every_format(keller_root, tmp_path, fmt):
 
 
 def test_convert_existing_outputs(keller_root, tmp_path):
+    """A rerun resumes: complete outputs of the same input and options are skipped, the rest written; an
+    output written with other options is refused unless overwrite or skip_existing."""
     out = tmp_path / "out"
     convert_dataset(keller_root, out, timepoints=[0], cameras=[0], progress=False)
-    with pytest.raises(OutputExistsError, match="SPM00_TM000000_CM00_CHN00.zarr"):
-        convert_dataset(keller_root, out, timepoints=[0], progress=False)
-    summary = convert_dataset(keller_root, out, timepoints=[0], skip_existing=True, progress=False)
+    summary = convert_dataset(keller_root, out, timepoints=[0], progress=False)
     assert len(summary.skipped) == 1 and len(summary.written) == 3
+    assert len(convert_dataset(keller_root, out, timepoints=[0], progress=False).skipped) == 4
+    with pytest.raises(OutputExistsError, match="SPM00_TM000000_CM00_CHN00.zarr.*other options"):
+        convert_dataset(keller_root, out, timepoints=[0], codec="zstd", progress=False)
+    summary = convert_dataset(keller_root, out, timepoints=[0], codec="zstd", skip_existing=True, progress=False)
+    assert len(summary.skipped) == 4 and not summary.written
+    summary = convert_dataset(keller_root, out, timepoints=[0], cameras=[0], codec="zstd", overwrite=True,
+                              progress=False)
+    assert len(summary.written) == 1
+    assert len(convert_dataset(keller_root, out, timepoints=[0], cameras=[0], codec="zstd",
+                               progress=False).skipped) == 1
+
+
+def test_convert_resumes_after_an_incomplete_output(keller_root, tmp_path):
+    """A volume whose completion record is missing (the run was killed after the rename) is not taken as
+    complete: the rerun reports it; overwrite redoes it."""
+    out = tmp_path / "out"
+    convert_dataset(keller_root, out, timepoints=[0], cameras=[0], fmt="klb", progress=False)
+    record = next(out.rglob("*.conversion.json"))
+    record.unlink()
+    with pytest.raises(OutputExistsError):
+        convert_dataset(keller_root, out, timepoints=[0], cameras=[0], fmt="klb", progress=False)
+    assert len(convert_dataset(keller_root, out, timepoints=[0], cameras=[0], fmt="klb", overwrite=True,
+                               progress=False).written) == 1
+    assert record.is_file()
 
 
 def test_bad_view_is_reported_and_the_rest_written(flat_root, tmp_path):

@@ -113,8 +113,10 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
     codec, level, chunks, shards, pyramid_levels
         zarr options (see :func:`isoview_dask.io.zarr.write_zarr`).
     overwrite : bool
-        Replace existing outputs; otherwise an existing output is an error
-        unless ``skip_existing`` (then it is left alone and reported).
+        Replace existing outputs. Otherwise an output whose completion record
+        (``<stem>.conversion.json`` beside it) matches this input and these
+        options is skipped, so a rerun resumes; any other existing output is
+        an error unless ``skip_existing`` (then it is left alone and reported).
 
     Returns
     -------
@@ -131,13 +133,23 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
     start = time.perf_counter()
     pending = []
     views = dataset.select(specimens=specimens, timepoints=timepoints, cameras=cameras, channels=channels)
+    options = {"fmt": fmt, "codec": str(spec) if spec else None, "chunks": list(chunks) if chunks else None,
+               "shards": list(shards) if shards is not None else None, "pyramid_levels": pyramid_levels}
+    records = {}
     for view in views:
         target = output_path(out, view.specimen, view.timepoint, view.camera, view.channel, fmt=fmt)
+        record_path = target.with_name(target.name[:-len(target.suffix)] + ".conversion.json")
+        expected = fingerprint(file_fingerprint(view.path), options)
+        if not overwrite and completed(record_path, expected):
+            summary.skipped.append(str(target))
+            continue
         if target.exists() and not overwrite:
             if skip_existing:
                 summary.skipped.append(str(target))
                 continue
-            raise OutputExistsError(f"{target}: output already exists; use overwrite (--overwrite) to replace it")
+            raise OutputExistsError(f"{target}: output already exists (written from another input or with other "
+                                    "options); use overwrite (--overwrite) to replace it")
+        records[str(target)] = (record_path, expected, view)
         try:
             volume = view.open()
         except IsoviewError as exc:
@@ -154,6 +166,7 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
             write_volume(volume, target, voxel_size_zyx=view.voxel_size_um, overwrite=overwrite,
                          codec=None if fmt != "klb" else "bzip2")
             summary.written.append(str(target))
+            _conversion_record(*records[str(target)], target)
     if pending:
         try:
             compute(*[p.delayed for p in pending], progress=progress, label=f"writing {len(pending)} volumes")
@@ -162,7 +175,9 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
                 p.abort()
             raise
         for p in pending:
-            summary.written.append(str(p.commit()))
+            target = p.commit()
+            summary.written.append(str(target))
+            _conversion_record(*records[str(target)], target)
     summary.seconds = time.perf_counter() - start
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("convert", out, summary, source=dataset, arguments=dict(
@@ -170,6 +185,12 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
         timepoints=timepoints, cameras=cameras, channels=channels, specimens=specimens, overwrite=overwrite,
         skip_existing=skip_existing))
     return summary
+
+
+def _conversion_record(record_path: Path, expected: str, view, target: Path) -> None:
+    """The completion record of one converted volume (written after the volume is complete)."""
+    write_json(record_path, {"source": str(view.path), "view": view.to_dict(), "fingerprint": expected,
+                             "outputs": relative_outputs(record_path, [target])})
 
 
 def write_json(path: str | Path, payload: dict, overwrite: bool = True) -> Path:
