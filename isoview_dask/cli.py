@@ -327,6 +327,16 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="one JSON object per line")
     # -- end of time-lapse commands --
 
+    p = sub.add_parser("bigstitcher", help="write OUT/bigstitcher.xml: the fused views as a BigStitcher dataset",
+                       description="Write a SpimData2 XML (BigStitcher, BigDataViewer) beside the OME-Zarr outputs "
+                                   "of OUT: one view setup per fused volume (angle 0 for cameras 0+1, 90 for 2+3), "
+                                   "its voxel size, timepoints, and registrations carrying the calibration and the "
+                                   "views' orientation. Nothing is copied.")
+    p.add_argument("out", help="output root of the pipeline")
+    p.add_argument("--corrected", action="store_true", help="also list every corrected camera")
+    p.add_argument("--xml", help="where the XML goes (default OUT/bigstitcher.xml)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing XML")
+
     p = sub.add_parser("init", help="write a commented configuration template",
                        description="Write every option with its default and help text as TOML.")
     p.add_argument("path", nargs="?", default="isoview.toml", help="file to write (default isoview.toml)")
@@ -578,6 +588,15 @@ def cmd_params(args) -> int:
 # -- end of time-lapse commands --
 
 
+def cmd_bigstitcher(args) -> int:
+    from .bigstitcher import read_bigstitcher, write_bigstitcher
+    path = write_bigstitcher(args.out, args.xml, corrected=args.corrected, overwrite=args.overwrite)
+    content = read_bigstitcher(path)
+    print(f"wrote {path}: {len(content['setups'])} view setup(s) x {len(content['timepoints'])} timepoint(s), "
+          f"{len(content['images'])} volume(s)")
+    return 0
+
+
 def cmd_init(args) -> int:
     from .config import template
     from .errors import OutputExistsError
@@ -641,7 +660,7 @@ def cmd_rerun(args) -> int:
 
 COMMANDS = {"info": cmd_info, "synth": cmd_synth, "convert": cmd_convert, "correct": cmd_correct,
             "fuse": cmd_fuse, "run": cmd_run, "init": cmd_init, "demo": cmd_demo,
-            "timelapse": cmd_timelapse, "params": cmd_params}
+            "timelapse": cmd_timelapse, "params": cmd_params, "bigstitcher": cmd_bigstitcher}
 COMMANDS["bench"] = cmd_bench  # bench
 COMMANDS["rerun"] = cmd_rerun  # rerun
 
