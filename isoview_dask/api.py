@@ -21,6 +21,7 @@ stage functions, so outputs, completion records and run records
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .config import ProcessingConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FusionResult", "PairFusion", "blend_views", "fuse", "load_config", "process_dataset"]
 
@@ -75,9 +78,10 @@ def process_dataset(config=None, input=None, out=None, *, fusion: bool = False, 
     config : ProcessingConfig, mapping, path or None
         The configuration; ``flags`` (e.g. ``input_cameras=[0, 1]``) override it.
     input : path or Dataset
-        The raw recording.
+        The raw recording (default the config's ``input_dir``).
     out : path
-        Output root (corrected and fused volumes go under ``<out>/SPM##/TM######/``).
+        Output root (corrected and fused volumes go under ``<out>/SPM##/TM######/``; default the
+        config's ``output_dir``).
     fusion : bool
         Also fuse the opposing camera pairs (one pass per timepoint).
     two_pass : bool
@@ -91,9 +95,12 @@ def process_dataset(config=None, input=None, out=None, *, fusion: bool = False, 
     dict of stage name -> StageSummary
         ``correct``, and ``fuse`` (``estimate``, ``smooth``, ``fuse`` with ``two_pass``).
     """
-    if input is None or out is None:
-        raise TypeError("process_dataset needs the raw recording (input) and the output root (out)")
     cfg = load_config(config, **flags)
+    input = input if input is not None else cfg.input_dir
+    out = out if out is not None else cfg.output_dir
+    if input is None or out is None:
+        raise TypeError("process_dataset needs the raw recording (input, or the config's input_dir) and the "
+                        "output root (out, or output_dir)")
     from .pipeline import process_dataset as run_dataset
     from .pipeline.timelapse import process_timelapse
     with _cluster_context(cluster):
@@ -262,6 +269,20 @@ def _fixed_for(parameters, key: PairKey) -> dict | None:
     return dict(entry)
 
 
+def _corrected_from_config(cfg: ProcessingConfig) -> Path:
+    """The config's ``input_dir`` or ``output_dir``, the first that holds complete corrected volumes."""
+    from .pipeline import find_corrected
+    folders = [Path(p) for p in (cfg.input_dir, cfg.output_dir) if p]
+    for folder in folders:
+        if folder.is_dir() and find_corrected(folder):
+            return folder
+    if not folders:
+        raise TypeError("fuse needs the corrected-output root: corrected=..., or input_dir/output_dir in the config")
+    from .errors import InputNotFoundError
+    raise InputNotFoundError(f"no complete corrected volumes in {' or '.join(map(str, folders))}: correct the "
+                             "recording first (isoview_dask.process_dataset(config), or 'isoview-dask correct')")
+
+
 def _pairs(corrected, config: ProcessingConfig):
     """(key, reference view, moving view) of every single-channel camera pair, as fuse_dataset forms them."""
     from .pipeline.fuse import find_corrected
@@ -325,12 +346,15 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
     ----------
     config : ProcessingConfig, mapping, path or None
         ``fusion`` options (and ``input`` selection); ``flags`` override.
-    corrected : path
-        Output root of the correction stage.
+    corrected : path, optional
+        Output root of the correction stage. Default: the config's
+        ``input_dir``, or else its ``output_dir``, whichever holds complete
+        corrected volumes (the original port's ``fuse(config, ...)``).
     out : path, optional
         With ``apply_fusion``: write the fused volumes there (the fusion
         stage: parameters JSON, diagnostics, completion and run records)
-        and return them read back lazily. Without: nothing is written.
+        and return them read back lazily. Without (and no ``output_dir`` in
+        the config when ``corrected`` came from it): nothing is written.
     estimate_params : bool
         Estimate registration, intensity factor and transition planes.
         False: take them from ``parameters``.
@@ -350,13 +374,18 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
         Unless written, fused volumes are lazy dask arrays: ``.compute()``,
         ``.persist()`` or ``.write(out)`` them.
     """
-    if corrected is None:
-        raise TypeError("fuse needs the corrected-output root (corrected)")
     if not estimate_params and parameters is None:
         raise ValueError("estimate_params=False needs parameters=... (e.g. an earlier fuse(...) result)")
     if not estimate_params and not apply_fusion:
         raise ValueError("nothing to do: estimate_params and apply_fusion are both False")
     cfg = load_config(config, **flags)
+    if corrected is None:
+        corrected = _corrected_from_config(cfg)
+        if out is None and apply_fusion:
+            out = cfg.output_dir
+    if not cfg.fusion_enable:
+        log.warning("fusion_enable is False in the configuration: nothing is fused")
+        return FusionResult({}, cfg, Path(corrected), {})
     corrected = Path(corrected)
     if apply_fusion and out is not None:
         from .pipeline import fuse_dataset

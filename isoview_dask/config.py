@@ -140,7 +140,7 @@ class Section:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{where or cls._name}: unknown key {unknown[0]!r}"
+            raise ConfigError(f"{where or cls._name}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], known)}"
                               f" (known: {', '.join(sorted(known))})")
         return cls(**data)
 
@@ -363,13 +363,20 @@ class ProcessingConfig:
 
     Build with keyword sections (``ProcessingConfig(correction={"segment_threshold": 0.3})``),
     from flat flags (:meth:`from_flags`, e.g. ``correction_segment_threshold=0.3``),
-    or from a file (:meth:`load`).
+    or from a file (:meth:`load`). The keyword names of the original ``isoview`` port are accepted too
+    (``input_dir``, ``output_dir``, ``specimen``, ``timepoints``, ``cameras``, ``channels``,
+    ``fusion_enable`` and flat ``fusion_*`` / ``correction_*`` flags; see :data:`LEGACY_KEYS`).
+    ``input_dir`` and ``output_dir`` are kept as attributes (the folders :func:`isoview_dask.fuse` reads
+    and writes when none are given); they are not part of :meth:`to_dict` or any fingerprint.
     """
 
     input: InputConfig = field(default_factory=InputConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    input_dir: str | None = None
+    output_dir: str | None = None
+    fusion_enable: bool = True
 
     def __post_init__(self):
         for name, cls in SECTIONS.items():
@@ -396,13 +403,15 @@ class ProcessingConfig:
     @classmethod
     def from_flags(cls, base: "ProcessingConfig | None" = None, **flags) -> "ProcessingConfig":
         """Override ``base`` with flat flags ``<section>_<key>=value`` (None values are ignored)."""
-        data = (base or cls()).to_dict()
+        base = base or cls()
+        data = base.to_dict()
         for flag, value in flags.items():
             if value is None:
                 continue
             section, key = _split_flag(flag)
             data.setdefault(section, {})[key] = value
-        return cls.from_dict(data)
+        return dataclasses.replace(cls.from_dict(data), input_dir=base.input_dir, output_dir=base.output_dir,
+                                   fusion_enable=base.fusion_enable)
 
     @classmethod
     def load(cls, path: str | Path) -> "ProcessingConfig":
@@ -449,9 +458,68 @@ class ProcessingConfig:
 
 def _split_flag(flag: str) -> tuple[str, str]:
     for section in SECTIONS:
-        if flag.startswith(section + "_"):
+        if flag.startswith(section + "_") and any(f.name == flag[len(section) + 1:] for f in fields(SECTIONS[section])):
             return section, flag[len(section) + 1:]
-    raise ConfigError(f"unknown option {flag!r}: flags start with one of {', '.join(s + '_' for s in SECTIONS)}")
+    raise ConfigError(f"unknown option {flag!r}{did_you_mean(flag, [name for name, _, _ in all_flags()])}")
+
+
+def did_you_mean(name: str, known) -> str:
+    """``"; did you mean 'x'?"`` for the closest known names (empty when none is close)."""
+    import difflib
+    close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+#: Keywords of the original ``isoview`` port's ``ProcessingConfig`` and what they become here.
+LEGACY_KEYS = {"input_dir": "input_dir", "output_dir": "output_dir", "specimen": "input_specimens",
+               "specimens": "input_specimens", "timepoints": "input_timepoints", "cameras": "input_cameras",
+               "channels": "input_channels", "fusion_enable": "fusion_enable"}
+
+
+def _legacy_arguments(legacy: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Split the original port's keywords into ProcessingConfig attributes and flat flags."""
+    attributes, flags = {}, {}
+    known = [name for name, _, _ in all_flags()] + list(LEGACY_KEYS)
+    for key, value in legacy.items():
+        target = LEGACY_KEYS.get(key, key)
+        if target in ("input_dir", "output_dir"):
+            attributes[target] = None if value is None else str(value)
+        elif target == "fusion_enable":
+            attributes[target] = bool(value)
+        elif target.startswith("input_") and target[6:] in ("specimens", "timepoints", "cameras", "channels"):
+            flags[target] = None if value is None else ([int(value)] if isinstance(value, int) else list(value))
+        else:
+            try:
+                _split_flag(target)
+            except ConfigError:
+                raise ConfigError(f"ProcessingConfig: unexpected keyword {key!r}{did_you_mean(key, known)}") from None
+            flags[target] = [list(v) for v in value] if key == "fusion_camera_pairs" else value
+    return attributes, flags
+
+
+def _accept_legacy_keywords(cls):
+    """Wrap the dataclass ``__init__`` so that the original port's keywords work (see :data:`LEGACY_KEYS`)."""
+    init = cls.__init__
+
+    def __init__(self, input=None, correction=None, fusion=None, output=None, input_dir=None, output_dir=None,
+                 fusion_enable=True, **legacy):
+        sections = dict(input=input, correction=correction, fusion=fusion, output=output)
+        if legacy:
+            attributes, flags = _legacy_arguments(legacy)
+            built = cls.from_flags(cls(**{k: v for k, v in sections.items() if v is not None}), **flags)
+            sections = {name: getattr(built, name) for name in SECTIONS}
+            input_dir = attributes.get("input_dir", input_dir)
+            output_dir = attributes.get("output_dir", output_dir)
+            fusion_enable = attributes.get("fusion_enable", fusion_enable)
+        init(self, **{k: v for k, v in sections.items() if v is not None}, input_dir=input_dir,
+             output_dir=output_dir, fusion_enable=fusion_enable)
+
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__
+    return cls
+
+
+ProcessingConfig = _accept_legacy_keywords(ProcessingConfig)
 
 
 def all_flags() -> list[tuple[str, dataclasses.Field, type]]:

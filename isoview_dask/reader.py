@@ -33,7 +33,7 @@ import numpy as np
 from .errors import InputNotFoundError, IsoviewError
 from .pipeline.common import output_path
 
-__all__ = ["IsoviewArray", "View"]
+__all__ = ["IsoviewArray", "TimepointArray", "View"]
 
 _NAME = re.compile(r"^SPM(\d+)_TM(\d+)_((?:CM\d+_)+)((?:CHN\d+_)*CHN\d+)(\.fusedStack)?\.zarr$")
 KINDS = ("corrected", "fused")
@@ -116,6 +116,13 @@ class IsoviewArray:
     voxel_size_um : (z, y, x) or None
     paths : dict of (timepoint, View) -> Path
     """
+
+    def __new__(cls, root=None, *args, **kwargs):
+        # the original port's reader: IsoviewArray("out/SPM00/TM000000") is one timepoint's corrected views
+        if cls is IsoviewArray and root is not None and _TM_FOLDER.match(Path(root).name) \
+                and _SPM_FOLDER.match(Path(root).parent.name):
+            return TimepointArray(root, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, root: str | Path, kind: str = "fused", *, specimen: int | None = None, view=None,
                  views: Sequence | None = None, timepoints: Sequence[int] | None = None,
@@ -291,3 +298,103 @@ class IsoviewArray:
             raise InputNotFoundError(f"{path}: no segmentation mask (corrected without segmentation?)")
         from .io.zarr import open_zarr
         return open_zarr(path, chunks=self._chunks(path, "inner")).astype(bool)
+
+
+_TM_FOLDER = re.compile(r"^TM(\d+)$")
+_SPM_FOLDER = re.compile(r"^SPM(\d+)$")
+#: label_type of :meth:`TimepointArray.get_labels` -> the correction output holding it.
+LABEL_KINDS = {"segmentation": "segmentationMask", "mask": "segmentationMask", "xy": "xyMask", "xz": "xzMask",
+               "dead_pixels": "deadPixelMask"}
+PROJECTIONS = ("xy", "xz", "yz")
+
+
+class TimepointArray:
+    """One timepoint folder's corrected camera views, as the original ``isoview`` port's reader gave them.
+
+    ``IsoviewArray("out/SPM00/TM000000")`` returns this. Shape ``(Z, V, Y, X)``: ``arr[z, view]`` is
+    plane ``z`` of view ``view`` (an index, or a label such as ``"CM01_CHN00"``) as a numpy array;
+    ``.data`` is the lazy dask array. ``.views`` lists the view labels, ``.metadata`` the specimen,
+    timepoint, voxel size (µm, z y x), the views' paths and their correction records.
+    """
+
+    def __init__(self, folder: str | Path):
+        import json
+        from .io.zarr import open_zarr, zarr_voxel_size
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise InputNotFoundError(f"{self.folder}: timepoint folder does not exist")
+        self.specimen = int(_SPM_FOLDER.match(self.folder.parent.name).group(1))
+        self.timepoint = int(_TM_FOLDER.match(self.folder.name).group(1))
+        found = []
+        for path in sorted(self.folder.glob("*.zarr")):
+            m = _NAME.match(path.name)
+            if m and m.group(5) is None and m.group(3).count("CM") == 1 and m.group(4).count("CHN") == 1:
+                found.append((int(re.search(r"CM(\d+)", m.group(3)).group(1)),
+                              int(re.search(r"CHN(\d+)", m.group(4)).group(1)), path))
+        if not found:
+            raise InputNotFoundError(f"{self.folder}: no corrected camera volumes (SPM##_TM######_CM##_CHN##.zarr)")
+        self._views = [View((cam,), ch) for cam, ch, _ in found]
+        self.paths = {v.label: path for v, (_, _, path) in zip(self._views, found)}
+        arrays = [open_zarr(path) for _, _, path in found]
+        if len({a.shape for a in arrays}) != 1:
+            raise IsoviewError(f"{self.folder}: the camera volumes differ in shape")
+        self.data = da.stack(arrays, axis=1)
+        records = {}
+        for label, path in self.paths.items():
+            record = path.with_name(path.name[:-len(".zarr")] + ".correction.json")
+            records[label] = json.loads(record.read_text()) if record.is_file() else None
+        self.metadata = {"specimen": self.specimen, "timepoint": self.timepoint,
+                         "voxel_size_um": zarr_voxel_size(found[0][2]), "views": self.views,
+                         "paths": {k: str(v) for k, v in self.paths.items()}, "corrections": records}
+
+    views = property(lambda self: [v.label for v in self._views])
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple) and len(key) >= 2 and not isinstance(key[1], (slice, type(Ellipsis))):
+            key = (key[0], self._index(key[1])) + tuple(key[2:])
+        return np.asarray(self.data[key].compute())
+
+    def _index(self, view) -> int:
+        return self._views.index(_parse_view(view, self._views))
+
+    def _stem(self, camera, timepoint) -> str:
+        if timepoint is not None and int(timepoint) != self.timepoint:
+            raise IsoviewError(f"{self.folder} holds timepoint {self.timepoint}, not {timepoint}")
+        cameras = [v for v in self._views if camera is None or v.cameras == (int(camera),)]
+        if not cameras:
+            raise IsoviewError(f"no camera {camera} in {self.folder}; views are {self.views}")
+        return self.paths[cameras[0].label].name[:-len(".zarr")]
+
+    def get_labels(self, timepoint: int | None = None, camera: int | None = None,
+                   label_type: str = "segmentation") -> np.ndarray:
+        """A camera's masks: 'segmentation' (or 'mask'; (Z, Y, X) bool), 'xy' / 'xz' coordinate masks
+        (mean foreground plane per (y, x) / column per (z, y), NaN without foreground), 'dead_pixels'."""
+        from .io import open_volume
+        if label_type not in LABEL_KINDS:
+            raise ValueError(f"label_type must be one of {sorted(LABEL_KINDS)}, got {label_type!r}")
+        path = self.folder / f"{self._stem(camera, timepoint)}.{LABEL_KINDS[label_type]}"
+        path = path.with_suffix(path.suffix + (".zarr" if label_type in ("segmentation", "mask") else ".tif"))
+        if not path.exists():
+            raise InputNotFoundError(f"{path}: not written (was the correction run with masks?)")
+        values = np.asarray(open_volume(path))
+        return values.astype(bool) if label_type in ("segmentation", "mask") else values
+
+    def get_projection(self, timepoint: int | None = None, camera: int | None = None,
+                       proj_type: str = "xy") -> np.ndarray:
+        """A camera's maximum projection of the corrected volume along z ('xy'), y ('xz') or x ('yz')."""
+        from .io import open_volume
+        if proj_type not in PROJECTIONS:
+            raise ValueError(f"proj_type must be one of {PROJECTIONS}, got {proj_type!r}")
+        path = self.folder / f"{self._stem(camera, timepoint)}.{proj_type}Projection.tif"
+        if not path.exists():
+            raise InputNotFoundError(f"{path}: not written (output.projections was off?)")
+        return np.asarray(open_volume(path))
+
+    def __repr__(self) -> str:
+        return f"TimepointArray({str(self.folder)!r}, shape={self.shape}, views={self.views})"

@@ -154,6 +154,9 @@ def ome_multiscales(voxel_size_zyx: Sequence[float] | None, level_factors: Seque
     voxel_size_zyx : (z, y, x) in µm, or None for unit scale
     level_factors : list of (fz, fy, fx)
         Cumulative downsampling factor of each level (level 0 is (1, 1, 1)).
+        Downsampled levels get a translation of ``voxel * (f - 1) / 2`` after
+        their scale: a level voxel is the mean of the ``f`` level-0 voxels it
+        covers, centred between them.
     """
     base = [float(v) for v in (voxel_size_zyx or (1.0, 1.0, 1.0))]
     unit = "micrometer" if voxel_size_zyx is not None else None
@@ -163,11 +166,14 @@ def ome_multiscales(voxel_size_zyx: Sequence[float] | None, level_factors: Seque
         if unit:
             entry["unit"] = unit
         axes.append(entry)
-    datasets = [
-        {"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": [b * f for b, f in zip(base, factors)]}]}
-        for i, factors in enumerate(level_factors)
-    ]
+    datasets = []
+    for i, factors in enumerate(level_factors):
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [b * f for b, f in zip(base, factors)]}]
+        if any(f > 1 for f in factors):
+            # a mean over f voxels sits at the centre of the first level's voxels it covers: (f - 1) / 2 of
+            # them from the origin, so the levels overlay in physical space
+            transforms.append({"type": "translation", "translation": [b * (f - 1) / 2 for b, f in zip(base, factors)]})
+        datasets.append({"path": str(i), "coordinateTransformations": transforms})
     return {"version": OME_VERSION, "multiscales": [{"name": name, "axes": axes, "datasets": datasets}]}
 
 

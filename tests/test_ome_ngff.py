@@ -1,0 +1,48 @@
+"""Every zarr output is OME-NGFF 0.5 as ome-zarr-models reads it, and pyramid levels overlay in space."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from isoview_dask.pipeline import convert_dataset, process_dataset
+from isoview_dask.synthetic import generate_dataset
+
+ome_models = pytest.importorskip("ome_zarr_models.v05", reason="ome-zarr-models (the [test] extra) is not installed")
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ngff")
+    truth = generate_dataset(root / "syn", preset="tiny", seed=5, illumination_channels=(0, 1), cameras=(0, 1))
+    process_dataset(truth.raw_dir, root / "out", progress=False, fusion_diagnostics=False,
+                    fusion_channel_pairs=[[0, 1]], output_pyramid_levels=2)
+    convert_dataset(truth.raw_dir, root / "converted", pyramid_levels=1, progress=False)
+    return [p for p in sorted(root.rglob("*.zarr")) if "truth" not in p.parts]
+
+
+def test_every_zarr_output_validates_as_an_ome_ngff_0_5_image(outputs):
+    kinds = {p.name.split(".", 1)[1] for p in outputs}
+    assert {"zarr", "segmentationMask.zarr", "fusedStack.zarr"} <= kinds
+    for path in outputs:
+        image = ome_models.Image.from_zarr(zarr.open_group(path, mode="r"))  # raises when invalid
+        multiscale = image.attributes.ome.multiscales[0]
+        assert [axis.name for axis in multiscale.axes] == ["z", "y", "x"]
+        assert all(axis.unit == "micrometer" for axis in multiscale.axes)
+
+
+def test_pyramid_levels_carry_their_translation(outputs):
+    """Level l (a mean over f voxels per axis) is scaled by f and shifted by voxel * (f - 1) / 2, so the
+    centre of its first voxel is the centre of the level-0 voxels it averages."""
+    fused = next(p for p in outputs if p.name.endswith("fusedStack.zarr"))
+    datasets = json.loads((fused / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]["datasets"]
+    assert len(datasets) == 3
+    base = np.array(datasets[0]["coordinateTransformations"][0]["scale"])
+    assert len(datasets[0]["coordinateTransformations"]) == 1  # level 0: the scale alone
+    for level in datasets[1:]:
+        scale, translation = level["coordinateTransformations"]
+        assert (scale["type"], translation["type"]) == ("scale", "translation")
+        factor = np.array(scale["scale"]) / base
+        np.testing.assert_allclose(translation["translation"], base * (factor - 1) / 2)
+        assert (factor[1:] > 1).all()
