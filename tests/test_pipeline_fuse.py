@@ -210,3 +210,15 @@ def test_strict_registration_fails_a_rejected_pair_and_writes_nothing(fused, tmp
     assert not target.exists() and not target.with_suffix(".json").exists()
     assert max(abs(v) for v in truth.offset((2, 3))) < 8  # the other pair is within 12 px: written
     assert str(output_path(strict, 0, 0, [2, 3], 1, "fusedStack")) in summary.written
+
+
+def test_transition_figure_colours_span_at_least_the_blending_range():
+    """A map varying by 0.4 plane is shown as nearly one colour (the blend is 10 planes wide); a map varying
+    by 30 planes is shown whole."""
+    from isoview_dask.pipeline.diagnostics import transition_colour_range
+    flat = 20 + 0.4 * np.random.default_rng(0).random((32, 32))
+    low, high = transition_colour_range(flat, 10.0, 64)
+    assert high - low >= 10.0 and low < flat.min() and high > flat.max()
+    steep = np.linspace(10, 40, 32 * 32).reshape(32, 32)
+    low, high = transition_colour_range(steep, 10.0, 64)
+    assert low <= 10 and high >= 40

@@ -48,23 +48,37 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     save = _saver(stem, written)
 
     if "reference_xy" in images:
-        fig = figure(figsize=(10, 5))
-        axes = fig.subplots(1, 2)
+        fig = figure(figsize=(14, 5))
+        axes = fig.subplots(1, 3)
         axes[0].imshow(_overlay(images["reference_xy"], images["moving_xy"]))
-        axes[0].set_title("before registration\nreference magenta, flipped moving green", fontsize=9)
+        axes[0].set_title("a  before: max projections along z\nreference magenta, flipped moving green\n"
+                          "(white where they agree)", fontsize=9)
         axes[1].imshow(_overlay(images["reference_xy"], images["aligned_xy"]))
-        axes[1].set_title(f"after: offset {np.round(params['offset_yx_px'], 2).tolist()} px, "
-                          f"{params['rotation_deg']:.3f} deg\nconfidence {params['registration_confidence']:.2f}",
-                          fontsize=9)
+        axes[1].set_title(f"b  after: moving content moved\nby {np.round(params['offset_yx_px'], 2).tolist()} px "
+                          f"(dy, dx)\nand {params['rotation_deg']:.3f} deg", fontsize=9)
+        difference = _normalise(images["reference_xy"]) - _normalise(images["aligned_xy"])
+        shown = axes[2].imshow(difference, cmap="RdBu_r", vmin=-1, vmax=1)
+        fig.colorbar(shown, ax=axes[2], fraction=0.046, label="reference - moving (each scaled 0-1)")
+        axes[2].set_title(f"c  after: difference\n(near 0 = aligned)\nconfidence "
+                          f"{params['registration_confidence']:.2f}", fontsize=9)
         for ax in axes:
             ax.axis("off")
         save(fig, "registration")
 
     fig = figure(figsize=(6, 5))
     ax = fig.subplots()
-    shown = ax.imshow(transition, cmap="viridis")
-    fig.colorbar(shown, ax=ax, label="transition plane (z index)")
-    ax.set_title(f"transition plane ({params['blending_method']})")
+    finite = transition[np.isfinite(transition)]
+    vmin, vmax = transition_colour_range(transition, blending_range, n_planes)
+    centre, half = (vmin + vmax) / 2, (vmax - vmin) / 2
+    shown = ax.imshow(transition, cmap="viridis", vmin=vmin, vmax=vmax)
+    dz = (params.get("voxel_size_um_zyx") or [None])[0]
+    unit = f", 1 plane = {dz:.3g} µm" if dz else ""
+    fig.colorbar(shown, ax=ax, label=f"transition plane (plane index{unit})")
+    ax.set_title(f"transition plane ({params['blending_method']}): {finite.min() if finite.size else 0:.1f} to "
+                 f"{finite.max() if finite.size else 0:.1f}\ncolours span +-{half:.1f} planes around the median "
+                 f"{centre:.1f} (blending range {blending_range:g})", fontsize=9)
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
     save(fig, "transitionPlane")
 
     centre = float(np.nanmedian(transition)) if np.isfinite(transition).any() else (n_planes - 1) / 2
@@ -82,6 +96,18 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
 
     _projections(figure, save, images)
     return written
+
+
+def transition_colour_range(transition, blending_range: float, n_planes: int) -> tuple[float, float]:
+    """Colour limits (planes) of a transition-plane map: centred on its median, spanning at least the
+    blending range (a variation smaller than the blend changes nothing visible in the fused volume, so it
+    should not look dramatic) and at least the map's own range."""
+    values = np.asarray(transition, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    centre = float(np.median(finite)) if finite.size else (n_planes - 1) / 2
+    spread = max(float(finite.max() - centre), float(centre - finite.min())) if finite.size else 0.0
+    half = max(blending_range / 2, spread, 1.0)
+    return centre - half, centre + half
 
 
 def _figure_class():
