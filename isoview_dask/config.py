@@ -315,6 +315,12 @@ class FusionConfig(Section):
     slab_size_cameras: int = opt(0, "planes of the camera stacks that one fusion task aligns and blends at once "
                                  "(bounds a task's memory); 0: the output shard depth", lo=0, matlab="slabSize")
     diagnostics: bool = opt(True, "write diagnostic PNGs (needs matplotlib)")
+    figures: tuple[str, ...] = opt(("registration", "transitionPlane", "blendingWeights", "projections",
+                                    "channelTransition"),
+                                   "which diagnostic PNGs to draw when diagnostics is on (each costs about a second "
+                                   "per output on small frames)",
+                                   choices=("registration", "transitionPlane", "blendingWeights", "projections",
+                                            "channelTransition"))
     # -- time-lapse (two-pass) fusion: isoview_dask.pipeline.timelapse, isoview_dask.temporal --
     temporal_smoothing: bool = opt(True, "two-pass fusion: smooth per-timepoint parameters over time with "
                                    "robust local quadratic regression (MATLAB smooth(..., 'rloess'))",

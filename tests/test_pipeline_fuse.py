@@ -222,3 +222,19 @@ def test_transition_figure_colours_span_at_least_the_blending_range():
     steep = np.linspace(10, 40, 32 * 32).reshape(32, 32)
     low, high = transition_colour_range(steep, 10.0, 64)
     assert low <= 10 and high >= 40
+
+
+def test_figures_are_chosen_one_by_one(fused, tmp_path):
+    """fusion.figures: only the named diagnostic PNGs are drawn (and listed as outputs)."""
+    _, out = fused
+    target = tmp_path / "some"
+    summary = fuse_dataset(out, target, progress=False, fusion_figures=["transitionPlane"],
+                           fusion_camera_pairs=[[0, 1]], input_channels=[0])
+    assert len(summary.written) == 1
+    drawn = sorted(p.name.split(".")[-2] for p in target.rglob("*.png"))
+    assert drawn == ["transitionPlane"]
+    params = _params(target, (0, 1), 0)
+    assert [o for o in params["outputs"] if o.endswith(".png")] == [
+        "SPM00_TM000000_CM00_CM01_CHN00.fusedStack.transitionPlane.png"]
+    with pytest.raises(Exception, match="fusion.figures"):
+        fuse_dataset(out, tmp_path / "bad", progress=False, fusion_figures=["histogram"])

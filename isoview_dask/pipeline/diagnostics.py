@@ -31,23 +31,24 @@ def _overlay(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
     return np.dstack([r, m, r])
 
 
+FIGURES = ("registration", "transitionPlane", "blendingWeights", "projections", "channelTransition")
+
+
 def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: int, blending_range: float,
-                   profile: str, params: dict) -> list[Path]:
+                   profile: str, params: dict, figures=FIGURES) -> list[Path]:
     """Write the fusion diagnostics next to ``stem`` and return their paths.
 
     ``stem`` is the fused volume path without suffix; figures are
     ``<stem>.registration.png``, ``.transitionPlane.png``, ``.blendingWeights.png``
-    and ``.projections.png``.
+    and ``.projections.png``, those named in ``figures``.
     """
     figure = _figure_class()
     if figure is None:
         return []
-    from ..fuse import blending_weights
-
     written: list[Path] = []
     save = _saver(stem, written)
 
-    if "reference_xy" in images:
+    if "reference_xy" in images and "registration" in figures:
         fig = figure(figsize=(14, 5))
         axes = fig.subplots(1, 3)
         axes[0].imshow(_overlay(images["reference_xy"], images["moving_xy"]))
@@ -65,6 +66,16 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
             ax.axis("off")
         save(fig, "registration")
 
+    if "transitionPlane" in figures:
+        _transition_figure(figure, save, transition, n_planes, blending_range, params)
+    if "blendingWeights" in figures:
+        _weights_figure(figure, save, transition, n_planes, blending_range, profile)
+    if "projections" in figures:
+        _projections(figure, save, images)
+    return written
+
+
+def _transition_figure(figure, save, transition, n_planes: int, blending_range: float, params: dict) -> None:
     fig = figure(figsize=(6, 5))
     ax = fig.subplots()
     finite = transition[np.isfinite(transition)]
@@ -81,6 +92,9 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     ax.set_ylabel("y (px)")
     save(fig, "transitionPlane")
 
+
+def _weights_figure(figure, save, transition, n_planes: int, blending_range: float, profile: str) -> None:
+    from ..fuse import blending_weights
     centre = float(np.nanmedian(transition)) if np.isfinite(transition).any() else (n_planes - 1) / 2
     weights = blending_weights(centre, n_planes, blending_range, profile)
     fig = figure(figsize=(6, 3.5))
@@ -93,9 +107,6 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     ax.set_title(f"blending weights at the median transition, range {blending_range:g} planes")
     ax.legend()
     save(fig, "blendingWeights")
-
-    _projections(figure, save, images)
-    return written
 
 
 def transition_colour_range(transition, blending_range: float, n_planes: int) -> tuple[float, float]:
@@ -148,7 +159,7 @@ def _projections(figure, save, images: dict) -> None:
 
 
 def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range: float, profile: str,
-                    method: str, images: dict | None = None) -> list[Path]:
+                    method: str, images: dict | None = None, figures=FIGURES) -> list[Path]:
     """Write the illumination-channel fusion diagnostics next to ``stem`` and return their paths.
 
     Parameters
@@ -164,6 +175,8 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
     images : dict, optional
         ``fused_xy`` / ``fused_xz`` max projections: also write ``.projections.png``
         (a lone camera; a camera pair draws its own).
+    figures : sequence of str
+        Which to draw ('channelTransition', 'projections').
 
     Notes
     -----
@@ -177,6 +190,10 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
     from ..fuse import blending_weights
     written: list[Path] = []
     save = _saver(stem, written)
+    if images is not None and "projections" in figures:
+        _projections(figure, save, images)
+    if "channelTransition" not in figures:
+        return written
     fig = figure(figsize=(11, 4 * len(estimates)))
     axes = fig.subplots(len(estimates), 2, squeeze=False)
     for (camera, estimate), (ax_map, ax_w) in zip(estimates, axes):
@@ -203,6 +220,4 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
         ax_w.set_ylabel("weight")
         ax_w.legend(fontsize=8)
     save(fig, "channelTransition")
-    if images is not None:
-        _projections(figure, save, images)
     return written

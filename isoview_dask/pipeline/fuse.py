@@ -236,7 +236,13 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
                                    estimate=True) if missing else ())
     xz_a, xz_b = (done if done is not None else next(computed) for done in saved)
 
+    if fc.channel_transition_column is not None and not fc.channel_transition_column <= n_columns - 1:
+        raise IsoviewError(f"fusion.channel_transition_column {fc.channel_transition_column:g} lies beyond the "
+                           f"last column ({n_columns - 1}) of {view_a.name}")
+
     def transition_map(xz_b):  # the camera fusion's transition map, with x for z: (Z, Y) maps of mean column
+        if fc.channel_transition_column is not None:  # given by the user
+            return float(fc.channel_transition_column)
         if fc.type == "geometric":
             return geometric_transition(xz_a, xz_b, n_columns)
         return transition_plane_map(xz_a, xz_b, n_columns, median_filter_range=fc.median_filter_range,
@@ -244,11 +250,6 @@ def estimate_channels(view_a: CorrectedView, view_b: CorrectedView, config: Proc
                                     mask_mode=fc.mask_fusion_mode, min_object_fraction=fc.mask_min_object_size,
                                     precise=fc.precise_gauss)
 
-    if fc.channel_transition_column is not None:  # given by the user
-        if not fc.channel_transition_column <= n_columns - 1:
-            raise IsoviewError(f"fusion.channel_transition_column {fc.channel_transition_column:g} lies beyond the "
-                               f"last column ({n_columns - 1}) of {view_a.name}")
-        transition_map = lambda _: float(fc.channel_transition_column)  # noqa: E731
     transition = transition_map(xz_b)
     t1 = time.perf_counter()
     if sheet is None and fc.channel_registration:
@@ -697,10 +698,11 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     fused = fused_volume(reference, moving_f, estimate, fc)
     target = output_path(out, ref.specimen, ref.timepoint, [ref.camera, mov.camera], list(ref.channels),
                          "fusedStack")
-    extra = {"reference_xy": reference.max(axis=0), "moving_xy": moving_f.max(axis=0)} if fc.diagnostics else {}
+    extra = ({"reference_xy": reference.max(axis=0), "moving_xy": moving_f.max(axis=0)}
+             if fc.diagnostics and "registration" in fc.figures else {})
     images = _write_fused(fused, target, ref.voxel_size_um, oc, extra, progress,
                           f"{_label(ref, mov)}: fusing and writing")
-    if fc.diagnostics:  # the overlay shows the moving projection moved as its planes were
+    if extra:  # the overlay shows the moving projection moved as its planes were
         images["aligned_xy"] = apply_inplane_transform_numpy(images["moving_xy"], estimate.offset_yx,
                                                              estimate.rotation_deg, order=1, cval=0.0)
     timings["blend_write_s"] = time.perf_counter() - t2
@@ -739,11 +741,12 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     if fc.diagnostics:
         from .diagnostics import channel_figures, fusion_figures
         outputs += _draw(fusion_figures, target.with_suffix(""), images, transition, n_planes, blending_range,
-                         fc.blending_profile, params)
+                         fc.blending_profile, params, fc.figures)
         channel_views = [v for v in (ref, mov) if isinstance(v, ChannelFusedView)]
         if channel_views:
             outputs += _draw(channel_figures, target.with_suffix(""), [(v.camera, v.estimate) for v in channel_views],
-                             reference.shape[2], fc.blending_range[0], fc.blending_profile, fc.type)
+                             reference.shape[2], fc.blending_range[0], fc.blending_profile, fc.type, None,
+                             fc.figures)
     params["outputs"] = relative_outputs(target.with_suffix(".json"), outputs)
     params["fingerprint"] = _fingerprint(ref, mov, config, fixed)
     write_json(target.with_suffix(".json"), params)
@@ -833,7 +836,7 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
     if fc.diagnostics:
         from .diagnostics import channel_figures
         outputs += _draw(channel_figures, target.with_suffix(""), [(view.camera, view.estimate)], fused.shape[2],
-                         fc.blending_range[0], fc.blending_profile, fc.type, images)
+                         fc.blending_range[0], fc.blending_profile, fc.type, images, fc.figures)
     params = {
         "package_version": __version__,
         "camera": view.camera, "channel": view.channel, "channels": list(view.channels),
