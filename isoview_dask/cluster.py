@@ -442,7 +442,9 @@ def client_context(spec: ClusterSpec | None = None, *, quiet: bool = False, **kw
 
 
 def current_client():
-    """The active distributed client, or None."""
+    """The active distributed client, or None (also inside :func:`run_as_task`'s task)."""
+    if getattr(_job, "local", False):
+        return None
     try:
         from distributed import get_client
         return get_client()
@@ -504,6 +506,84 @@ def job_priority(priority: int) -> Iterator[None]:
         yield
     finally:
         _job.priority = previous
+
+
+#: Jobs reading at most this many raw bytes run whole as one task (:func:`run_as_task`) when
+#: :func:`whole_job_limit` allows it (dask config ``isoview-dask.whole-job-bytes``; 0 never).
+WHOLE_JOB_BYTES = 64 * 2**20
+WHOLE_JOB_CONFIG_KEY = "isoview-dask.whole-job-bytes"
+#: A whole-job task may take up to this many times its raw input in worker memory
+#: (float32 intermediates, the written copy, masks), so it needs a worker limit this many times larger.
+WHOLE_JOB_MEMORY_FACTOR = 16
+
+
+def whole_job_limit(client) -> int:
+    """Largest raw input (bytes) of a job that runs whole as one task on ``client``'s workers; 0 for none.
+
+    :data:`WHOLE_JOB_BYTES` (or dask config ``isoview-dask.whole-job-bytes``),
+    and at most 1/:data:`WHOLE_JOB_MEMORY_FACTOR` of the smallest worker
+    memory limit, so such a task fits a worker with room to spare.
+    """
+    if client is None:
+        return 0
+    limit = int(dask.config.get(WHOLE_JOB_CONFIG_KEY, WHOLE_JOB_BYTES) or 0)
+    workers = client.scheduler_info()["workers"].values()
+    memory = [int(w.get("memory_limit") or 0) for w in workers]
+    if memory and all(memory):
+        limit = min(limit, min(memory) // WHOLE_JOB_MEMORY_FACTOR)
+    return max(0, limit)
+
+
+def _run_locally(function, args, kwargs, config):
+    """Body of :func:`run_as_task` on a worker: ``function`` with every graph computed in this thread."""
+    previous = getattr(_job, "local", False)
+    _job.local = True
+    try:
+        with dask.config.set({**config, "scheduler": "synchronous"}):
+            return function(*args, **kwargs)
+    finally:
+        _job.local = previous
+
+
+def run_as_task(function, *args, label: str | None = None, **kwargs):
+    """``function(*args, **kwargs)`` run as one task on the active client, its dask graphs computed inside it.
+
+    For a small job (a camera view of a few MiB): one task instead of a
+    graph of dozens costs the scheduler, the client and the network almost
+    nothing, and the job's graphs (the same ones, with the same chunks, so
+    the outputs are bit-identical) run in the worker's thread with dask's
+    synchronous scheduler. Outputs are written from the worker, under
+    temporary names as always. Without a client, calls ``function`` here.
+    The task takes the thread's job priority (:func:`job_priority`); a dead
+    worker's task runs again elsewhere, a raising one is not retried (the
+    job's failure is deterministic: a bad input), and :func:`stop_computations`
+    cancels it. The package's dask config keys travel with the task.
+    """
+    client = current_client()
+    if client is None:
+        return function(*args, **kwargs)
+    if _stopping.is_set():
+        raise Interrupted(f"not running {label or 'more'}: the run is stopping")
+    if label:
+        log.info("running %s as one task", label)
+    import uuid
+    name = getattr(function, "__name__", None) or getattr(getattr(function, "func", None), "__name__", "job")
+    config = {"isoview-dask": dask.config.get("isoview-dask", {})}
+    future = client.submit(_run_locally, function, args, kwargs, config, key=f"{name}-{uuid.uuid4().hex}",
+                           priority=getattr(_job, "priority", 0), pure=False, retries=0)
+    batch = (future,)
+    with _in_flight_lock:
+        _in_flight.add(batch)
+    try:
+        return future.result()
+    except Exception:
+        if _stopping.is_set():
+            raise Interrupted(f"{label or 'task'} cancelled: the run is stopping") from None
+        raise
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard(batch)
+        future.release()
 
 
 def compute(*collections, progress: bool = True, label: str | None = None,

@@ -229,7 +229,8 @@ class _nothing:
 
 
 class KillWorkerOnce(SchedulerPlugin):
-    """Kill (SIGKILL) the worker that just finished the first zarr shard write, once."""
+    """Kill (SIGKILL), once, the worker that just finished the first zarr shard write, or that was just
+    given a whole view's correction (a small view runs as one task: killed in the middle of it)."""
 
     name = "kill-worker-once"
 
@@ -241,10 +242,16 @@ class KillWorkerOnce(SchedulerPlugin):
         self.scheduler = scheduler
 
     def transition(self, key, start, finish, *args, **kwargs):
-        if self.killed is not None or finish != "memory" or "store" not in str(key):
+        if self.killed is not None:
+            return
+        whole = finish == "processing" and str(key).startswith("correct_view")
+        if not whole and (finish != "memory" or "store" not in str(key)):
             return
         worker = kwargs.get("worker")
-        if worker is None:
+        if whole:
+            task = self.scheduler.tasks.get(key)
+            worker = task.processing_on.address if task is not None and task.processing_on else None
+        elif worker is None:
             task = self.scheduler.tasks.get(key)
             worker = next(iter(task.who_has)).address if task is not None and task.who_has else None
         if worker in self.pids:

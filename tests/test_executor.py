@@ -141,12 +141,29 @@ def serial_run(recording, tmp_path_factory):
     return out
 
 
-def test_concurrent_run_equals_the_serial_run(recording, serial_run, tmp_path):
+@pytest.mark.parametrize("whole_job_bytes", [None, 0], ids=["small-jobs-whole", "graphs-only"])
+def test_concurrent_run_equals_the_serial_run(recording, serial_run, tmp_path, whole_job_bytes):
+    """Both ways a job runs on a cluster write the serial run's bytes: whole, as one task per view or
+    pair (small volumes, the default here), and as graphs of chunk tasks (large volumes; forced by
+    ``isoview-dask.whole-job-bytes: 0``)."""
+    import contextlib
+
+    import dask
+    from distributed import get_task_stream
     out = tmp_path / "out"
-    with client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True):
-        summaries = process_dataset(recording.raw_dir, out, progress=False, **FLAGS)
+    setting = (dask.config.set({"isoview-dask.whole-job-bytes": whole_job_bytes})
+               if whole_job_bytes is not None else contextlib.nullcontext())
+    with client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True) as client:
+        with setting, get_task_stream(client) as stream:
+            summaries = process_dataset(recording.raw_dir, out, progress=False, **FLAGS)
     assert len(summaries["correct"].written) == 12 and len(summaries["fuse"].written) == 6
     assert summaries["fuse"].written == sorted(summaries["fuse"].written)  # reported in plan order
+    prefixes = [str(t["key"]).split("-")[0] for t in stream.data]
+    if whole_job_bytes is None:
+        assert prefixes.count("correct_view") == 12 and prefixes.count("fuse_pair") == 6
+        assert len(prefixes) == 18  # nothing else reached the scheduler
+    else:
+        assert "correct_view" not in prefixes and "fuse_pair" not in prefixes and len(prefixes) > 100
     assert_same_outputs(out, serial_run)
 
 
@@ -168,26 +185,90 @@ def test_budget_below_one_volume_completes_with_every_view_queued(recording, ser
 
 
 def test_interrupted_concurrent_run_resumes(recording, serial_run, tmp_path):
-    """A run stopped after some jobs (here: a view's correction raising KeyboardInterrupt) resumes on rerun."""
+    """A run stopped after some jobs (here: the sixth view's correction raising KeyboardInterrupt in the
+    client while others run on the workers, whole or as graphs) resumes on rerun."""
     from isoview_dask.pipeline import correct as correct_module
     out = tmp_path / "out"
-    original = correct_module.correct_view
+    original = correct_module.job_work
     calls = []
 
-    def interrupted(view, *args, **kwargs):
+    def interrupted(nbytes, function, view, *args, **kwargs):
         calls.append(view)
         if len(calls) == 6:
             raise KeyboardInterrupt
-        return original(view, *args, **kwargs)
+        return original(nbytes, function, view, *args, **kwargs)
 
     with client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True):
-        correct_module.correct_view = interrupted
+        correct_module.job_work = interrupted
         try:
             with pytest.raises(KeyboardInterrupt):
                 process_dataset(recording.raw_dir, out, progress=False, **FLAGS)
         finally:
-            correct_module.correct_view = original
+            correct_module.job_work = original
         again = process_dataset(recording.raw_dir, out, progress=False, **FLAGS)
     assert again["correct"].skipped and len(again["correct"].skipped) + len(again["correct"].written) == 12
     assert len(again["fuse"].written) + len(again["fuse"].skipped) == 6 and not again["fuse"].failed
     assert_same_outputs(out, serial_run)
+
+
+# --------------------------------------------------------------------------
+# Small jobs as one task
+# --------------------------------------------------------------------------
+
+
+def _inside_a_task(values):
+    """Runs on a worker: no client is visible, and graphs compute right here."""
+    import dask.array as da
+
+    from isoview_dask.cluster import compute, current_client
+    assert current_client() is None
+    return compute(da.from_array(values, chunks=2).sum(), progress=False)[0]
+
+
+def _sum_on_the_cluster(values):
+    import dask.array as da
+
+    from isoview_dask.cluster import compute
+    return compute(da.from_array(values, chunks=2).sum(), progress=False)[0]
+
+
+def test_whole_job_limit_follows_the_config_and_the_workers_memory(threads_client):
+    import dask
+
+    from isoview_dask.cluster import WHOLE_JOB_BYTES, WHOLE_JOB_MEMORY_FACTOR, whole_job_limit
+    assert whole_job_limit(None) == 0
+    assert whole_job_limit(threads_client) == min(WHOLE_JOB_BYTES, 2**30 // WHOLE_JOB_MEMORY_FACTOR)
+    with dask.config.set({"isoview-dask.whole-job-bytes": 0}):
+        assert whole_job_limit(threads_client) == 0
+    with dask.config.set({"isoview-dask.whole-job-bytes": 2**40}):  # never above what a worker holds
+        assert whole_job_limit(threads_client) == 2**30 // WHOLE_JOB_MEMORY_FACTOR
+
+
+def test_run_as_task_is_one_task_whose_graphs_run_inside_it(threads_client):
+    import numpy as np
+    from distributed import get_task_stream
+
+    from isoview_dask.cluster import run_as_task
+    from isoview_dask.pipeline.executor import job_work
+    values = np.arange(10)
+    with get_task_stream(threads_client) as stream:
+        assert run_as_task(_inside_a_task, values) == 45
+    assert [str(t["key"]).split("-")[0] for t in stream.data] == ["_inside_a_task"]
+    # job_work outside run_jobs (no limit set): the graphs go to the cluster, chunk by chunk.
+    with get_task_stream(threads_client) as stream:
+        assert job_work(values.nbytes, _sum_on_the_cluster, values) == 45
+    assert len(stream.data) > 1
+
+
+def _fail_once_more(log_path):
+    with open(log_path, "a") as fh:
+        fh.write("called\n")
+    raise ValueError("bad input")
+
+
+def test_run_as_task_raises_the_jobs_own_error_without_retrying(threads_client, tmp_path):
+    from isoview_dask.cluster import run_as_task
+    calls = tmp_path / "calls"
+    with pytest.raises(ValueError, match="bad input"):
+        run_as_task(_fail_once_more, calls)
+    assert calls.read_text().count("called") == 1

@@ -33,7 +33,7 @@ from ..io import write_volume
 from ..io.chunking import fit_chunks, write_chunks
 from ..io.tiff import write_tiff
 from ..io.zarr import CodecSpec, prepare_zarr
-from .executor import Job, JobResult, job_errors, run_jobs
+from .executor import Job, JobResult, job_errors, job_work, run_jobs
 from .common import (StageSummary, completed, file_fingerprint, fingerprint, output_path, relative_outputs,
                      write_json)
 
@@ -301,7 +301,8 @@ def correction_job(view: CameraView, out: str | Path, config: ProcessingConfig) 
             log.info("complete, skipping: %s", record_path)
             return JobResult("skipped", str(record_path))
         try:
-            record = correct_view(view, out, config, progress=False)
+            record = job_work(int(view.nbytes or 0), correct_view, view, out, config, progress=False,
+                              label=f"correction of {view.path.name}")
         except job_errors() as exc:
             log.error("correction of %s failed: %s", view.path, exc)
             return JobResult("failed", str(view.path), message=str(exc))

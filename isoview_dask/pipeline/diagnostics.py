@@ -52,15 +52,15 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
         fig = figure(figsize=(14, 5))
         axes = fig.subplots(1, 3)
         axes[0].imshow(_overlay(images["reference_xy"], images["moving_xy"]))
-        axes[0].set_title("a  before: max projections along z\nreference magenta, flipped moving green\n"
+        _title(axes[0], "a  before: max projections along z\nreference magenta, flipped moving green\n"
                           "(white where they agree)", fontsize=9)
         axes[1].imshow(_overlay(images["reference_xy"], images["aligned_xy"]))
-        axes[1].set_title(f"b  after: moving content moved\nby {np.round(params['offset_yx_px'], 2).tolist()} px "
+        _title(axes[1], f"b  after: moving content moved\nby {np.round(params['offset_yx_px'], 2).tolist()} px "
                           f"(dy, dx)\nand {params['rotation_deg']:.3f} deg", fontsize=9)
         difference = _normalise(images["reference_xy"]) - _normalise(images["aligned_xy"])
         shown = axes[2].imshow(difference, cmap="RdBu_r", vmin=-1, vmax=1)
-        fig.colorbar(shown, ax=axes[2], fraction=0.046, label="reference - moving (each scaled 0-1)")
-        axes[2].set_title(f"c  after: difference\n(near 0 = aligned)\nconfidence "
+        fig.colorbar(shown, ax=axes[2], fraction=0.046, label="reference - moving (each 0-1)")
+        _title(axes[2], f"c  after: difference\n(near 0 = aligned)\nconfidence "
                           f"{params['registration_confidence']:.2f}", fontsize=9)
         for ax in axes:
             ax.axis("off")
@@ -85,7 +85,7 @@ def _transition_figure(figure, save, transition, n_planes: int, blending_range: 
     dz = (params.get("voxel_size_um_zyx") or [None])[0]
     unit = f", 1 plane = {dz:.3g} µm" if dz else ""
     fig.colorbar(shown, ax=ax, label=f"transition plane (plane index{unit})")
-    ax.set_title(f"transition plane ({params['blending_method']}): {finite.min() if finite.size else 0:.1f} to "
+    _title(ax, f"transition plane ({params['blending_method']}): {finite.min() if finite.size else 0:.1f} to "
                  f"{finite.max() if finite.size else 0:.1f}\ncolours span +-{half:.1f} planes around the median "
                  f"{centre:.1f} (blending range {blending_range:g})", fontsize=9)
     ax.set_xlabel("x (px)")
@@ -104,7 +104,7 @@ def _weights_figure(figure, save, transition, n_planes: int, blending_range: flo
     ax.axvline(centre, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("plane (z)")
     ax.set_ylabel("weight")
-    ax.set_title(f"blending weights at the median transition, range {blending_range:g} planes")
+    _title(ax, f"blending weights at the median transition, range {blending_range:g} planes")
     ax.legend()
     save(fig, "blendingWeights")
 
@@ -119,6 +119,12 @@ def transition_colour_range(transition, blending_range: float, n_planes: int) ->
     spread = max(float(finite.max() - centre), float(centre - finite.min())) if finite.size else 0.0
     half = max(blending_range / 2, spread, 1.0)
     return centre - half, centre + half
+
+
+def _title(ax, text: str, **kwargs) -> None:
+    """An axes title at a fixed height: matplotlib's automatic title placement measures every tick
+    label of the axes, a third of a figure's drawing time."""
+    ax.set_title(text, y=1.0, pad=6, **kwargs)
 
 
 def _figure_class():
@@ -150,9 +156,9 @@ def _projections(figure, save, images: dict) -> None:
     fig = figure(figsize=(10, 5))
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     axes[0].imshow(_normalise(images["fused_xy"]), cmap="gray")
-    axes[0].set_title("fused, max projection along z")
+    _title(axes[0], "fused, max projection along z")
     axes[1].imshow(_normalise(images["fused_xz"]), cmap="gray", aspect="auto")
-    axes[1].set_title("fused, max projection along y")
+    _title(axes[1], "fused, max projection along y")
     for ax in axes:
         ax.axis("off")
     save(fig, "projections")
@@ -207,7 +213,7 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
         else:
             ax_map.text(0.5, 0.5, f"one column: {float(transition):.1f}", ha="center", va="center")
             ax_map.axis("off")
-        ax_map.set_title(f"camera {camera}: transition column CHN{a:02d} | CHN{b:02d} ({method})", fontsize=9)
+        _title(ax_map, f"camera {camera}: transition column CHN{a:02d} | CHN{b:02d} ({method})", fontsize=9)
         centre = float(np.nanmedian(transition)) if np.isfinite(transition).any() else (n_columns - 1) / 2
         weights = blending_weights(centre, n_columns, blending_range, profile)
         columns = np.arange(n_columns)
@@ -215,7 +221,7 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
         ax_w.plot(columns, 1 - weights, label=f"channel {b} (lit from high x)")
         ax_w.axvline(centre, color="grey", lw=0.8, ls="--")
         ratio = "" if estimate.intensity is None else f", ratio b/a {estimate.intensity.ratio:.3f}"
-        ax_w.set_title(f"weights at the median column, range {blending_range:g} columns{ratio}", fontsize=9)
+        _title(ax_w, f"weights at the median column, range {blending_range:g} columns{ratio}", fontsize=9)
         ax_w.set_xlabel("column (x)")
         ax_w.set_ylabel("weight")
         ax_w.legend(fontsize=8)

@@ -14,6 +14,12 @@ shards, the statistics of views k+1, k+2... run in the gaps, and the
 scheduler always holds runnable tasks from several views. Fault tolerance
 (retries, a dead worker's tasks rerun) stays distributed's.
 
+A small job (a view of small frames: at most
+:func:`~isoview_dask.cluster.whole_job_limit` raw bytes) runs whole as one
+task (:func:`job_work`): a worker computes its graphs itself, so the scheduler
+and the client handle one task per view instead of dozens. Larger jobs
+submit their graphs, chunk by chunk.
+
 Admission: a job enters only when the raw bytes of the jobs in flight plus
 its own fit the memory budget (:data:`MEMORY_FRACTION` of the workers'
 summed memory limits), and at most ``max_jobs`` run at once. One job is
@@ -31,13 +37,15 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import dask
 
-from ..cluster import current_client, job_priority, resume_computations, stop_computations
+from ..cluster import (current_client, job_priority, resume_computations, run_as_task, stop_computations,
+                       whole_job_limit)
 from .common import StageSummary
 
 log = logging.getLogger(__name__)
@@ -46,12 +54,34 @@ log = logging.getLogger(__name__)
 MEMORY_FRACTION = 0.5
 #: Jobs in flight per worker thread when nothing else limits them (dask config ``isoview-dask.jobs-per-thread``).
 JOBS_PER_THREAD = 3
+#: dask config key: jobs in flight per worker thread (overrides :data:`JOBS_PER_THREAD`).
+JOBS_PER_THREAD_CONFIG_KEY = "isoview-dask.jobs-per-thread"
 #: dask config key: the most jobs in flight at once (overrides the default above).
 MAX_JOBS_CONFIG_KEY = "isoview-dask.max-jobs"
 #: After an interruption, seconds the running jobs get to finish before they are cancelled.
 INTERRUPT_GRACE_S = 10.0
 #: Spacing of the priorities of consecutive jobs (each job's graphs may add small offsets below it).
 PRIORITY_STEP = 10
+
+
+_job = threading.local()
+
+
+def job_work(nbytes: int, function: Callable, *args, label: str | None = None, **kwargs):
+    """A job's work, ``function(*args, **kwargs)``: whole as one cluster task when its input is small.
+
+    Inside :func:`run_jobs`, a job reading at most
+    :func:`~isoview_dask.cluster.whole_job_limit` raw bytes (``nbytes``; a
+    camera view of small frames) runs as one task
+    (:func:`~isoview_dask.cluster.run_as_task`): its dozens of small graph
+    tasks would cost the client and the scheduler more than the work.
+    Larger jobs (and any job outside a run, or without a client) run here,
+    submitting their graphs chunk by chunk. The outputs are the same bit for bit.
+    """
+    limit = getattr(_job, "whole_limit", 0)
+    if 0 < nbytes <= limit:
+        return run_as_task(function, *args, label=label, **kwargs)
+    return function(*args, **kwargs)
 
 
 def job_errors() -> tuple[type[BaseException], ...]:
@@ -130,7 +160,8 @@ def _limits(client, max_jobs: int | None, memory_budget: float | None) -> tuple[
     if max_jobs is None:
         max_jobs = dask.config.get(MAX_JOBS_CONFIG_KEY, None)
     if max_jobs is None:
-        max_jobs = max(2, JOBS_PER_THREAD * threads)
+        per_thread = float(dask.config.get(JOBS_PER_THREAD_CONFIG_KEY, JOBS_PER_THREAD))
+        max_jobs = max(2, int(per_thread * threads))
     if memory_budget is None:
         memory_budget = MEMORY_FRACTION * memory
     return max(1, int(max_jobs)), float(memory_budget)
@@ -195,6 +226,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     client = current_client()
     resume_computations()
     limit, budget = _limits(client, max_jobs, memory_budget)
+    whole = whole_job_limit(client)
     start = time.perf_counter()
     bar = _Progress(progress, total, label)
     results: dict[tuple, tuple[str, JobResult]] = {}
@@ -241,8 +273,12 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
         return all(dep in finished or dep not in known for dep in slot.job.deps)
 
     def execute(slot: _Slot) -> JobResult:
-        with job_priority(-PRIORITY_STEP * slot.rank):
-            return slot.job.run()
+        _job.whole_limit = whole
+        try:
+            with job_priority(-PRIORITY_STEP * slot.rank):
+                return slot.job.run()
+        finally:
+            _job.whole_limit = 0
 
     def record(slot: _Slot, result: JobResult) -> None:
         finished.add(slot.job.key)

@@ -54,7 +54,7 @@ from ..fuse import (IntensityResult, SheetRegistration, apply_inplane_transform,
 from ..fuse.transforms import inverse_transform
 from ..io import open_volume
 from ..io.zarr import STORED, CodecSpec, prepare_zarr
-from .executor import Job, JobResult, job_errors, run_jobs
+from .executor import Job, JobResult, job_errors, job_work, run_jobs
 from .common import (StageSummary, completed, fingerprint, output_path, relative_outputs, scan_records,
                      write_json)
 
@@ -974,7 +974,7 @@ def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig
         if not config.output.overwrite and completed(target.with_suffix(".json"), expected_fingerprint):
             return JobResult("skipped", str(target))
         try:
-            params = work()
+            params = job_work(nbytes, work, label=f"fusion {target.name}")
         except job_errors() as exc:
             log.error("fusion of %s failed: %s", target, exc)
             return JobResult("failed", str(target), message=str(exc))

@@ -51,7 +51,7 @@ from ..config import ProcessingConfig
 from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
                      relative_outputs, scan_records, write_json)
-from .executor import Job, JobResult, job_errors, run_jobs
+from .executor import Job, JobResult, job_errors, job_work, run_jobs
 from .fuse import (ChannelFusedView, CorrectedView, _channel_fields, estimate_pair, find_corrected, fuse_dataset,
                    single_channel_groups)
 
@@ -157,18 +157,24 @@ def estimation_jobs(views: dict, out: Path, config: ProcessingConfig) -> Iterato
         nbytes = int(sum(int(v.record.get("input_bytes") or 0) for v in parts))
         yield Job(str(record_path), "estimate",
                   partial(_estimate_one, specimen, timepoint, name_channel, (a, b), ref, mov, record_path, out,
-                          config), nbytes=nbytes)
+                          config, nbytes), nbytes=nbytes)
+
+
+def _prepared_estimate(ref, mov, config: ProcessingConfig):
+    """Prepared views (channel-fused when paired) and their pair estimate."""
+    ref, mov = ref.prepare(config, progress=False), mov.prepare(config, progress=False)
+    return ref, mov, estimate_pair(ref, mov, config, progress=False)
 
 
 def _estimate_one(specimen, timepoint, name_channel, pair, ref, mov, record_path: Path, out: Path,
-                  config: ProcessingConfig) -> JobResult:
+                  config: ProcessingConfig, nbytes: int = 0) -> JobResult:
     a, b = pair
     fp = _estimate_fingerprint(ref, mov, config)
     if not config.output.overwrite and completed(record_path, fp):
         return JobResult("skipped", str(record_path))
     try:
-        ref, mov = ref.prepare(config, progress=False), mov.prepare(config, progress=False)
-        estimate = estimate_pair(ref, mov, config, progress=False)
+        ref, mov, estimate = job_work(nbytes, _prepared_estimate, ref, mov, config,
+                                      label=f"estimation {record_path.name}")
     except job_errors() as exc:
         log.error("estimation for %s failed: %s", record_path, exc)
         return JobResult("failed", str(record_path), message=str(exc))
