@@ -272,3 +272,27 @@ def test_run_as_task_raises_the_jobs_own_error_without_retrying(threads_client, 
     with pytest.raises(ValueError, match="bad input"):
         run_as_task(_fail_once_more, calls)
     assert calls.read_text().count("called") == 1
+
+
+def _where_it_ran():
+    from isoview_dask.cluster import current_client
+    return "whole" if current_client() is None else "graphs"
+
+
+def test_large_jobs_run_whole_only_when_enough_jobs_keep_every_worker_busy(threads_client):
+    from isoview_dask.pipeline.executor import WHOLE_JOB_ALWAYS_BYTES, job_work
+    seen = {}
+
+    def job(key, nbytes):
+        def run():
+            seen[key] = job_work(nbytes, _where_it_ran)
+            return JobResult("written", key)
+        return Job(key, "s", run, nbytes=nbytes)
+
+    large = WHOLE_JOB_ALWAYS_BYTES + 2**20  # within the 1 GiB workers' whole-job limit (128 MiB)
+    run_jobs([job("alone", large)], {"s": StageSummary("s")}, progress=False)
+    run_jobs([job("small alone", 2**20)], {"s": StageSummary("s")}, progress=False)
+    run_jobs([job(f"many{i}", large) for i in range(4)], {"s": StageSummary("s")}, progress=False, max_jobs=4)
+    assert seen["alone"] == "graphs" and seen["small alone"] == "whole"
+    assert seen["many0"] == seen["many1"] == "whole"  # 4 jobs for 2 worker threads
+    assert job_work(2**20, _where_it_ran) == "graphs"  # outside a run: never whole

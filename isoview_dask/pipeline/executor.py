@@ -60,6 +60,9 @@ JOBS_PER_THREAD_CONFIG_KEY = "isoview-dask.jobs-per-thread"
 MAX_JOBS_CONFIG_KEY = "isoview-dask.max-jobs"
 #: After an interruption, seconds the running jobs get to finish before they are cancelled.
 INTERRUPT_GRACE_S = 10.0
+#: With fewer jobs waiting or running than worker threads, only jobs up to this many raw bytes run
+#: whole (larger ones spread their chunks over the idle workers instead).
+WHOLE_JOB_ALWAYS_BYTES = 64 * 2**20
 #: Spacing of the priorities of consecutive jobs (each job's graphs may add small offsets below it).
 PRIORITY_STEP = 10
 
@@ -75,10 +78,14 @@ def job_work(nbytes: int, function: Callable, *args, label: str | None = None, *
     camera view of small frames) runs as one task
     (:func:`~isoview_dask.cluster.run_as_task`): its dozens of small graph
     tasks would cost the client and the scheduler more than the work.
-    Larger jobs (and any job outside a run, or without a client) run here,
+    While fewer jobs wait or run than the cluster has worker threads, only
+    jobs up to :data:`WHOLE_JOB_ALWAYS_BYTES` run whole, so that the chunks
+    of a few larger views still spread over every worker. Larger jobs (and any job outside a run, or without a client) run here,
     submitting their graphs chunk by chunk. The outputs are the same bit for bit.
     """
     limit = getattr(_job, "whole_limit", 0)
+    if getattr(_job, "few_jobs", False):
+        limit = min(limit, WHOLE_JOB_ALWAYS_BYTES)
     if 0 < nbytes <= limit:
         return run_as_task(function, *args, label=label, **kwargs)
     return function(*args, **kwargs)
@@ -227,6 +234,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     resume_computations()
     limit, budget = _limits(client, max_jobs, memory_budget)
     whole = whole_job_limit(client)
+    threads = cluster_capacity(client)[0] if client is not None else 1
     start = time.perf_counter()
     bar = _Progress(progress, total, label)
     results: dict[tuple, tuple[str, JobResult]] = {}
@@ -272,8 +280,8 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     def ready(slot: _Slot) -> bool:
         return all(dep in finished or dep not in known for dep in slot.job.deps)
 
-    def execute(slot: _Slot) -> JobResult:
-        _job.whole_limit = whole
+    def execute(slot: _Slot, few_jobs: bool) -> JobResult:
+        _job.whole_limit, _job.few_jobs = whole, few_jobs
         try:
             with job_priority(-PRIORITY_STEP * slot.rank):
                 return slot.job.run()
@@ -304,9 +312,9 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
                     continue
                 waiting.remove(slot)
                 if pool is None:
-                    record(slot, execute(slot))
+                    record(slot, execute(slot, False))
                 else:
-                    slot.future = pool.submit(execute, slot)
+                    slot.future = pool.submit(execute, slot, len(waiting) + len(running) + 1 < threads)
                     running[slot.future] = slot
                     in_flight_bytes += slot.job.nbytes
                 started = True
