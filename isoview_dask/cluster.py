@@ -535,8 +535,19 @@ def whole_job_limit(client) -> int:
     return max(0, limit)
 
 
-def _run_locally(function, args, kwargs, config):
+def _log_like_the_client(level: int) -> None:
+    """On a worker: the package's log records at the client's level, on stderr (the worker's log)."""
+    package = logging.getLogger(__name__.split(".")[0])
+    package.setLevel(level)
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s [worker]: %(message)s"))
+        package.addHandler(handler)
+
+
+def _run_locally(function, args, kwargs, config, level: int = logging.WARNING):
     """Body of :func:`run_as_task` on a worker: ``function`` with every graph computed in this thread."""
+    _log_like_the_client(level)
     previous = getattr(_job, "local", False)
     _job.local = True
     try:
@@ -558,7 +569,9 @@ def run_as_task(function, *args, label: str | None = None, **kwargs):
     The task takes the thread's job priority (:func:`job_priority`); a dead
     worker's task runs again elsewhere, a raising one is not retried (the
     job's failure is deterministic: a bad input), and :func:`stop_computations`
-    cancels it. The package's dask config keys travel with the task.
+    cancels it. The package's dask config keys and log level travel with the
+    task; its log records go to the worker's stderr (a local cluster's
+    terminal, a batch job's log file).
     """
     client = current_client()
     if client is None:
@@ -570,7 +583,8 @@ def run_as_task(function, *args, label: str | None = None, **kwargs):
     import uuid
     name = getattr(function, "__name__", None) or getattr(getattr(function, "func", None), "__name__", "job")
     config = {"isoview-dask": dask.config.get("isoview-dask", {})}
-    future = client.submit(_run_locally, function, args, kwargs, config, key=f"{name}-{uuid.uuid4().hex}",
+    level = logging.getLogger(__name__.split(".")[0]).getEffectiveLevel()
+    future = client.submit(_run_locally, function, args, kwargs, config, level, key=f"{name}-{uuid.uuid4().hex}",
                            priority=getattr(_job, "priority", 0), pure=False, retries=0)
     batch = (future,)
     with _in_flight_lock:

@@ -296,3 +296,18 @@ def test_large_jobs_run_whole_only_when_enough_jobs_keep_every_worker_busy(threa
     assert seen["alone"] == "graphs" and seen["small alone"] == "whole"
     assert seen["many0"] == seen["many1"] == "whole"  # 4 jobs for 2 worker threads
     assert job_work(2**20, _where_it_ran) == "graphs"  # outside a run: never whole
+
+
+def _log_and_return_level():
+    import logging
+    logging.getLogger("isoview_dask.pipeline").info("inside the task")
+    return logging.getLogger("isoview_dask").getEffectiveLevel()
+
+
+def test_run_as_task_logs_at_the_clients_level(threads_client, caplog):
+    import logging
+
+    from isoview_dask.cluster import run_as_task
+    with caplog.at_level(logging.INFO, logger="isoview_dask"):
+        assert run_as_task(_log_and_return_level) == logging.INFO
+    assert "inside the task" in caplog.text
