@@ -545,15 +545,36 @@ def _log_like_the_client(level: int) -> None:
         package.addHandler(handler)
 
 
+#: Whole-job tasks running in this (worker) process, and the config they set while any runs.
+_local_lock = threading.Lock()
+_local_tasks = 0
+_local_config = None
+
+
 def _run_locally(function, args, kwargs, config, level: int = logging.WARNING):
-    """Body of :func:`run_as_task` on a worker: ``function`` with every graph computed in this thread."""
+    """Body of :func:`run_as_task` on a worker: ``function`` with every graph computed in this thread.
+
+    dask's config is process-wide: the synchronous scheduler (and the client's
+    package keys) are set when the first whole-job task of a worker starts
+    and restored when the last one ends, so tasks in a worker's other
+    threads never see it taken away in the middle.
+    """
+    global _local_tasks, _local_config
     _log_like_the_client(level)
     previous = getattr(_job, "local", False)
     _job.local = True
+    with _local_lock:
+        if _local_tasks == 0:
+            _local_config = dask.config.set({**config, "scheduler": "synchronous"})
+        _local_tasks += 1
     try:
-        with dask.config.set({**config, "scheduler": "synchronous"}):
-            return function(*args, **kwargs)
+        return function(*args, **kwargs)
     finally:
+        with _local_lock:
+            _local_tasks -= 1
+            if _local_tasks == 0:
+                _local_config.__exit__(None, None, None)
+                _local_config = None
         _job.local = previous
 
 

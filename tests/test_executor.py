@@ -311,3 +311,30 @@ def test_run_as_task_logs_at_the_clients_level(threads_client, caplog):
     with caplog.at_level(logging.INFO, logger="isoview_dask"):
         assert run_as_task(_log_and_return_level) == logging.INFO
     assert "inside the task" in caplog.text
+
+
+def _scheduler_seen_twice(seconds):
+    import time
+
+    import dask
+    first = dask.config.get("scheduler", None)
+    time.sleep(seconds)
+    return first, dask.config.get("scheduler", None)
+
+
+def test_whole_job_tasks_in_one_worker_keep_their_scheduler_while_others_end(threads_client):
+    """Two whole-job tasks in one worker's two threads: the short one ending must not take the long
+    one's synchronous scheduler away (dask's config is process-wide)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+
+    from isoview_dask.cluster import run_as_task
+    import time
+    with ThreadPoolExecutor(2) as pool:
+        short = pool.submit(run_as_task, _scheduler_seen_twice, 0.3)
+        time.sleep(0.1)
+        long = pool.submit(run_as_task, _scheduler_seen_twice, 1.0)
+        assert short.result() == ("synchronous", "synchronous")
+        assert long.result() == ("synchronous", "synchronous")
+    assert dask.config.get("scheduler", None) != "synchronous"  # restored once both ended
