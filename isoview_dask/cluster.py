@@ -578,7 +578,7 @@ def _run_locally(function, args, kwargs, config, level: int = logging.WARNING):
         _job.local = previous
 
 
-def run_as_task(function, *args, label: str | None = None, **kwargs):
+def run_as_task(function, *args, label: str | None = None, retries: int | None = None, **kwargs):
     """``function(*args, **kwargs)`` run as one task on the active client, its dask graphs computed inside it.
 
     For a small job (a camera view of a few MiB): one task instead of a
@@ -588,9 +588,9 @@ def run_as_task(function, *args, label: str | None = None, **kwargs):
     synchronous scheduler. Outputs are written from the worker, under
     temporary names as always. Without a client, calls ``function`` here.
     The task takes the thread's job priority (:func:`job_priority`); a dead
-    worker's task runs again elsewhere, a raising one is not retried (the
-    job's failure is deterministic: a bad input), and :func:`stop_computations`
-    cancels it. The package's dask config keys and log level travel with the
+    worker's task runs again elsewhere, a raising one is retried like any
+    task (``retries``, default dask config ``isoview-dask.retries``), and
+    :func:`stop_computations` cancels it. The package's dask config keys and log level travel with the
     task; its log records go to the worker's stderr (a local cluster's
     terminal, a batch job's log file).
     """
@@ -605,8 +605,10 @@ def run_as_task(function, *args, label: str | None = None, **kwargs):
     name = getattr(function, "__name__", None) or getattr(getattr(function, "func", None), "__name__", "job")
     config = {"isoview-dask": dask.config.get("isoview-dask", {})}
     level = logging.getLogger(__name__.split(".")[0]).getEffectiveLevel()
+    if retries is None:
+        retries = int(dask.config.get(RETRIES_CONFIG_KEY, DEFAULT_RETRIES))
     future = client.submit(_run_locally, function, args, kwargs, config, level, key=f"{name}-{uuid.uuid4().hex}",
-                           priority=getattr(_job, "priority", 0), pure=False, retries=0)
+                           priority=getattr(_job, "priority", 0), pure=False, retries=retries)
     batch = (future,)
     with _in_flight_lock:
         _in_flight.add(batch)

@@ -266,12 +266,15 @@ def _fail_once_more(log_path):
     raise ValueError("bad input")
 
 
-def test_run_as_task_raises_the_jobs_own_error_without_retrying(threads_client, tmp_path):
+def test_run_as_task_retries_like_a_task_then_raises_the_jobs_own_error(threads_client, tmp_path):
+    import dask
+
     from isoview_dask.cluster import run_as_task
     calls = tmp_path / "calls"
-    with pytest.raises(ValueError, match="bad input"):
-        run_as_task(_fail_once_more, calls)
-    assert calls.read_text().count("called") == 1
+    with dask.config.set({"isoview-dask.retries": 1}):
+        with pytest.raises(ValueError, match="bad input"):
+            run_as_task(_fail_once_more, calls)
+    assert calls.read_text().count("called") == 2
 
 
 def _where_it_ran():
