@@ -609,19 +609,27 @@ def run_as_task(function, *args, label: str | None = None, retries: int | None =
         retries = int(dask.config.get(RETRIES_CONFIG_KEY, DEFAULT_RETRIES))
     future = client.submit(_run_locally, function, args, kwargs, config, level, key=f"{name}-{uuid.uuid4().hex}",
                            priority=getattr(_job, "priority", 0), pure=False, retries=retries)
-    batch = (future,)
+    try:
+        return _cancellable(client, [future], label or "task")[0]
+    finally:
+        future.release()
+
+
+def _cancellable(client, futures: list, what: str) -> list:
+    """Gather ``futures``, which :func:`stop_computations` (from any thread) may cancel meanwhile:
+    then :class:`Interrupted` is raised instead of their error."""
+    batch = tuple(futures)
     with _in_flight_lock:
         _in_flight.add(batch)
     try:
-        return future.result()
+        return client.gather(futures)
     except Exception:
         if _stopping.is_set():
-            raise Interrupted(f"{label or 'task'} cancelled: the run is stopping") from None
+            raise Interrupted(f"{what} cancelled: the run is stopping") from None
         raise
     finally:
         with _in_flight_lock:
             _in_flight.discard(batch)
-        future.release()
 
 
 def compute(*collections, progress: bool = True, label: str | None = None,
@@ -658,18 +666,7 @@ def compute(*collections, progress: bool = True, label: str | None = None,
                 print(label, file=sys.stderr, flush=True)
             distributed_progress(futures)
             print(file=sys.stderr, flush=True)
-        batch = tuple(futures)
-        with _in_flight_lock:
-            _in_flight.add(batch)
-        try:
-            results = client.gather(futures)
-        except Exception:
-            if _stopping.is_set():
-                raise Interrupted(f"{label or 'computation'} cancelled: the run is stopping") from None
-            raise
-        finally:
-            with _in_flight_lock:
-                _in_flight.discard(batch)
+        results = _cancellable(client, futures, label or "computation")
         if progress:
             print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         return results
