@@ -12,6 +12,18 @@ CHUNKINGS = [SHAPE, (4, 20, 30), (5, 33, 17), (3, 70, 41)]
 IDS = ["one", "many", "uneven", "slabs"]
 
 
+def assert_equal_to_rounding(got, expected):
+    """Equal whatever the chunking, to float32 rounding: OpenCV's warp computes a block's source
+    coordinates from its own origin in single precision, so float32 results may differ in the last
+    bits (relative 1e-6 at most) and integer results by one count where a value sits on a .5."""
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    if got.dtype.kind == "f":
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True)
+    else:
+        difference = np.abs(got.astype(np.int64) - expected.astype(np.int64))
+        assert difference.max() <= 1 and np.count_nonzero(difference) <= 1e-4 * difference.size
+
+
 @pytest.fixture(scope="module")
 def pair():
     rng = np.random.default_rng(7)
@@ -33,7 +45,7 @@ def test_fuse_views_equals_numpy_over_chunkings(pair, chunks, method, dtype):
     lazy = fuse_views(da.from_array(reference, chunks=chunks), da.from_array(moving, chunks=chunks), *args,
                       dtype=dtype)
     assert lazy.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(lazy.compute(), expected)
+    assert_equal_to_rounding(lazy.compute(), expected)
 
 
 def test_fuse_views_is_transform_then_blend(pair):
@@ -54,8 +66,7 @@ def test_slab_planes_rechunk_z_only(pair, slab):
     lazy = fuse_views(da.from_array(reference, chunks=(5, 35, 45)), moving, (1.5, 2.5), 0.3, transition, 3.0,
                       slab_planes=slab)
     assert lazy.chunks[0][0] == min(slab, SHAPE[0]) and sum(lazy.chunks[0]) == SHAPE[0]
-    np.testing.assert_array_equal(lazy.compute(),
-                                  fuse_views_numpy(reference, moving, (1.5, 2.5), 0.3, transition, 3.0))
+    assert_equal_to_rounding(lazy.compute(), fuse_views_numpy(reference, moving, (1.5, 2.5), 0.3, transition, 3.0))
 
 
 def test_front_planes_skip_the_moving_camera(pair):

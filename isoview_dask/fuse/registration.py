@@ -47,7 +47,7 @@ from skimage.registration import phase_cross_correlation
 
 from ..correct._arrays import as_dask
 from .surface import coordinate_depths, fitted_surface, surface_image
-from .transforms import inplane_matrix
+from .transforms import affine_plane, inplane_matrix
 
 METHOD = "phase-correlation translation + normalised-correlation rotation search on the transition surface"
 #: Frames larger than this (pixels, either side) are first registered on binned copies.
@@ -401,7 +401,7 @@ class _Matcher:
         shift = self.centre + np.asarray(offset, float) - rotation @ self.centre
         warped = ndimage.affine_transform(self.coefficients, rotation, offset=shift, order=3, mode="mirror",
                                           prefilter=False)
-        weight = ndimage.affine_transform(self.mov_weight, rotation, offset=shift, order=1, mode="constant")
+        weight = affine_plane(self.mov_weight, rotation, shift, self.shape, order=1)
         source_y = rotation[0, 0] * self.rows + rotation[0, 1] * self.cols + self.centre[0] + offset[0]
         source_x = rotation[1, 0] * self.rows + rotation[1, 1] * self.cols + self.centre[1] + offset[1]
         outside = ((source_y < 0) | (source_y > self.shape[0] - 1)
