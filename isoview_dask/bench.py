@@ -83,7 +83,7 @@ __all__ = [
 BASELINES = ("klb-pyklb", "klb-dask", "tiff")
 
 #: Zarr codecs of the published study plus the levels around them.
-ZARR_CODECS = ("bzip2-9", "blosc-zstd-3", "blosc-zstd-5", "blosc-zstd-6", "blosc-zstd-9",
+ZARR_CODECS = ("bzip2-9", "blosc-zstd-2", "blosc-zstd-3", "blosc-zstd-5", "blosc-zstd-6", "blosc-zstd-9",
                "blosc-lz4-3", "blosc-lz4-6", "blosc-lz4-9", "blosc-lz4hc-6", "blosc-lz4hc-9",
                "gzip-6", "gzip-9", "none")
 

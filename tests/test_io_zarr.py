@@ -82,7 +82,7 @@ def test_codec_parsing_and_errors():
     assert CodecSpec.parse("lz4hc").name == "blosc-lz4hc"
     assert CodecSpec.parse("bz2").level == 9
     assert CodecSpec.parse("lz4:3:shuffle").label == "blosc-lz4-3-shuffle"
-    assert CodecSpec.parse("blosc-zstd").label == "blosc-zstd-3"  # bitshuffle is the default
+    assert CodecSpec.parse("blosc-zstd").label == "blosc-zstd-2"  # bitshuffle is the default
     with pytest.raises(CodecError, match="unknown codec 'snappy9'"):
         CodecSpec.parse("snappy9")
     with pytest.raises(CodecError, match="level 12"):
