@@ -216,7 +216,8 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
                                   "sigma_lateral_px": cc.segment_sigma_lateral,
                                   "sigma_axial_px": cc.segment_sigma_axial or cc.segment_sigma_lateral / ratio}
         small_mask = foreground_mask(segmentation_input(corrected), threshold.level)
-        mask = upsample_lateral(small_mask, factor, raw.shape[1:]).rechunk(corrected.chunks)
+        # Expanded as uint8 (the written dtype): the full-resolution mask is then allocated once.
+        mask = upsample_lateral(small_mask.astype(np.uint8), factor, raw.shape[1:]).rechunk(corrected.chunks)
         # The full mask repeats each reduced pixel factor x factor times, so its coordinate
         # masks follow from the reduced one's: cheaper than reducing the full mask.
         xy_small, xz_small = coordinate_masks(small_mask)
@@ -244,7 +245,7 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     if oc.format == "zarr":
         pending.append(prepare_zarr(corrected, name("", "zarr"), name=name("", "zarr").stem, **zarr_options))
         if cc.segment:
-            pending.append(prepare_zarr(mask.astype(np.uint8), name("segmentationMask", "zarr"),
+            pending.append(prepare_zarr(mask, name("segmentationMask", "zarr"),
                                         name="segmentationMask", **{**zarr_options, "pyramid_levels": 0}))
     keys = list(lazy)
     try:
@@ -260,7 +261,7 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     if oc.format != "zarr":
         outputs.append(write_volume(corrected, name("", oc.format), voxel_size_zyx=voxel, overwrite=overwrite))
         if cc.segment:
-            outputs.append(write_volume(mask.astype(np.uint8), name("segmentationMask", oc.format),
+            outputs.append(write_volume(mask, name("segmentationMask", oc.format),
                                         voxel_size_zyx=voxel, overwrite=overwrite))
     for kind in [k for k in keys if "Projection" in k]:
         outputs.append(write_tiff(np.asarray(small[kind]), name(kind, "tif"), overwrite=overwrite))
