@@ -654,6 +654,23 @@ def compute(*collections, progress: bool = True, label: str | None = None,
         log.info("computing %s", label)
     if _stopping.is_set():
         raise Interrupted(f"not computing {label or 'more'}: the run is stopping")
+    # dask (2026.8) returns the results of mixed collection types grouped by type: an array, a
+    # Delayed, an array come back as array, array, Delayed. Computing them grouped and putting the
+    # results back in place gives the order asked for whatever dask does.
+    first_seen: dict[type, int] = {}
+    for item in collections:
+        first_seen.setdefault(type(item), len(first_seen))
+    order = sorted(range(len(collections)), key=lambda i: first_seen[type(collections[i])])
+    grouped = _compute_grouped([collections[i] for i in order], progress, label, retries, estimate)
+    results: list = [None] * len(order)
+    for position, value in zip(order, grouped):
+        results[position] = value
+    return results
+
+
+def _compute_grouped(collections: list, progress: bool, label: str | None, retries: int | None,
+                     estimate: bool) -> Sequence:
+    """:func:`compute` of collections already grouped by type."""
     client = current_client()
     if client is not None:
         if retries is None:
@@ -661,7 +678,7 @@ def compute(*collections, progress: bool = True, label: str | None = None,
         start = time.perf_counter()
         with dask.config.set({_GRAPH_WARNING_KEY: GRAPH_WARNING_THRESHOLD}):
             priority = getattr(_job, "priority", 0) + (ESTIMATE_PRIORITY if estimate else 0)
-            futures = client.compute(list(collections), retries=retries, priority=priority)
+            futures = client.compute(collections, retries=retries, priority=priority)
         if progress:
             from distributed import progress as distributed_progress
             if label:

@@ -309,6 +309,27 @@ def test_fusion_sized_maps_in_graphs_do_not_warn():
                 client.compute(total).result()
 
 
+def test_compute_keeps_the_order_of_mixed_collections():
+    """An array, a Delayed and an array come back in that order, locally and on a client (dask 2026.8 groups
+    the results of mixed collection types by type; the correction's statistics pass mixes them)."""
+    import dask
+    import dask.array as da
+    from isoview_dask.cluster import compute
+    volume = da.arange(60, chunks=7).reshape(3, 4, 5)
+    wanted = (int(volume.max().compute()), ("delayed", (4, 5)), (3, 5))
+
+    def check(results):
+        assert (int(results[0]), results[1], results[2].shape) == wanted
+        assert np.array_equal(results[3], np.arange(60).reshape(3, 4, 5).min(axis=0))
+
+    def collections():
+        return (volume.max(), dask.delayed(lambda m: ("delayed", m.shape))(volume.mean(axis=0)), volume.sum(axis=1),
+                volume.min(axis=0))
+    check(compute(*collections(), progress=False))
+    with client_context(n_workers=1, threads_per_worker=1, processes=False, quiet=True):
+        check(compute(*collections(), progress=False))
+
+
 # --------------------------------------------------------------------------
 # Resume after a killed run
 # --------------------------------------------------------------------------
