@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -176,24 +177,29 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     # Pass 1: per-pixel z statistics (dead pixels) and the histogram of the smoothed volume
     # (segmentation level), in one read. The few dead pixels do not move the histogram.
     sampled = _sample_planes(raw, cc.dead_pixel_sample_planes)
-    mean_yx, std_yx = pixel_statistics(sampled)
-    lazy_stats = [mean_yx, std_yx, sampled.max()]  # the whole volume's max only if this is 0
+    lazy_stats = {"peak": sampled.max()}  # the whole volume's max only if this is 0
+    if cc.dead_pixel_correction:
+        # The dead-pixel search (a few CPU-seconds on a 2048 x 2048 frame) is a task of the same
+        # graph, on a worker: the client, which also schedules every other job's tasks, only
+        # receives the mask and its thresholds.
+        lazy_stats["dead"] = dask.delayed(dead_pixel_mask, pure=True)(
+            *pixel_statistics(sampled), kernel=cc.dead_pixel_kernel, z_floor=cc.dead_pixel_min_zscore)
     if cc.segment:
         # Each sampled slab is smoothed on its own: a halo from the chunks beside it would
         # read them too, and the level comes from the histogram, not from any one voxel.
         slabs = _slab_list(subtract_background(raw, background), cc.segment_sample_slabs)
         smoothed = [segmentation_input(slab) for slab in slabs]
-        lazy_stats.append(intensity_histogram(smoothed[0] if len(smoothed) == 1
-                                              else da.concatenate(smoothed, axis=0)))
-    stats = compute(*lazy_stats, progress=progress, label=f"{view.path.name}: statistics",
-                    estimate=True)
-    mean_yx, std_yx, peak = stats[:3]
+        lazy_stats["histogram"] = intensity_histogram(smoothed[0] if len(smoothed) == 1
+                                                      else da.concatenate(smoothed, axis=0))
+    stats = dict(zip(lazy_stats, compute(*lazy_stats.values(), progress=progress,
+                                         label=f"{view.path.name}: statistics", estimate=True)))
+    peak = stats["peak"]
     if int(peak) == 0:
         peak = compute(raw.max(), progress=False, estimate=True)[0]
     if int(peak) == 0:
         raise EmptyVolumeError(f"{view.path}: every voxel is zero; nothing to correct")
     if cc.dead_pixel_correction:
-        dead = dead_pixel_mask(mean_yx, std_yx, kernel=cc.dead_pixel_kernel, z_floor=cc.dead_pixel_min_zscore)
+        dead = stats["dead"]
         dead_mask = dead.mask
         repaired = correct_dead_pixels(raw, dead_mask)
         record["dead_pixels"] = {**dead.summary(), "positions_yx": np.argwhere(dead_mask).tolist()}
@@ -209,7 +215,7 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     pending = []
     lazy: dict = {}
     if cc.segment:
-        threshold = threshold_from_histogram(stats[3], cc.segment_threshold, cc.mask_percentile)
+        threshold = threshold_from_histogram(stats["histogram"], cc.segment_threshold, cc.mask_percentile)
         record["segmentation"] = {"min_intensity": threshold.min_intensity,
                                   "mean_intensity": threshold.mean_intensity, "level": threshold.level,
                                   "threshold_fraction": cc.segment_threshold, "lateral_reduction": factor,
