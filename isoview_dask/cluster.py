@@ -76,10 +76,62 @@ class ClusterError(IsoviewError, ValueError):
 #: only beyond 256 MiB of free memory.
 WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": 268435456, "MALLOC_MMAP_THRESHOLD_": 33554432}
 
+#: Smallest worker memory limit (bytes) given :data:`WORKER_MALLOC_ENV`. The
+#: free heap glibc then keeps (up to 256 MiB, plus fragmentation) must be a
+#: small part of the budget: 2 workers at 512 MiB, importing this package
+#: (~140 MiB) and holding that much free heap, were restarted by their nannies
+#: over and over on a 1024 x 1024-frame recording that completes in 93 s with
+#: distributed's default trimming. Smaller workers keep distributed's default.
+MALLOC_ENV_MIN_LIMIT = 2 * 2**30
 
-def _worker_environ_config(spec: "ClusterSpec") -> dict:
-    """dask config that gives nanny-spawned workers :data:`WORKER_MALLOC_ENV` (empty with malloc_trim)."""
+
+def worker_memory_limit(spec: "ClusterSpec") -> int | None:
+    """Memory limit of one worker process that ``spec`` would start, in bytes.
+
+    Parameters
+    ----------
+    spec : ClusterSpec
+        Local cluster: ``memory_limit`` resolved as distributed does
+        (``"auto"`` is the machine's memory shared by thread count). Batch
+        jobs: memory per job (``spec.memory`` or the ``jobqueue`` config)
+        divided by the worker processes per job.
+
+    Returns
+    -------
+    int or None
+        None when unknown or unlimited (a running scheduler, no limit set).
+    """
+    from dask.utils import parse_bytes
+
+    if spec.scheduler or spec.cluster == "none":
+        return None
+    if spec.batch:
+        memory = spec.memory or _configured(spec.cluster, "memory")
+        if not memory:
+            return None
+        processes = spec.job_processes or _configured(spec.cluster, "processes") or 1
+        return int(parse_bytes(memory) // int(processes))
+    from distributed.worker_memory import parse_memory_limit
+
+    cores = os.cpu_count() or 1
+    n_workers = spec.n_workers or (cores if spec.processes else 1)
+    threads = spec.threads_per_worker or max(1, cores // n_workers)
+    return parse_memory_limit(spec.memory_limit, threads, total_cores=cores, logger=log)
+
+
+def worker_environ_config(spec: "ClusterSpec") -> dict:
+    """dask config giving nanny-spawned workers :data:`WORKER_MALLOC_ENV`, or ``{}``.
+
+    Empty (distributed's default trimming stays) with ``spec.malloc_trim`` or
+    when one worker's memory limit (:func:`worker_memory_limit`) is below
+    :data:`MALLOC_ENV_MIN_LIMIT`.
+    """
     if spec.malloc_trim:
+        return {}
+    limit = worker_memory_limit(spec)
+    if limit is not None and limit < MALLOC_ENV_MIN_LIMIT:
+        log.info("workers limited to %.0f MiB: distributed's default malloc trimming kept (large-buffer "
+                 "allocator settings need %d GiB per worker)", limit / 2**20, MALLOC_ENV_MIN_LIMIT // 2**30)
         return {}
     import distributed  # noqa: F401  (its defaults, the nanny's environment among them, join the config)
     current = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
@@ -134,7 +186,8 @@ class ClusterSpec:
     malloc_trim : bool
         Keep distributed's default ``MALLOC_TRIM_THRESHOLD_=65536`` in the
         workers' environment (freed memory goes back to the OS at once).
-        Default False: workers get :data:`WORKER_MALLOC_ENV` instead, which
+        Default False: workers of at least :data:`MALLOC_ENV_MIN_LIMIT`
+        memory get :data:`WORKER_MALLOC_ENV` instead, which
         lets glibc reuse the large buffers compression and zarr shard
         writes allocate; on this project's 2-core test machine a 64 MiB
         blosc-zstd shard write took 0.30 s instead of 0.72 s, for about
@@ -261,7 +314,7 @@ def jobqueue_options(spec: ClusterSpec) -> dict[str, Any]:
             options[keyword] = value
     # The workers' nannies read their own dask config: pass the allocator settings as environment.
     # (one variable holding the whole mapping: dask lower-cases keys spelled out in variable names)
-    environ = _worker_environ_config(spec).get("distributed.nanny.pre-spawn-environ")
+    environ = worker_environ_config(spec).get("distributed.nanny.pre-spawn-environ")
     malloc_exports = [f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{environ!r}\""] if environ else []
     for attr, key, fallback in (("job_extra_directives", "job-extra-directives", "job-extra"),
                                 ("job_directives_skip", "job-directives-skip", "header-skip"),
@@ -367,7 +420,7 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
         if n_workers is None:
             n_workers = cores if spec.processes else 1
         threads = spec.threads_per_worker or max(1, cores // n_workers)
-        with dask.config.set(_worker_environ_config(spec)), _workers_ignore_sigint():
+        with dask.config.set(worker_environ_config(spec)), _workers_ignore_sigint():
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=spec.memory_limit,
                                    processes=spec.processes,
                                    dashboard_address=":0" if spec.dashboard_address is None

@@ -139,24 +139,47 @@ def test_jobqueue_options_override_only_what_is_given():
 
 def test_workers_get_the_allocator_settings(monkeypatch):
     """Local workers run with WORKER_MALLOC_ENV (not distributed's 64 KiB trim threshold) unless
-    malloc_trim is asked for; batch jobs export the same through the nanny's dask config."""
+    malloc_trim is asked for or a worker's memory limit is too small to hold the free heap it
+    keeps; batch jobs export the same through the nanny's dask config."""
     import os
 
-    from isoview_dask.cluster import WORKER_MALLOC_ENV, _worker_environ_config, client_context
+    from isoview_dask.cluster import MALLOC_ENV_MIN_LIMIT, WORKER_MALLOC_ENV, client_context, worker_environ_config
 
     def environ():
         return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     for name in WORKER_MALLOC_ENV:  # the nanny lets variables already exported win; start clean
         monkeypatch.delenv(name, raising=False)
-    with client_context(n_workers=1, threads_per_worker=1, memory_limit="1GiB", quiet=True) as client:
+    with client_context(n_workers=1, threads_per_worker=1, memory_limit="2GiB", quiet=True) as client:
         assert list(client.run(environ).values()) == [{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}]
+    for name in WORKER_MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with client_context(n_workers=1, threads_per_worker=1, memory_limit="512MiB", quiet=True) as client:
+        assert list(client.run(environ).values()) == [{"MALLOC_TRIM_THRESHOLD_": "65536"}]  # distributed's
     # (the in-process nanny exported them into this process too: monkeypatch puts the environment back)
-    assert _worker_environ_config(ClusterSpec(malloc_trim=True)) == {}
-    assert _worker_environ_config(ClusterSpec())["distributed.nanny.pre-spawn-environ"]["OMP_NUM_THREADS"] == 1
+    assert worker_environ_config(ClusterSpec(malloc_trim=True)) == {}
+    assert worker_environ_config(ClusterSpec())["distributed.nanny.pre-spawn-environ"]["OMP_NUM_THREADS"] == 1
+    assert worker_environ_config(ClusterSpec(memory_limit=MALLOC_ENV_MIN_LIMIT - 1)) == {}
+    assert worker_environ_config(ClusterSpec(memory_limit=MALLOC_ENV_MIN_LIMIT)) != {}
+    assert worker_environ_config(ClusterSpec(memory_limit=0)) != {}  # no limit
     prologue = jobqueue_options(ClusterSpec(cluster="slurm", cores=2, memory="4GiB"))["job_script_prologue"]
     line = [p for p in prologue if "PRE_SPAWN_ENVIRON" in p]
     assert len(line) == 1 and "'MALLOC_MMAP_THRESHOLD_': 33554432" in line[0]
     assert "OMP_NUM_THREADS" in line[0]  # the rest of the defaults are kept
+    # 4 worker processes per 4 GiB job: 1 GiB each, too small
+    small = jobqueue_options(ClusterSpec(cluster="slurm", cores=4, memory="4GiB", job_processes=4))
+    assert not any("PRE_SPAWN_ENVIRON" in p for p in small.get("job_script_prologue", []))
+
+
+def test_worker_memory_limit():
+    """One worker's limit in bytes, local and batch, as the worker will see it."""
+    from isoview_dask.cluster import worker_memory_limit
+
+    assert worker_memory_limit(ClusterSpec(memory_limit="512MiB")) == 512 * 2**20
+    assert worker_memory_limit(ClusterSpec(memory_limit=None)) is None
+    auto = worker_memory_limit(ClusterSpec(n_workers=1, threads_per_worker=os.cpu_count() or 1))
+    assert auto is not None and auto > 0
+    assert worker_memory_limit(ClusterSpec(cluster="pbs", cores=8, memory="16GB", job_processes=4)) == 4 * 10**9
+    assert worker_memory_limit(ClusterSpec(scheduler="tcp://127.0.0.1:8786")) is None
 
 
 @pytest.mark.parametrize("kind, expected", [
