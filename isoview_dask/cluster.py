@@ -94,7 +94,8 @@ def worker_memory_limit(spec: "ClusterSpec") -> int | None:
         Local cluster: ``memory_limit`` resolved as distributed does
         (``"auto"`` is the machine's memory shared by thread count). Batch
         jobs: memory per job (``spec.memory`` or the ``jobqueue`` config)
-        divided by the worker processes per job.
+        divided by the worker processes per job (when neither sets them,
+        dask-jobqueue's default for the cores per job: 4 processes for 8 cores).
 
     Returns
     -------
@@ -109,7 +110,10 @@ def worker_memory_limit(spec: "ClusterSpec") -> int | None:
         memory = spec.memory or _configured(spec.cluster, "memory")
         if not memory:
             return None
-        processes = spec.job_processes or _configured(spec.cluster, "processes") or 1
+        processes = spec.job_processes or _configured(spec.cluster, "processes")
+        if not processes:  # dask-jobqueue's own default, from the cores per job
+            from distributed.deploy.local import nprocesses_nthreads
+            processes = nprocesses_nthreads(int(spec.cores or _configured(spec.cluster, "cores") or 1))[0]
         return int(parse_bytes(memory) // int(processes))
     from distributed.worker_memory import parse_memory_limit
 

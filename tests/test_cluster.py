@@ -180,6 +180,8 @@ def test_worker_memory_limit():
     assert auto is not None and auto > 0
     assert worker_memory_limit(ClusterSpec(cluster="pbs", cores=8, memory="16GB", job_processes=4)) == 4 * 10**9
     assert worker_memory_limit(ClusterSpec(scheduler="tcp://127.0.0.1:8786")) is None
+    # processes per job unset: dask-jobqueue splits 8 cores into 4 processes
+    assert worker_memory_limit(ClusterSpec(cluster="slurm", cores=8, memory="8GiB")) == 2 * 2**30
 
 
 @pytest.mark.parametrize("kind, expected", [
