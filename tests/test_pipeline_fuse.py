@@ -3,6 +3,8 @@ fused quality, resume, missing inputs, methods, CLI."""
 
 import json
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -222,6 +224,66 @@ def test_transition_figure_colours_span_at_least_the_blending_range():
     steep = np.linspace(10, 40, 32 * 32).reshape(32, 32)
     low, high = transition_colour_range(steep, 10.0, 64)
     assert low <= 10 and high >= 40
+
+
+def _block_nanmean(image, fy, fx, shape):
+    return np.array([[np.nanmean(image[i * fy:(i + 1) * fy, j * fx:(j + 1) * fx]) for j in range(shape[1])]
+                     for i in range(shape[0])])
+
+
+@pytest.mark.parametrize("shape", [(2048, 2048), (1500, 700), (96, 2048), (200, 300)])
+def test_display_image_is_the_block_mean_at_display_size(shape):
+    """Images for the figures are reduced to at most DISPLAY_PX per side by block means: one factor for both
+    axes (square pixels) or one per axis (aspect 'auto'); NaNs are left out of their block, and a block of
+    NaNs stays NaN; a small image is unchanged."""
+    from isoview_dask.pipeline.diagnostics import DISPLAY_PX, display_image
+    image = np.random.default_rng(3).random(shape).astype(np.float32) * 100
+    image[10:20, 30:33] = np.nan
+    image[:16, -16:] = np.nan  # a whole block (any factor up to 16) of NaNs
+    for keep_aspect in (True, False):
+        shown = display_image(image, keep_aspect=keep_aspect)
+        factors = [-(-n // DISPLAY_PX) for n in shape]
+        if keep_aspect:
+            factors = [max(factors)] * 2
+        assert shown.shape == tuple(-(-n // f) for n, f in zip(shape, factors))
+        assert max(shown.shape) <= DISPLAY_PX and shown.dtype == np.float32
+        if factors == [1, 1]:
+            np.testing.assert_array_equal(shown, image)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN block
+            expected = _block_nanmean(image.astype(np.float64), *factors, shown.shape)
+        np.testing.assert_allclose(shown, expected, rtol=1e-5, equal_nan=True)
+        assert np.isnan(shown[0, -1])
+
+
+def test_full_frame_figures_draw_reduced_images(tmp_path, monkeypatch):
+    """At full frames every image reaches matplotlib at display size (so drawing does not scale with the
+    frame), and all four figures are still written."""
+    import matplotlib.axes
+
+    from isoview_dask.pipeline.diagnostics import DISPLAY_PX, FIGURES, fusion_figures
+    drawn = []
+    original = matplotlib.axes.Axes.imshow
+
+    def imshow(self, image, *args, **kwargs):
+        drawn.append(np.shape(image))
+        return original(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", imshow)
+    rng = np.random.default_rng(0)
+    frame = (1100, 1300)
+    images = {k: rng.random(frame).astype(np.float32) for k in ("reference_xy", "moving_xy", "aligned_xy",
+                                                                 "fused_xy")}
+    images["fused_xz"] = rng.random((40, frame[1])).astype(np.float32)
+    transition = 20 + rng.random(frame)
+    params = {"offset_yx_px": [1.0, 2.0], "rotation_deg": 0.1, "registration_confidence": 0.9,
+              "blending_method": "adaptive", "voxel_size_um_zyx": [2.0, 0.4, 0.4]}
+    written = fusion_figures(tmp_path / "pair", images, transition, 40, 10.0, "sigmoid", params)
+    assert sorted(p.name.split(".")[-2] for p in written) == sorted(FIGURES[:4])
+    assert all(p.stat().st_size > 1000 for p in written)
+    assert len(drawn) == 6 and all(max(s[:2]) <= DISPLAY_PX for s in drawn)
+    assert (40, 434) in drawn  # the xz projection keeps its 40 planes
 
 
 def test_figures_are_chosen_one_by_one(fused, tmp_path):

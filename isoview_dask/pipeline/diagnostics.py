@@ -6,7 +6,10 @@ Figures are matplotlib ``Figure`` objects on the Agg canvas, never pyplot's
 global state, so that many jobs (threads of a client or of a worker) draw at
 once safely; the fusion stage draws them as a cluster task, off the client.
 They are laid out by fixed margins, saved without a tight bounding box (a second full draw) and with
-fast PNG compression: drawing was a fifth of a small recording's CPU time.
+fast PNG compression: drawing was a fifth of a small recording's CPU time. Every image is first
+reduced to at most :data:`DISPLAY_PX` pixels per side (block means): a panel is a few hundred
+pixels wide on the page, and normalising, colouring and resampling full 2048 x 2048 frames cost
+more than the rest of a figure.
 """
 
 from __future__ import annotations
@@ -18,9 +21,64 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+#: Largest side (pixels) of an image handed to matplotlib; larger ones are reduced by block means
+#: first. A panel of the figures is at most about 600 pixels wide at their 90 dpi.
+DISPLAY_PX = 512
 
-def _normalise(image: np.ndarray) -> np.ndarray:
-    image = np.nan_to_num(np.asarray(image, dtype=np.float64))
+
+def display_image(image, max_px: int = DISPLAY_PX, *, keep_aspect: bool = True) -> np.ndarray:
+    """A 2-D image reduced for display by means of pixel blocks.
+
+    Each axis longer than ``max_px`` is reduced by the smallest integer
+    factor that brings it to at most ``max_px``; with ``keep_aspect`` both
+    axes take the larger of the two factors (for images drawn with square
+    pixels), else each its own (for ``aspect='auto'`` panels such as an xz
+    projection, whose few planes must not be averaged away). NaNs are left
+    out of their block's mean (a block of NaNs stays NaN).
+
+    Parameters
+    ----------
+    image : array (Y, X)
+        Any real dtype.
+    max_px : int
+        Largest side of the result (pixels).
+    keep_aspect : bool
+        One factor for both axes.
+
+    Returns
+    -------
+    ndarray (ceil(Y / fy), ceil(X / fx)) of float32
+        The image itself (as float32) when it is already small enough.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        return image
+    factors = [max(1, -(-n // max_px)) for n in image.shape]
+    if keep_aspect:
+        factors = [max(factors)] * 2
+    fy, fx = factors
+    if fy == fx == 1:
+        return image
+    height, width = -(-image.shape[0] // fy) * fy, -(-image.shape[1] // fx) * fx
+
+    def block_sums(values):  # along x first (contiguous), then along y on the narrower result
+        return values.reshape(height, width // fx, fx).sum(axis=2).reshape(height // fy, fy, -1).sum(axis=1)
+
+    finite = np.isfinite(image)
+    if (height, width) == image.shape and finite.all():
+        return block_sums(image) * np.float32(1.0 / (fy * fx))
+    padded = np.zeros((height, width), np.float32)
+    padded[:image.shape[0], :image.shape[1]] = np.where(finite, image, 0)
+    count = np.zeros((height, width), np.float32)
+    count[:image.shape[0], :image.shape[1]] = finite
+    total, count = block_sums(padded), block_sums(count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+
+
+def _normalise(image: np.ndarray, keep_aspect: bool = True) -> np.ndarray:
+    """The image reduced for display and scaled so that its 1st-99.5th percentiles span 0-1."""
+    image = np.nan_to_num(display_image(image, keep_aspect=keep_aspect))
     lo, hi = np.percentile(image, [1, 99.5])
     return np.clip((image - lo) / max(hi - lo, 1e-9), 0, 1)
 
@@ -81,7 +139,10 @@ def _transition_figure(figure, save, transition, n_planes: int, blending_range: 
     finite = transition[np.isfinite(transition)]
     vmin, vmax = transition_colour_range(transition, blending_range, n_planes)
     centre, half = (vmin + vmax) / 2, (vmax - vmin) / 2
-    shown = ax.imshow(transition, cmap="viridis", vmin=vmin, vmax=vmax)
+    height, width = np.shape(transition)
+    # the reduced map drawn over the full frame's pixel coordinates
+    shown = ax.imshow(display_image(transition), cmap="viridis", vmin=vmin, vmax=vmax,
+                      extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     dz = (params.get("voxel_size_um_zyx") or [None])[0]
     unit = f", 1 plane = {dz:.3g} µm" if dz else ""
     fig.colorbar(shown, ax=ax, label=f"transition plane (plane index{unit})")
@@ -157,7 +218,7 @@ def _projections(figure, save, images: dict) -> None:
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     axes[0].imshow(_normalise(images["fused_xy"]), cmap="gray")
     _title(axes[0], "fused, max projection along z")
-    axes[1].imshow(_normalise(images["fused_xz"]), cmap="gray", aspect="auto")
+    axes[1].imshow(_normalise(images["fused_xz"], keep_aspect=False), cmap="gray", aspect="auto")
     _title(axes[1], "fused, max projection along y")
     for ax in axes:
         ax.axis("off")
@@ -206,7 +267,9 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
         a, b = estimate.channels
         transition = np.asarray(estimate.transition_zy, dtype=np.float64)
         if transition.ndim == 2:
-            shown = ax_map.imshow(transition, cmap="viridis", aspect="auto")
+            rows, columns = transition.shape
+            shown = ax_map.imshow(display_image(transition, keep_aspect=False), cmap="viridis", aspect="auto",
+                                  extent=(-0.5, columns - 0.5, rows - 0.5, -0.5))
             fig.colorbar(shown, ax=ax_map, label="transition column (x index)")
             ax_map.set_xlabel("y")
             ax_map.set_ylabel("plane (z)")
