@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, optimize, stats
+from scipy import ndimage, optimize
 
 from .transforms import sheet_displacement
 
@@ -242,6 +242,8 @@ def register_sheets(image_a, image_b, *, weight=None, search_planes: float = 5.0
     found = _band_shifts(a, b, weight, min(search, n_planes - 2), max(1, int(bands)))
     good = [(y, s) for y, s, c in found if c > 0.05]
     if len(good) >= 3 and max_rotation_deg > 0:
+        from scipy import stats  # here, not at import: scipy.stats costs every worker ~0.2 s to import
+
         ys, ss = np.array(good).T
         slope, intercept, _, _ = stats.theilslopes(ss, ys - centre)
     elif good:
