@@ -526,11 +526,11 @@ def cmd_convert(args) -> int:
 
 
 def cmd_correct(args) -> int:
-    from .pipeline import correct_dataset
     config = _config_from_args(args)
     cluster = _cluster(args)  # its options are checked first, then the input; then it starts
     dataset = _checked_source(args, config)
-    with cluster:
+    with cluster:  # a local cluster's start imports the pipeline while its workers start
+        from .pipeline import correct_dataset
         summary = correct_dataset(dataset, args.out, config)
     print(summary.report())
     return 1 if summary.failed else 0
@@ -556,11 +556,11 @@ def cmd_fuse(args) -> int:
 def cmd_run(args) -> int:
     if getattr(args, "two_pass", False):
         return cmd_timelapse(args)
-    from .pipeline import process_dataset
     config = _config_from_args(args)
     cluster = _cluster(args)  # its options are checked first, then the input; then it starts
     dataset = _checked_source(args, config)
-    with cluster:
+    with cluster:  # a local cluster's start imports the pipeline while its workers start
+        from .pipeline import process_dataset
         summaries = process_dataset(dataset, args.out, config)
     for summary in summaries.values():
         print(summary.report())
@@ -569,11 +569,11 @@ def cmd_run(args) -> int:
 
 # -- time-lapse commands --
 def cmd_timelapse(args) -> int:
-    from .pipeline.timelapse import process_timelapse
     config = _config_from_args(args)
     cluster = _cluster(args)  # its options are checked first, then the input; then it starts
     dataset = _checked_source(args, config)
-    with cluster:
+    with cluster:  # a local cluster's start imports the pipeline while its workers start
+        from .pipeline.timelapse import process_timelapse
         summaries = process_timelapse(dataset, args.out, config)
     for summary in summaries.values():
         print(summary.report())

@@ -63,6 +63,10 @@ DEFAULT_RETRIES = 2
 GRAPH_WARNING_THRESHOLD = "256MiB"
 _GRAPH_WARNING_KEY = "distributed.admin.large-graph-warning-threshold"
 RETRIES_CONFIG_KEY = "isoview-dask.retries"
+#: Module every local worker imports as it starts (distributed's ``preload``): the pipeline and matplotlib.
+WORKER_PRELOAD = "isoview_dask.preload"
+#: Seconds a local cluster's workers may take to start before :func:`start_client` gives up.
+LOCAL_START_TIMEOUT_S = 120
 
 
 class ClusterError(IsoviewError, ValueError):
@@ -425,11 +429,21 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
             n_workers = cores if spec.processes else 1
         threads = spec.threads_per_worker or max(1, cores // n_workers)
         with dask.config.set(worker_environ_config(spec)), _workers_ignore_sigint():
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, memory_limit=spec.memory_limit,
-                                   processes=spec.processes,
+            # The scheduler first, then the workers in the cluster's own event loop: they start and
+            # import what jobs need (isoview_dask.preload) while this process imports the same.
+            cluster = LocalCluster(n_workers=0, threads_per_worker=threads, memory_limit=spec.memory_limit,
+                                   processes=spec.processes, preload=[WORKER_PRELOAD],
                                    dashboard_address=":0" if spec.dashboard_address is None
                                    else spec.dashboard_address)
-        client = Client(cluster)
+            try:
+                cluster.scale(n_workers)
+                from .preload import import_modules
+                import_modules(optional=False)
+                client = Client(cluster)
+                client.wait_for_workers(n_workers, timeout=LOCAL_START_TIMEOUT_S)
+            except BaseException:
+                cluster.close()
+                raise
         detail = f"local: {n_workers} worker(s) x {threads} thread(s)"
     lines = [f"Dask dashboard: {client.dashboard_link}"] + ([f"Dask cluster: {detail}"] if detail else [])
     for line in lines:

@@ -170,6 +170,27 @@ def test_workers_get_the_allocator_settings(monkeypatch):
     assert not any("PRE_SPAWN_ENVIRON" in p for p in small.get("job_script_prologue", []))
 
 
+def _imported(names):
+    import sys
+    return {name: name in sys.modules for name in names}
+
+
+def test_local_workers_import_the_pipeline_as_they_start():
+    """start_client returns once every worker is up (scaled in the background while this process
+    imports), and each worker imported the pipeline and matplotlib while starting, through the
+    isoview_dask.preload preload: the first job no longer pays for those imports."""
+    from isoview_dask import preload
+    from isoview_dask.cluster import WORKER_PRELOAD
+
+    names = [*preload.MODULES, *preload.OPTIONAL_MODULES]
+    with client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True) as client:
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2  # all there when the client is handed out
+        assert list(client.run(_imported, names).values()) == [dict.fromkeys(names, True)] * 2
+        preloads = client.run(lambda dask_worker: [p.name for p in dask_worker.preloads])
+        assert list(preloads.values()) == [[WORKER_PRELOAD]] * 2
+
+
 def test_worker_memory_limit():
     """One worker's limit in bytes, local and batch, as the worker will see it."""
     from isoview_dask.cluster import worker_memory_limit
