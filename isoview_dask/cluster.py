@@ -398,6 +398,14 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
     quiet : bool
         Log the dashboard link instead of printing it.
 
+    Notes
+    -----
+    A local cluster starts its scheduler first and then its workers in the
+    background; each worker imports the pipeline and matplotlib as it starts
+    (:data:`WORKER_PRELOAD`) while this process imports the pipeline, and the
+    client is returned once every worker is up (at most
+    :data:`LOCAL_START_TIMEOUT_S`). The first jobs then find warm workers.
+
     Returns
     -------
     distributed.Client or None
