@@ -66,7 +66,7 @@ RETRIES_CONFIG_KEY = "isoview-dask.retries"
 #: Module every local worker imports as it starts (distributed's ``preload``): the pipeline and matplotlib.
 WORKER_PRELOAD = "isoview_dask.preload"
 #: Seconds a local cluster's workers may take to start before :func:`start_client` gives up.
-LOCAL_START_TIMEOUT_S = 120
+LOCAL_START_TIMEOUT_S = 300
 
 
 class ClusterError(IsoviewError, ValueError):
