@@ -167,3 +167,31 @@ def test_grouped_write_tasks_store_every_shard_exactly(tmp_path):
                          shards=(8, 32, 32))
     assert np.array_equal(open_zarr(grouped).compute(), data)
     assert open_zarr(grouped).chunks[0] == (75,)  # read back in grouped tasks too (all 10 shards in one)
+
+
+def test_stored_blocks_keep_slabs_behind_a_flip_or_cast_small(tmp_path, monkeypatch):
+    """chunks="stored" blocks are one inner chunk deep and one shard wide, so a two-plane slab
+    behind a flip or a cast (which dask cannot fuse into the read) decodes one inner-chunk depth
+    of planes, not whole shards; values are those of the same slab read directly."""
+    from isoview_dask.io.zarr import STORED
+
+    volume = np.random.default_rng(0).integers(0, 4000, (64, 64, 48), dtype=np.uint16)
+    path = write_zarr(da.from_array(volume, chunks=(32, 64, 48)), tmp_path / "v.zarr", chunks=(8, 16, 16),
+                      shards=(32, 32, 48))
+    read = []
+    original = zarr.Array.__getitem__
+
+    def counting(self, selection):
+        out = original(self, selection)
+        read.append(out.nbytes)
+        return out
+    monkeypatch.setattr(zarr.Array, "__getitem__", counting)
+    arr = open_zarr(path, chunks=STORED)
+    assert arr.chunks == ((8,) * 8, (32, 32), (48,))
+    plane_bytes = 64 * 48 * 2
+    for lazy, expected in [(arr[:, :, ::-1][33:35], volume[:, :, ::-1][33:35]),
+                           (arr.astype(np.float32)[33:35], volume[33:35].astype(np.float32)),
+                           (arr.astype(bool)[33:35], volume[33:35].astype(bool))]:
+        read.clear()
+        np.testing.assert_array_equal(lazy.compute(), expected)
+        assert sum(read) == 8 * plane_bytes  # the inner chunk's 8 planes (shard-deep blocks: 32)

@@ -113,8 +113,8 @@ class CorrectedView:
         """The corrected volume and its foreground mask (bool), lazily, (Z, Y, X).
 
         ``slabs``: for estimates that read a few planes, zarr volumes are
-        opened one block per stored shard (:data:`~isoview_dask.io.zarr.STORED`),
-        so that a slab behind a flip reads its shards, not the whole volume.
+        opened in blocks of one inner chunk along z (:data:`~isoview_dask.io.zarr.STORED`),
+        so that a slab behind a flip or a cast reads its planes' chunks, not whole shards.
         """
         if not self.record.get("segmented", True):
             raise MissingInputError(f"{self.record_path}: was corrected without segmentation; fusion needs masks")
