@@ -448,7 +448,7 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
                 from .preload import import_modules
                 import_modules(optional=False)
                 client = Client(cluster)
-                client.wait_for_workers(n_workers, timeout=LOCAL_START_TIMEOUT_S)
+                _await_local_workers(client, cluster, n_workers)
             except BaseException:
                 cluster.close()
                 raise
@@ -459,6 +459,30 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
         if not quiet:
             print(line, file=sys.stderr, flush=True)
     return client
+
+
+def _await_local_workers(client, cluster, n_workers: int) -> None:
+    """Wait until ``n_workers`` workers of a local cluster started in the background are up.
+
+    Fails at once, not after :data:`LOCAL_START_TIMEOUT_S`, when one of them failed to start
+    (e.g. its preload raised): LocalCluster's own start would have raised there.
+    """
+    from distributed.core import Status
+
+    deadline = time.monotonic() + LOCAL_START_TIMEOUT_S
+    while True:
+        failed = [name for name, worker in list(cluster.workers.items())
+                  if getattr(worker, "status", None) == Status.failed]
+        if failed:
+            raise ClusterError(f"local worker(s) {', '.join(map(str, failed))} failed to start (see the errors "
+                               "logged above)")
+        try:
+            client.wait_for_workers(n_workers, timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"only {len(client.scheduler_info()['workers'])} of {n_workers} local workers "
+                                   f"started within {LOCAL_START_TIMEOUT_S} s") from None
 
 
 def close_client(client) -> None:

@@ -191,6 +191,22 @@ def test_local_workers_import_the_pipeline_as_they_start():
         assert list(preloads.values()) == [[WORKER_PRELOAD]] * 2
 
 
+def test_a_local_worker_that_cannot_start_fails_the_start_at_once(monkeypatch):
+    """Workers start in the background, but a worker whose start fails (here its preload cannot be
+    imported) still fails start_client within seconds, as LocalCluster's own start would, not after
+    the start timeout; the cluster is closed."""
+    import time
+
+    import isoview_dask.cluster as cluster_module
+    from isoview_dask.cluster import start_client
+
+    monkeypatch.setattr(cluster_module, "WORKER_PRELOAD", "isoview_dask_no_such_module")
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match="failed to start"):
+        start_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB", quiet=True)
+    assert time.monotonic() - t0 < 60 < cluster_module.LOCAL_START_TIMEOUT_S
+
+
 def test_worker_memory_limit():
     """One worker's limit in bytes, local and batch, as the worker will see it."""
     from isoview_dask.cluster import worker_memory_limit
