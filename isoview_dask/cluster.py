@@ -404,7 +404,9 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
     background; each worker imports the pipeline and matplotlib as it starts
     (:data:`WORKER_PRELOAD`) while this process imports the pipeline, and the
     client is returned once every worker is up (at most
-    :data:`LOCAL_START_TIMEOUT_S`). The first jobs then find warm workers.
+    :data:`LOCAL_START_TIMEOUT_S`; a worker that fails to start fails the
+    call at once, with :class:`ClusterError`). The first jobs then find warm
+    workers.
 
     Returns
     -------
