@@ -550,3 +550,10 @@ def write_markdown(path: str | os.PathLike, title: str, table: str, notes: Seque
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def publish(path: str | os.PathLike, title: str, table: str, notes: Sequence[str] = ()) -> int:
+    """End a benchmark: write its Markdown (:func:`write_markdown`), print the table, return exit code 0."""
+    write_markdown(path, title, table, notes)
+    print(table)
+    return 0

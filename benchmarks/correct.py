@@ -81,12 +81,10 @@ def main(argv=None) -> int:
                "settings": vars(args), "rows": rows}
     name = "correct-quick" if args.quick else "correct"  # a smoke run never replaces the real results
     _common.write_json(args.results / f"{name}.json", payload)
-    _common.write_markdown(args.results / f"{name}.md", "Correction stage", table, [
+    return _common.publish(args.results / f"{name}.md", "Correction stage", table, [
         "pass 1: per-pixel statistics (sampled planes) + segmentation histogram (sampled slabs);"
         " pass 2: dead-pixel repair, dark frame, segmentation, projections, blosc-zstd sharded zarr writes.",
         "MB/s counts raw uint16 input bytes."])
-    print(table)
-    return 0
 
 
 if __name__ == "__main__":

@@ -116,15 +116,13 @@ def main(argv=None) -> int:
                                                        "shape_zyx": shape, "settings": vars(args), "rows": rows})
     title = ("Fusion stage (one camera pair, two illumination channels per camera)" if args.channels
              else "Fusion stage (one camera pair)")
-    _common.write_markdown(args.results / f"{name}.md", title, table, [
+    return _common.publish(args.results / f"{name}.md", title, table, [
         "MB/s counts the corrected uint16 input of both cameras" + (" and both channels (4 volumes)."
                                                                      if args.channels else "."),
         *(["channel estimation: both cameras' xz coordinate masks (column maps) and channel intensity ratios; "
            "the channel blends run inside the camera fusion's blockwise pass."] if args.channels else []),
         "registration: mid-specimen slab reduction + sub-pixel search; estimation: depth maps, intensity factor; "
         "blend+write: the blockwise blend written as blosc-zstd sharded zarr."])
-    print(table)
-    return 0
 
 
 if __name__ == "__main__":

@@ -228,9 +228,7 @@ def main(argv=None) -> int:
              "that of `isoview-dask run`.",
              f"{repeats} repeat(s), the tools alternating within each; machine: {machine['cpu_usable']} usable "
              f"cores, load average at the end {machine['loadavg']}."]
-    _common.write_markdown(args.results / f"{name}.md", "Against the original port", table, notes)
-    print(table)
-    return 0
+    return _common.publish(args.results / f"{name}.md", "Against the original port", table, notes)
 
 
 if __name__ == "__main__":

@@ -198,9 +198,7 @@ def main(argv=None) -> int:
              "utilisation: task compute time / (wall x worker threads). runnable: tasks queued, processing or "
              f"waiting for a worker in the scheduler, sampled every {SAMPLE_S} s (median, 10th percentile).",
              f"machine: {machine['cpu_usable']} usable cores, load average at the end {machine['loadavg']}."]
-    _common.write_markdown(args.results / f"{name}.md", "Scaling: many views in flight", table, notes)
-    print(table)
-    return 0
+    return _common.publish(args.results / f"{name}.md", "Scaling: many views in flight", table, notes)
 
 
 if __name__ == "__main__":
