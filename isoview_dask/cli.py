@@ -187,7 +187,8 @@ def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], full:
 
     from .config import ProcessingConfig, all_flags
     p.add_argument("--config", metavar="FILE", help="TOML or JSON configuration file (options override it)")
-    defaults = {flag: getattr(getattr(ProcessingConfig(), flag.split("_", 1)[0]), flag.split("_", 1)[1])
+    config = ProcessingConfig()
+    defaults = {flag: getattr(getattr(config, flag.split("_", 1)[0]), flag.split("_", 1)[1])
                 for flag, _, _ in all_flags()}
     groups = {}
     for flag, f, cls in all_flags():
@@ -240,7 +241,7 @@ def _stage_parser(sub, name: str, help: str, description: str, *, full: bool = F
     p.add_argument("--help-all", action="help", help="the whole help, batch job options included")
     _add_selection(p)
     _add_cluster_options(p, full)
-    from .pipeline.timelapse import TEMPORAL_FIELDS
+    from .config import TEMPORAL_FIELDS
     _add_config_flags(p, STAGE_SECTIONS[name], full, skip=TEMPORAL_FIELDS if name == "fuse" else ())
     return p
 

@@ -226,13 +226,18 @@ class OutputConfig(Section):
     overwrite: bool = opt(False, "replace existing outputs")
 
     def validate(self):
-        from .io.zarr import CodecSpec
+        from .io.codecs import CodecSpec
         try:
             CodecSpec.parse(self.codec, self.level, self.shuffle)
         except IsoviewError as exc:
             raise ConfigError(f"output.codec: {exc}") from exc
         if self.shards and len(self.shards) != 3:
             raise ConfigError(f"output.shards: expected 3 values or none, got {list(self.shards)}")
+
+
+#: Fusion options that only shape the time-lapse smoothing (its pass 2), never a per-timepoint estimate.
+TEMPORAL_FIELDS = ("temporal_smoothing", "smoothing_window", "static", "generate_lookup_table", "lut_averaging",
+                   "lut_averaging_method", "min_registration_confidence", "transition_median_window")
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,15 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import dask.array as da
 import numpy as np
 
 from .errors import DatasetError, InputNotFoundError, IsoviewError, MetadataError
 from .metadata import AcquisitionMetadata, read_push_config
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 RAW_NAME = re.compile(
     r"^SPC(?P<specimen>\d+)_TM(?P<timepoint>\d+)_ANG(?P<angle>\d+)_CM(?P<camera>\d+)_CHN(?P<channel>\d+)"

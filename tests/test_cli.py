@@ -107,6 +107,30 @@ def test_missing_input_is_refused_before_the_cluster(tmp_path, capsys, no_cluste
     assert err.count("\n") == 1 and "nowhere" in err and not (tmp_path / "o").exists()
 
 
+# ------------------------------------------------------------------------------------------ start-up
+
+#: Imported only once the cluster starts, so that they load while its workers start (and a
+#: command's --help stays quick): the pipeline, dask.array, zarr and scipy take about a second.
+HEAVY_MODULES = ("isoview_dask.pipeline", "dask.array", "zarr", "scipy.ndimage")
+
+
+@pytest.mark.parametrize("command", ["run", "correct", "timelapse"])
+def test_a_command_checks_its_input_before_importing_the_heavy_modules(recording, tmp_path, command):
+    script = f"""
+import sys
+import isoview_dask.cluster as cluster
+def start(*args, **kwargs):
+    print("loaded:", [m for m in {HEAVY_MODULES!r} if m in sys.modules])
+    raise SystemExit(0)
+cluster.start_client = start
+from isoview_dask.cli import main
+main([{command!r}, {str(recording.raw_dir)!r}, "--out", {str(tmp_path / "out")!r}])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "loaded: []" in done.stdout, done.stdout  # the input was read (a .stack's size checked) without them
+
+
 # ------------------------------------------------------------------------------------------ Ctrl-C
 
 def test_ctrl_c_prints_one_line_and_a_rerun_resumes(tmp_path):

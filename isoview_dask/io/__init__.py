@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
-
-import dask.array as da
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import InputNotFoundError, IsoviewError
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 FORMATS = ("zarr", "klb", "tif", "stack")
 

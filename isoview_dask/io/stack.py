@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import dask.array as da
 import numpy as np
 
 from ..errors import InputNotFoundError, StackSizeError
 from .atomic import atomic_output
 from .chunking import plane_chunks
+
+if TYPE_CHECKING:  # dask.array is imported where used: checking a file's size needs none of it
+    import dask.array as da
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,7 @@ def open_stack(path: str | os.PathLike, frame_shape: Sequence[int], *, planes: i
     shape = (depth, int(frame_shape[0]), int(frame_shape[1]))
     chunks = tuple(chunks) if chunks is not None else plane_chunks(shape, STACK_DTYPE.itemsize, planes)
     source = _StackPlanes(path, shape)
+    import dask.array as da
     return da.from_array(source, chunks=chunks, name=f"stack-{_token(path)}", asarray=False,
                          meta=np.empty((0, 0, 0), dtype=np.uint16), inline_array=True)
 
@@ -191,6 +194,7 @@ def write_stack(array, path: str | os.PathLike, *, overwrite: bool = False) -> P
     """
     if array.ndim != 3 or np.dtype(array.dtype) != np.uint16:
         raise ValueError(f"{path}: a .stack holds a 3-D uint16 volume, got {array.ndim}-D {array.dtype}")
+    import dask.array as da
     arr = da.asarray(array)
     arr = arr.rechunk({1: -1, 2: -1})
     with atomic_output(path, overwrite) as tmp:

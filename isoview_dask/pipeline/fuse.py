@@ -863,7 +863,7 @@ def _label(ref, mov) -> str:
 
 def _fingerprint(ref, mov, config: ProcessingConfig, fixed: dict | None = None) -> str:
     inputs = [entry for v in (ref, mov) if v is not None for entry in v.fingerprint_inputs()]
-    from .timelapse import TEMPORAL_FIELDS
+    from ..config import TEMPORAL_FIELDS
     import hashlib
     # Temporal options shape which parameters are fixed, not how a fusion runs with them.
     fusion = {k: v for k, v in config.fusion.to_dict().items() if k not in TEMPORAL_FIELDS}

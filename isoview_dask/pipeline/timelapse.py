@@ -47,7 +47,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import __version__
-from ..config import ProcessingConfig
+from ..config import TEMPORAL_FIELDS, ProcessingConfig
 from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
                      relative_outputs, scan_records, write_json)
@@ -63,9 +63,6 @@ __all__ = ["ESTIMATE_KIND", "SmoothedParameters", "estimate_timepoints", "format
 ESTIMATE_KIND = "fusionEstimate"
 TRANSITION_KIND = "fusionEstimate.transitionPlane"
 
-#: Fusion options that only shape the smoothing (pass 2), never an estimate.
-TEMPORAL_FIELDS = ("temporal_smoothing", "smoothing_window", "static", "generate_lookup_table", "lut_averaging",
-                   "lut_averaging_method", "min_registration_confidence", "transition_median_window")
 #: Fusion options estimation does not depend on.
 _NOT_ESTIMATION = set(TEMPORAL_FIELDS) | {"diagnostics", "blending_range", "blending_profile", "camera_pairs"}
 
