@@ -144,3 +144,26 @@ def test_rejects_bad_arguments():
         register_images(image, image, search_px=-1)
     with pytest.raises(ValueError, match="mask_ref"):
         register_pair(np.zeros((4, 32, 32)), np.zeros((4, 32, 32)), mask_ref=np.zeros((4, 32, 30), bool))
+
+
+# ------------------------------------------------------------------------------------ plane filters
+
+@pytest.mark.parametrize("shape", [(256, 256), (130, 97), (20, 300), (7, 7)])
+def test_plane_filters_equal_scipy(shape):
+    """The OpenCV Gaussian and dilation the registration uses give scipy's results: same kernel radius,
+    same mirrored borders (incl. frames narrower than the kernel), no growth from outside the frame."""
+    from scipy import ndimage
+
+    from isoview_dask.fuse.planefilters import dilate_plane, gaussian_plane
+    rng = np.random.default_rng(5)
+    image = (rng.random(shape) * 1000).astype(np.float32)
+    image[:, :3] += 500  # a step at the border: a wrong border mode shows there
+    for sigma in (0.5, 1.0, 1.7, 2.0, 6.0):
+        expected = ndimage.gaussian_filter(image, sigma)
+        got = gaussian_plane(image, sigma)
+        assert got.dtype == np.float32 and got.shape == image.shape
+        np.testing.assert_allclose(got, expected, atol=2e-3, rtol=0)
+    mask = rng.random(shape) > 0.97
+    mask[0, :] = True  # foreground on the frame's edge
+    for iterations in (1, 3):
+        np.testing.assert_array_equal(dilate_plane(mask, iterations), ndimage.binary_dilation(mask, iterations=iterations))
