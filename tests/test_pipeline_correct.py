@@ -174,3 +174,34 @@ def test_records_survive_a_copied_output_tree(synth, corrected, tmp_path):
     summary = correct_dataset(synth.raw_dir, copy, progress=False, output_chunks=(8, 32, 32),
                               output_shards=(16, 64, 64))
     assert len(summary.written) == 1 and len(summary.skipped) == 3
+
+
+def test_the_statistics_read_each_sampled_raw_chunk_once(synth, tmp_path, monkeypatch):
+    """Pass 1 samples a few z chunks for the dead-pixel statistics, the peak and the segmentation
+    histogram; all three share one read of each chunk (a dask.delayed beside the arrays used to be
+    optimised apart and re-read them). Pass 2 reads every chunk once more: at most two reads each."""
+    from collections import Counter
+
+    from isoview_dask.io import chunking, stack
+    import isoview_dask.pipeline.correct as correct_module
+
+    reads = Counter()
+    original = stack._StackPlanes._read_window
+
+    def counted(self, *window):
+        reads[(str(self.path), window)] += 1
+        return original(self, *window)
+
+    monkeypatch.setattr(stack._StackPlanes, "_read_window", counted)
+    # one shard per task: a 32-plane volume in four 8-plane chunks, two of them sampled
+    monkeypatch.setattr(correct_module, "write_chunks",
+                        lambda *args, **kwargs: chunking.write_chunks(*args, **{**kwargs, "target_bytes": 1}))
+    config = ProcessingConfig.from_dict({"input": {"cameras": [0]},
+                                         "correction": {"dead_pixel_sample_planes": 16, "segment_sample_slabs": 2},
+                                         "output": {"chunks": [8, 64, 64], "shards": [8, 128, 128]}})
+    summary = correct_dataset(synth.raw_dir, tmp_path / "out", config=config, progress=False)
+    assert len(summary.written) == 1 and not summary.failed
+    windows = [w for (name, w) in reads]
+    assert len({w[0] for w in windows}) == 4  # four z chunks (pass 2 reads them all)
+    assert max(reads.values()) <= 2, sorted(reads.items())
+    assert sum(count == 2 for count in reads.values()) == 2  # the two sampled chunks

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -79,6 +78,25 @@ def _sample_planes(volume: da.Array, planes: int) -> da.Array:
         return volume
     depth = max(volume.chunks[0])
     return _sample_slabs(volume, -(-planes // depth))
+
+
+def _dead_pixel_search(mean_yx: da.Array, std_yx: da.Array, **options) -> da.Array:
+    """:func:`dead_pixel_mask` of the per-pixel statistics as one task of a dask *array*.
+
+    Returns a one-element object array holding the result. An array, not a
+    ``dask.delayed`` call, so that it is optimised in one graph with the
+    other statistics: dask optimises each collection type on its own and
+    renames what it fuses, so a Delayed beside arrays re-read every raw chunk
+    both share (the statistics of a full frame read 1.5 volumes instead of the
+    half they sample).
+    """
+    def search(mean, std):
+        found = np.empty(1, dtype=object)
+        found[0] = dead_pixel_mask(mean, std, **options)
+        return found
+    frame = (mean_yx.rechunk(-1), std_yx.rechunk(-1))
+    return da.map_blocks(search, *frame, drop_axis=1, chunks=((1,),), dtype=object,
+                         meta=np.empty((0,), dtype=object))
 
 
 def _slab_list(volume: da.Array, slabs: int) -> list[da.Array]:
@@ -182,8 +200,8 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
         # The dead-pixel search (a few CPU-seconds on a 2048 x 2048 frame) is a task of the same
         # graph, on a worker: the client, which also schedules every other job's tasks, only
         # receives the mask and its thresholds.
-        lazy_stats["dead"] = dask.delayed(dead_pixel_mask, pure=True)(
-            *pixel_statistics(sampled), kernel=cc.dead_pixel_kernel, z_floor=cc.dead_pixel_min_zscore)
+        lazy_stats["dead"] = _dead_pixel_search(*pixel_statistics(sampled), kernel=cc.dead_pixel_kernel,
+                                                z_floor=cc.dead_pixel_min_zscore)
     if cc.segment:
         # Each sampled slab is smoothed on its own: a halo from the chunks beside it would
         # read them too, and the level comes from the histogram, not from any one voxel.
@@ -199,7 +217,7 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     if int(peak) == 0:
         raise EmptyVolumeError(f"{view.path}: every voxel is zero; nothing to correct")
     if cc.dead_pixel_correction:
-        dead = stats["dead"]
+        dead = stats["dead"][0]
         dead_mask = dead.mask
         repaired = correct_dead_pixels(raw, dead_mask)
         record["dead_pixels"] = {**dead.summary(), "positions_yx": np.argwhere(dead_mask).tolist()}
