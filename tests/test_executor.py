@@ -341,3 +341,25 @@ def test_whole_job_tasks_in_one_worker_keep_their_scheduler_while_others_end(thr
         assert short.result() == ("synchronous", "synchronous")
         assert long.result() == ("synchronous", "synchronous")
     assert dask.config.get("scheduler", None) != "synchronous"  # restored once both ended
+
+
+def test_the_progress_rate_counts_the_raw_input_once(capsys):
+    """In a whole run the fusions read what the corrections wrote: the bar's "MB/s raw" counts only the
+    stages that read raw data (here 2 x 1 MB in about 0.2 s, not the 2 x 1 GB the fusions report)."""
+    import re
+
+    def job(key, stage, nbytes, deps=()):
+        def run():
+            time.sleep(0.05)
+            return JobResult("written", key, input_bytes=nbytes)
+        return Job(key, stage, run, nbytes=nbytes, deps=deps)
+
+    jobs = [job("c0", "correct", 10**6), job("c1", "correct", 10**6),
+            job("f0", "fuse", 10**9, deps=("c0", "c1")), job("f1", "fuse", 10**9, deps=("c0", "c1"))]
+    summaries = {"correct": StageSummary("correct"), "fuse": StageSummary("fuse")}
+    run_jobs(jobs, summaries, progress=True, rate_stages=("correct",))
+    rates = [float(v) for v in re.findall(r"([\d.]+) MB/s raw", capsys.readouterr().err)]
+    assert rates and 0 < rates[-1] < 100, rates
+    assert summaries["fuse"].input_bytes == 2 * 10**9  # the stage summaries keep every stage's input
+    run_jobs([job("g0", "fuse", 10**9)], {"fuse": StageSummary("fuse")}, progress=True)
+    assert re.search(r"[\d.]+ MB/s in", capsys.readouterr().err)

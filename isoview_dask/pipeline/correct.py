@@ -368,7 +368,7 @@ def correct_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
     views = selected_views(dataset, config)
     summary = StageSummary("correct")
     run_jobs(correction_jobs(views, out, config), {"correct": summary}, progress=progress, total=len(views),
-             label="correct")
+             label="correct", rate_stages=("correct",))
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("correct", out, summary, config=config, source=dataset)
     return summary

@@ -29,7 +29,8 @@ at a time in this thread: the serial path, which gives the same outputs bit
 for bit.
 
 One progress bar covers the whole run: jobs done of planned, MB/s of raw
-input, time left.
+input (each raw byte once: a run's fusions re-read corrected data, which does
+not count), time left.
 """
 
 from __future__ import annotations
@@ -175,12 +176,19 @@ def _limits(client, max_jobs: int | None, memory_budget: float | None) -> tuple[
 
 
 class _Progress:
-    """The run's single progress bar (tqdm): jobs done of planned, MB/s of raw input, ETA."""
+    """The run's single progress bar (tqdm): jobs done of planned, MB/s of input, ETA.
 
-    def __init__(self, enabled: bool, total: int | None, label: str):
+    With ``rate_stages``, only those stages' jobs count towards the MB/s, shown
+    as "MB/s raw": in a whole run the fusions read the corrections' outputs, and
+    counting both would report the raw data twice.
+    """
+
+    def __init__(self, enabled: bool, total: int | None, label: str, rate_stages=None):
         self.bar = None
         self.start = time.perf_counter()
         self.bytes = 0
+        self.rate_stages = None if rate_stages is None else frozenset(rate_stages)
+        self.unit = "MB/s raw" if self.rate_stages else "MB/s in"
         if enabled:
             from tqdm import tqdm
             self.bar = tqdm(total=total, desc=label, unit="view", file=sys.stderr, dynamic_ncols=True,
@@ -191,11 +199,12 @@ class _Progress:
             self.bar.total = count
             self.bar.refresh()
 
-    def done(self, result: JobResult) -> None:
-        self.bytes += result.input_bytes
+    def done(self, stage: str, result: JobResult) -> None:
+        if self.rate_stages is None or stage in self.rate_stages:
+            self.bytes += result.input_bytes
         if self.bar is not None:
             seconds = max(1e-9, time.perf_counter() - self.start)
-            self.bar.set_postfix_str(f"{self.bytes / 1e6 / seconds:.1f} MB/s raw", refresh=False)
+            self.bar.set_postfix_str(f"{self.bytes / 1e6 / seconds:.1f} {self.unit}", refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:
@@ -205,7 +214,8 @@ class _Progress:
 
 def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progress: bool = True,
              total: int | None = None, label: str = "isoview-dask", max_jobs: int | None = None,
-             memory_budget: float | None = None) -> dict[str, StageSummary]:
+             memory_budget: float | None = None, rate_stages: Iterable[str] | None = None
+             ) -> dict[str, StageSummary]:
     """Run planned jobs, many at once on a distributed client, and fill in the stage summaries.
 
     Parameters
@@ -224,6 +234,9 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     memory_budget : float, optional
         Bytes of raw input in flight at once (default :data:`MEMORY_FRACTION`
         of the workers' memory limits). At least one job always runs.
+    rate_stages : iterable of str, optional
+        Stages whose jobs read the raw data: only their input bytes make the
+        progress bar's "MB/s raw" (default: every job's input, "MB/s in").
 
     Returns
     -------
@@ -236,7 +249,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     whole = whole_job_limit(client)
     threads = cluster_capacity(client)[0] if client is not None else 1
     start = time.perf_counter()
-    bar = _Progress(progress, total, label)
+    bar = _Progress(progress, total, label, rate_stages)
     results: dict[tuple, tuple[str, JobResult]] = {}
     source: Iterator[Job] = iter(jobs)
     waiting: list[_Slot] = []
@@ -291,7 +304,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     def record(slot: _Slot, result: JobResult) -> None:
         finished.add(slot.job.key)
         results[slot.index] = (slot.job.stage, result)
-        bar.done(result)
+        bar.done(slot.job.stage, result)
 
     pool = cf.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="isoview-job") if client else None
     try:

@@ -70,7 +70,8 @@ def process_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
     summaries = {"correct": StageSummary("correct")}
     if fuse:
         summaries["fuse"] = StageSummary("fuse")
-    run_jobs(plan_run(views, out, config, fuse=fuse), summaries, progress=progress, label="run")
+    run_jobs(plan_run(views, out, config, fuse=fuse), summaries, progress=progress, label="run",
+             rate_stages=("correct",))
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("correct", out, summaries["correct"], config=config, source=dataset)
     if fuse:
