@@ -286,8 +286,8 @@ def _corrected_from_config(cfg: ProcessingConfig) -> Path:
 def _pairs(corrected, config: ProcessingConfig):
     """(key, reference view, moving view) of every single-channel camera pair, as fuse_dataset forms them."""
     from .pipeline.fuse import find_corrected
-    from .pipeline.timelapse import _groups
-    for specimen, timepoint, channel, pair, ref, mov in _groups(find_corrected(corrected), config):
+    from .pipeline.timelapse import pair_groups
+    for specimen, timepoint, channel, pair, ref, mov in pair_groups(find_corrected(corrected), config):
         yield (specimen, timepoint, tuple(pair), channel), ref, mov
 
 
@@ -329,10 +329,10 @@ def _with_volumes(entry: PairFusion, views, cfg: ProcessingConfig) -> PairFusion
         fused, mask = views[0].open_arrays(fc)
         return replace(entry, fused=fused, reference=fused, mask_reference=mask)
     ref, mov = views
-    from .pipeline.fuse import _aligned, _prepared, fused_volume
+    from .pipeline.fuse import aligned_moving, prepared_pair, fused_volume
     estimate = entry.estimate
-    reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
-    moving_a, mask_mov_a = _aligned(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
+    reference, moving_f, mask_ref, mask_mov_f = prepared_pair(ref, mov, fc)
+    moving_a, mask_mov_a = aligned_moving(moving_f, mask_mov_f, estimate.offset_yx, estimate.rotation_deg)
     fused = fused_volume(reference, moving_f, estimate, fc)
     return replace(entry, fused=fused, reference=reference, moving_aligned=moving_a,
                    mask_reference=mask_ref, mask_moving_aligned=mask_mov_a)
@@ -397,7 +397,7 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
         return _read_written(corrected, Path(out), cfg, summary, {})
 
     from .errors import IsoviewError
-    from .pipeline.fuse import _channel_fields, estimate_pair
+    from .pipeline.fuse import channel_fields, estimate_pair
     fc = cfg.fusion
     pairs, failed = {}, {}
     for key, ref, mov in _pairs(corrected, cfg):
@@ -427,10 +427,10 @@ def fuse(config=None, corrected=None, out=None, *, estimate_params: bool = True,
             views = [v.prepare(cfg, progress=progress) for v in job.views]
             if len(views) == 2:
                 estimate = estimate_pair(views[0], views[1], cfg, progress=progress, fixed=fixed)
-                summary = {**estimate.summary(), **_channel_fields(fc, *views)}
+                summary = {**estimate.summary(), **channel_fields(fc, *views)}
             else:
                 estimate = views[0].estimate
-                summary = _channel_fields(fc, views[0])
+                summary = channel_fields(fc, views[0])
         except (IsoviewError, ValueError, OSError) as exc:
             failed[key] = str(exc)
             continue

@@ -209,8 +209,8 @@ class IsoviewArray:
     def _chunks(path: Path, chunks):
         if not isinstance(chunks, str):
             return tuple(int(c) for c in chunks)
-        from .io.zarr import _open_array
-        arr, _ = _open_array(path, 0)
+        from .io.zarr import open_zarr_array
+        arr, _ = open_zarr_array(path, 0)
         if chunks == "inner":
             return arr.chunks
         if chunks == "shard":

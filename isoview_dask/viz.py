@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .pipeline.diagnostics import _normalise, _overlay
+from .pipeline.diagnostics import normalised_for_display, overlay_image
 
 __all__ = ["blending_profile", "fusion_summary", "overlay", "parameters_over_time", "projections",
            "transition_map"]
@@ -72,7 +72,7 @@ def projections(volume, *, axes: Sequence[str] = ("xy", "xz", "yz"), title: str 
         aspect = "equal"
         if scale is not None and name != "xy":
             aspect = float(scale[0]) / float(scale[1 if name == "xz" else 2])
-        ax.imshow(_normalise(image), cmap="gray", aspect=aspect)
+        ax.imshow(normalised_for_display(image), cmap="gray", aspect=aspect)
         ax.set_title(f"max projection along {'zyx'[AXES[name]]} ({name})", fontsize=9)
         ax.axis("off")
     if title:
@@ -91,7 +91,7 @@ def overlay(reference, moving, *, title: str | None = None, ax=None):
         raise ValueError(f"reference and moving images differ in shape: {ref.shape} and {mov.shape}")
     fig = ax.figure if ax is not None else plt.subplots(figsize=(5, 5))[0]
     ax = ax or fig.axes[0]
-    ax.imshow(_overlay(ref, mov))
+    ax.imshow(overlay_image(ref, mov))
     ax.set_title(title or "reference magenta, moving green", fontsize=9)
     ax.axis("off")
     return fig
@@ -150,7 +150,7 @@ def fusion_summary(pair, *, blending_range: float | None = None, profile: str | 
     rng = blending_range if blending_range is not None else params.get("blending_range", 10.0)
     blending_profile(centre, n_planes, rng, profile or params.get("blending_profile", "sigmoid"), ax=axes[1, 0])
     if pair.fused is not None:
-        axes[1, 1].imshow(_normalise(_max_projections(pair.fused, ("xy",))[0]), cmap="gray")
+        axes[1, 1].imshow(normalised_for_display(_max_projections(pair.fused, ("xy",))[0]), cmap="gray")
         axes[1, 1].set_title("fused, max projection along z", fontsize=9)
     axes[1, 1].axis("off")
     s, t, (a, b), ch = pair.key

@@ -165,7 +165,7 @@ def test_saved_depth_maps_equal_the_masks_own(tmp_path):
     from isoview_dask.correct import coordinate_masks
     from isoview_dask.fuse import view_transform
     from isoview_dask.pipeline import correct_dataset
-    from isoview_dask.pipeline.fuse import _prepared, _saved_depth_map, find_corrected
+    from isoview_dask.pipeline.fuse import prepared_pair, _saved_depth_map, find_corrected
     from isoview_dask.synthetic import generate_dataset
     truth = generate_dataset(tmp_path / "syn", preset="tiny", seed=3, cameras=(0, 1))
     correct_dataset(truth.raw_dir, tmp_path / "out", progress=False)
@@ -173,7 +173,7 @@ def test_saved_depth_maps_equal_the_masks_own(tmp_path):
     ref, mov = views[(0, 0, 0, 0)], views[(0, 0, 1, 0)]
     for flips in ({}, {"fusion_flip_z": True, "fusion_flip_v": True}):
         fc = ProcessingConfig.from_flags(None, **flips).fusion
-        _, _, mask_ref, mask_mov_f = _prepared(ref, mov, fc)
+        _, _, mask_ref, mask_mov_f = prepared_pair(ref, mov, fc)
         computed = dask.compute(coordinate_masks(mask_ref)[0], coordinate_masks(mask_mov_f)[0])
         saved_mov = view_transform(_saved_depth_map(mov), flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation)
         if fc.flip_z:

@@ -15,7 +15,7 @@ import math
 import dask
 import numpy as np
 
-from ._arrays import as_dask, require_ndim
+from .arrays import as_dask, require_ndim
 
 #: Planes taken at most by :func:`sample_voxels` (evenly spaced in z).
 DEFAULT_SAMPLE_PLANES = 16

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
-from ._arrays import as_dask, require_ndim
+from .arrays import as_dask, require_ndim
 from ._sampling import DEFAULT_SAMPLE_PLANES, sample_voxels
 
 

@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import scipy.ndimage as ndi
 
-from ._arrays import as_dask, require_ndim
+from .arrays import as_dask, require_ndim
 
 #: Score (robust noise sigmas) a pixel must exceed before it may be called dead.
 DEFAULT_Z_FLOOR = 8.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dask.array as da
 
-from ._arrays import as_dask, require_ndim
+from .arrays import as_dask, require_ndim
 
 
 def max_projections(volume) -> dict[str, da.Array]:

@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 from dask_image.ndfilters import gaussian_filter
 
-from ._arrays import as_dask, require_ndim
+from .arrays import as_dask, require_ndim
 from ._sampling import DEFAULT_SAMPLE_PLANES, sample_voxels
 
 #: Gaussian truncation (in sigmas) of the precise and of the fast smoothing.

@@ -25,11 +25,11 @@ import math
 import dask.array as da
 import numpy as np
 
-from ..correct._arrays import as_dask
-from .blending import (_cast, _check_pair, _check_ramp, _front_weight, _gains, _output_dtype,
-                       _resolve_transition, blend_numpy)
-from .transforms import (_INTERPOLATION_MARGIN, _SPLINE_MARGIN, _affine_offset, _check_transform,
-                         _merge_small_chunks, affine_plane, apply_inplane_transform_numpy, inplane_matrix, max_displacement_px)
+from ..correct.arrays import as_dask
+from .blending import (cast_to, check_pair, check_ramp, front_weight, blend_gains, output_dtype,
+                       resolve_transition, blend_numpy)
+from .transforms import (INTERPOLATION_MARGIN, SPLINE_MARGIN, affine_offset, check_transform,
+                         merge_small_chunks, affine_plane, apply_inplane_transform_numpy, inplane_matrix, max_displacement_px)
 
 
 def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, frame, offset, rotation_deg, order,
@@ -43,11 +43,11 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
     rotation = inplane_matrix(rotation_deg)
     # Output pixel u is global q = u + origin_out; its source R(q - c) + c + t lies at
     # v = R u + shift in the window.
-    shift = _affine_offset(frame, offset, rotation, origin_out) + origin_out - origin_win
+    shift = affine_offset(frame, offset, rotation, origin_out) + origin_out - origin_win
     front_only_below, back_only_above = -math.inf, math.inf
     if transition is not None:
         # Weight exactly 1 wherever index - transition <= -range/2, exactly 0 wherever it is
-        # >= range/2 (> 0 for a hard switch); see _front_weight.
+        # >= range/2 (> 0 for a hard switch); see front_weight.
         half = blending_range / 2
         front_only_below = float(np.min(transition)) - half
         back_only_above = float(np.max(transition)) + half
@@ -60,7 +60,7 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
         front = reference[i].astype(work) * g_front
         has_front = np.isfinite(front) if front.dtype.kind == "f" and reference.dtype.kind == "f" else None
         if transition is not None and z_index[i] <= front_only_below and (has_front is None or has_front.all()):
-            out[i] = _cast(front, out_dtype)
+            out[i] = cast_to(front, out_dtype)
             continue
         affine_plane(window[i].astype(work, copy=False), rotation, shift, plane_shape, order=order, cval=np.nan,
                      output=aligned)
@@ -70,7 +70,7 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
         elif z_index[i] >= back_only_above:
             weight = work(0.0)
         else:
-            weight = _front_weight(z_index[i] - transition, blending_range, profile).astype(work)
+            weight = front_weight(z_index[i] - transition, blending_range, profile).astype(work)
         has_back = np.isfinite(back)
         if has_front is None:
             has_front_all = True
@@ -82,9 +82,9 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
             front = np.where(hf, front, work(0))
             back = np.where(has_back, back, work(0))
         elif np.ndim(weight) == 0 and weight == 0:  # behind the transition everywhere: 0 * front + 1 * back
-            out[i] = _cast(back, out_dtype)
+            out[i] = cast_to(back, out_dtype)
             continue
-        out[i] = _cast(weight * front + (work(1) - weight) * back, out_dtype)
+        out[i] = cast_to(weight * front + (work(1) - weight) * back, out_dtype)
     return out
 
 
@@ -129,14 +129,14 @@ def fuse_views(reference, moving, offset_yx=(0.0, 0.0), rotation_deg: float = 0.
     plus a few planes of float32, whatever the volume's size.
     """
     reference, moving = as_dask(reference), as_dask(moving)
-    _check_pair(reference, moving, "reference", "moving")
-    _check_ramp(blending_range, profile)
-    offset = _check_transform(offset_yx, rotation_deg, order)
+    check_pair(reference, moving, "reference", "moving")
+    check_ramp(blending_range, profile)
+    offset = check_transform(offset_yx, rotation_deg, order)
     n_planes, frame = reference.shape[0], tuple(reference.shape[1:])
-    transition = _resolve_transition(method, transition_yx, frame, n_planes)
-    gains = _gains(intensity)
-    dtype = _output_dtype(dtype, reference)
-    margin = _INTERPOLATION_MARGIN.get(order, _SPLINE_MARGIN)
+    transition = resolve_transition(method, transition_yx, frame, n_planes)
+    gains = blend_gains(intensity)
+    dtype = output_dtype(dtype, reference)
+    margin = INTERPOLATION_MARGIN.get(order, SPLINE_MARGIN)
     halo = int(math.ceil(max_displacement_px(frame, offset, rotation_deg))) + margin
     z_chunks = reference.chunks[0]
     if slab_planes:
@@ -144,7 +144,7 @@ def fuse_views(reference, moving, offset_yx=(0.0, 0.0), rotation_deg: float = 0.
         if slab_planes < 1:
             raise ValueError(f"slab_planes must be a positive number of planes, got {slab_planes!r}")
         z_chunks = tuple(min(slab_planes, n_planes - s) for s in range(0, n_planes, slab_planes))
-    chunks = (z_chunks,) + tuple(_merge_small_chunks(c, halo) for c in reference.chunks[1:])
+    chunks = (z_chunks,) + tuple(merge_small_chunks(c, halo) for c in reference.chunks[1:])
     reference = reference.rechunk(chunks)
     moving = moving.rechunk(chunks)
     depth = {0: 0, 1: halo if len(chunks[1]) > 1 else 0, 2: halo if len(chunks[2]) > 1 else 0}

@@ -27,7 +27,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from ..correct._arrays import as_dask, require_ndim
+from ..correct.arrays import as_dask, require_ndim
 
 if TYPE_CHECKING:  # pragma: no cover
     from .intensity import IntensityResult
@@ -128,13 +128,13 @@ def transition_plane_map(xy_mask_ref, xy_mask_mov_aligned=None, n_planes: int | 
     elif mask_mode in ("reference", "moving"):
         combined = _within_margin(xy_mask_ref, n_planes, margin)
     else:
-        combined = _combined_depth(xy_mask_ref, xy_mask_mov_aligned, n_planes, margin,
+        combined = combined_depth(xy_mask_ref, xy_mask_mov_aligned, n_planes, margin,
                                    union=mask_mode == "union")
     valid = np.isfinite(combined)
     if min_object_fraction > 0:
         from skimage.morphology import remove_small_objects
         valid = remove_small_objects(valid, max_size=int(min_object_fraction * valid.size))
-    valid = _without_rim(valid, rim_px)
+    valid = without_rim(valid, rim_px)
     if not valid.any():
         return np.full(combined.shape, (n_planes - 1) / 2.0)
     if fill == "nearest":
@@ -176,7 +176,7 @@ def geometric_transition(xy_mask_ref=None, xy_mask_mov_aligned=None, n_planes: i
         return middle
     if xy_mask_ref is None:
         xy_mask_ref, xy_mask_mov_aligned = xy_mask_mov_aligned, None
-    combined = _combined_depth(xy_mask_ref, xy_mask_mov_aligned, n_planes, margin)
+    combined = combined_depth(xy_mask_ref, xy_mask_mov_aligned, n_planes, margin)
     valid = np.isfinite(combined)
     return float(np.median(combined[valid])) if valid.any() else middle
 
@@ -184,7 +184,7 @@ def geometric_transition(xy_mask_ref=None, xy_mask_mov_aligned=None, n_planes: i
 MASK_MODES = ("overlap", "union", "reference", "moving")
 
 
-def _combined_depth(map_a, map_b, n_planes: int, margin: float, union: bool = False) -> np.ndarray:
+def combined_depth(map_a, map_b, n_planes: int, margin: float, union: bool = False) -> np.ndarray:
     """Average of two depth maps where both are valid, NaN elsewhere.
 
     A value within ``margin`` of either end of the volume is invalid, in
@@ -208,7 +208,7 @@ def _combined_depth(map_a, map_b, n_planes: int, margin: float, union: bool = Fa
     return _within_margin(np.where(fa & fb, 0.5 * (a + b), np.nan), n_planes, margin)
 
 
-def _without_rim(valid: np.ndarray, rim_px: int) -> np.ndarray:
+def without_rim(valid: np.ndarray, rim_px: int) -> np.ndarray:
     """``valid`` eroded by ``rim_px`` pixels (unchanged if nothing would be left)."""
     if rim_px <= 0:
         return valid
@@ -227,14 +227,14 @@ def _within_margin(depth_map, n_planes: int, margin: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- weights
 
 
-def _check_ramp(blending_range: float, profile: str) -> None:
+def check_ramp(blending_range: float, profile: str) -> None:
     if not (math.isfinite(blending_range) and blending_range >= 0):
         raise ValueError(f"blending_range must be a finite number of planes >= 0, got {blending_range!r}")
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
 
 
-def _front_weight(distance, blending_range: float, profile: str) -> np.ndarray:
+def front_weight(distance, blending_range: float, profile: str) -> np.ndarray:
     """Weight of the view in front of the transition, given ``distance = index - transition``.
 
     1 for ``distance <= -range/2``, 0 for ``distance >= range/2``, 0.5 at the
@@ -279,16 +279,16 @@ def blending_weights(transition_yx, n_planes: int, blending_range: float, profil
         camera's near side), 0 behind it. The moving camera's weight is
         ``1 - w``, so the two sum to one exactly wherever both recorded.
     """
-    _check_ramp(blending_range, profile)
+    check_ramp(blending_range, profile)
     transition = np.asarray(transition_yx, dtype=np.float64)
     z = np.arange(int(n_planes), dtype=np.float64).reshape((-1,) + (1,) * transition.ndim)
-    return _front_weight(z - transition, blending_range, profile)
+    return front_weight(z - transition, blending_range, profile)
 
 
 # --------------------------------------------------------------------------------------------- blending
 
 
-def _gains(intensity: "IntensityResult | None") -> tuple[float, float]:
+def blend_gains(intensity: "IntensityResult | None") -> tuple[float, float]:
     """Multipliers (front view, back view) from an intensity correction."""
     if intensity is None:
         return 1.0, 1.0
@@ -318,17 +318,17 @@ def _mix(front: np.ndarray, back: np.ndarray, weight: np.ndarray, gains, out_dty
             front = np.where(has_front, front, work(0))
             back = np.where(has_back, back, work(0))
     fused = weight * front + (work(1) - weight) * back
-    return _cast(fused, out_dtype)
+    return cast_to(fused, out_dtype)
 
 
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.rint(values), info.min, info.max).astype(dtype)
     return values.astype(dtype, copy=False)
 
 
-def _resolve_transition(method: str, transition_yx, frame_shape, n_planes: int):
+def resolve_transition(method: str, transition_yx, frame_shape, n_planes: int):
     """The transition as a (Y, X) float64 map with NaNs replaced (or None for 'average')."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -356,18 +356,18 @@ def _blend_block(reference, moving, z_index, transition, blending_range, profile
     if transition is None:
         weight = np.float64(0.5)
     else:
-        weight = _front_weight(z_index[:, None, None] - transition[None], blending_range, profile)
+        weight = front_weight(z_index[:, None, None] - transition[None], blending_range, profile)
     return _mix(reference, moving, weight, gains, out_dtype)
 
 
-def _check_pair(reference, moving, name_a: str, name_b: str) -> None:
+def check_pair(reference, moving, name_a: str, name_b: str) -> None:
     require_ndim(reference, 3, name_a)
     if tuple(moving.shape) != tuple(reference.shape):
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got "
                          f"{tuple(reference.shape)} and {tuple(moving.shape)}")
 
 
-def _output_dtype(dtype, reference) -> np.dtype:
+def output_dtype(dtype, reference) -> np.dtype:
     return np.dtype(reference.dtype if dtype is None else dtype)
 
 
@@ -420,12 +420,12 @@ def blend(reference, moving_aligned, transition_yx=None, blending_range: float =
     equals :func:`blend_numpy` whatever the chunking.
     """
     reference, moving_aligned = as_dask(reference), as_dask(moving_aligned)
-    _check_pair(reference, moving_aligned, "reference", "moving_aligned")
-    _check_ramp(blending_range, profile)
+    check_pair(reference, moving_aligned, "reference", "moving_aligned")
+    check_ramp(blending_range, profile)
     n_planes, frame = reference.shape[0], reference.shape[1:]
-    transition = _resolve_transition(method, transition_yx, frame, n_planes)
-    gains = _gains(intensity)
-    dtype = _output_dtype(dtype, reference)
+    transition = resolve_transition(method, transition_yx, frame, n_planes)
+    gains = blend_gains(intensity)
+    dtype = output_dtype(dtype, reference)
     z_index = da.arange(n_planes, chunks=(reference.chunks[0],), dtype=np.float64)
     if transition is None:
         tiles, tile_index = None, None
@@ -441,12 +441,12 @@ def blend_numpy(reference, moving_aligned, transition_yx=None, blending_range: f
                 profile: str = "sigmoid", dtype=np.float32) -> np.ndarray:
     """In-memory reference of :func:`blend` (same parameters, numpy result)."""
     reference, moving_aligned = np.asarray(reference), np.asarray(moving_aligned)
-    _check_pair(reference, moving_aligned, "reference", "moving_aligned")
-    _check_ramp(blending_range, profile)
+    check_pair(reference, moving_aligned, "reference", "moving_aligned")
+    check_ramp(blending_range, profile)
     n_planes, frame = reference.shape[0], reference.shape[1:]
-    transition = _resolve_transition(method, transition_yx, frame, n_planes)
+    transition = resolve_transition(method, transition_yx, frame, n_planes)
     return _blend_block(reference, moving_aligned, np.arange(n_planes, dtype=np.float64), transition,
-                        float(blending_range), profile, _gains(intensity), _output_dtype(dtype, reference))
+                        float(blending_range), profile, blend_gains(intensity), output_dtype(dtype, reference))
 
 
 # --------------------------------------------------------------------------------------------- channels
@@ -477,7 +477,7 @@ def _channel_block(view_a, view_b, x_index, transition, blending_range, profile,
     """
     out = np.empty(np.broadcast_shapes(view_a.shape, view_b.shape), dtype=out_dtype)
     for k in range(out.shape[0]):
-        weight = _front_weight(x_index[None, :] - transition[k, :, None], blending_range, profile)
+        weight = front_weight(x_index[None, :] - transition[k, :, None], blending_range, profile)
         out[k] = _mix(view_a[k], view_b[k], weight, gains, out_dtype)
     return out
 
@@ -485,9 +485,9 @@ def _channel_block(view_a, view_b, x_index, transition, blending_range, profile,
 def _prepare_channels(view_a, view_b, blending_range, axis, profile, intensity):
     if axis not in ("x", "z"):
         raise ValueError(f"axis must be 'x' or 'z', got {axis!r}")
-    _check_pair(view_a, view_b, "view_a", "view_b")
-    _check_ramp(blending_range, profile)
-    return _gains(intensity)
+    check_pair(view_a, view_b, "view_a", "view_b")
+    check_ramp(blending_range, profile)
+    return blend_gains(intensity)
 
 
 def blend_channels(view_a, view_b, blending_range: float = 20.0, axis: str = "x", transition=None, *,
@@ -532,7 +532,7 @@ def blend_channels(view_a, view_b, blending_range: float = 20.0, axis: str = "x"
         method = "geometric" if transition is None or np.ndim(transition) == 0 else "adaptive"
         return blend(view_a, view_b, transition, blending_range, method, intensity, profile=profile, dtype=dtype)
     columns = _channel_transition(transition, view_a.shape)
-    dtype = _output_dtype(dtype, view_a)
+    dtype = output_dtype(dtype, view_a)
     x_index = da.arange(view_a.shape[2], chunks=(view_a.chunks[2],), dtype=np.float64)
     tiles = da.from_array(columns, chunks=view_a.chunks[:2])
     return da.blockwise(_channel_block, "zyx", view_a, "zyx", view_b, "zyx", x_index, "x", tiles, "zy",
@@ -552,7 +552,7 @@ def blend_channels_numpy(view_a, view_b, blending_range: float = 20.0, axis: str
                            dtype=dtype)
     columns = _channel_transition(transition, view_a.shape)
     return _channel_block(view_a, view_b, np.arange(view_a.shape[2], dtype=np.float64), columns,
-                          float(blending_range), profile, gains, _output_dtype(dtype, view_a))
+                          float(blending_range), profile, gains, output_dtype(dtype, view_a))
 
 
 # --------------------------------------------------------------------------------------------- content-based
@@ -634,12 +634,12 @@ def blend_by_sharpness(reference, moving_aligned, *, sigma_px: float = 4.0, powe
     from dask_image import ndfilters
 
     reference, moving_aligned = as_dask(reference), as_dask(moving_aligned)
-    _check_pair(reference, moving_aligned, "reference", "moving_aligned")
+    check_pair(reference, moving_aligned, "reference", "moving_aligned")
     if not (sigma_px >= 0 and power > 0):
         raise ValueError(f"sigma_px must be >= 0 and power > 0, got {sigma_px}, {power}")
     moving_aligned = moving_aligned.rechunk(reference.chunks)
-    gains = _gains(intensity)
-    dtype = _output_dtype(dtype, reference)
+    gains = blend_gains(intensity)
+    dtype = output_dtype(dtype, reference)
     front, filled = _sharpness_inputs(reference, moving_aligned, gains)
     weight = _sharpness_weight(_tenengrad(front, sigma_px, ndfilters), _tenengrad(filled, sigma_px, ndfilters),
                                float(power)).rechunk(reference.chunks)  # the filters may merge thin chunks
@@ -651,9 +651,9 @@ def blend_by_sharpness_numpy(reference, moving_aligned, *, sigma_px: float = 4.0
                              intensity: "IntensityResult | None" = None, dtype=np.float32) -> np.ndarray:
     """In-memory reference of :func:`blend_by_sharpness` (same parameters, numpy result)."""
     reference, moving_aligned = np.asarray(reference), np.asarray(moving_aligned)
-    _check_pair(reference, moving_aligned, "reference", "moving_aligned")
-    gains = _gains(intensity)
+    check_pair(reference, moving_aligned, "reference", "moving_aligned")
+    gains = blend_gains(intensity)
     front, filled = _sharpness_inputs(reference, moving_aligned, gains)
     weight = _sharpness_weight(_tenengrad(front, sigma_px, ndimage), _tenengrad(filled, sigma_px, ndimage),
                                float(power))
-    return _mix(reference, moving_aligned, weight, gains, _output_dtype(dtype, reference))
+    return _mix(reference, moving_aligned, weight, gains, output_dtype(dtype, reference))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from ..correct._arrays import as_dask, require_ndim
+from ..correct.arrays import as_dask, require_ndim
 from .surface import coordinate_depths, fitted_surface, surface_image
 from .transforms import apply_inplane_transform_numpy, inverse_transform
 
@@ -217,10 +217,10 @@ def _carried_surface(surface, offset_yx, rotation_deg) -> np.ndarray:
     """
     from scipy import ndimage
 
-    from .transforms import _affine_offset, inplane_matrix
+    from .transforms import affine_offset, inplane_matrix
 
     back_offset, back_rotation = inverse_transform(offset_yx, rotation_deg)
     surface = np.asarray(surface, dtype=np.float64)
     matrix = inplane_matrix(back_rotation)
-    shift = _affine_offset(surface.shape, back_offset, matrix, (0.0, 0.0))
+    shift = affine_offset(surface.shape, back_offset, matrix, (0.0, 0.0))
     return ndimage.affine_transform(surface, matrix, offset=shift, order=1, mode="nearest")

@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage, optimize
 from skimage.registration import phase_cross_correlation
 
-from ..correct._arrays import as_dask
+from ..correct.arrays import as_dask
 from .planefilters import dilate_plane, gaussian_plane
 from .surface import coordinate_depths, fitted_surface, surface_image
 from .transforms import affine_plane, inplane_matrix

@@ -17,8 +17,8 @@ import dask.array as da
 import numpy as np
 
 from ..correct import coordinate_masks
-from ..correct._arrays import as_dask, require_ndim
-from .blending import _combined_depth, _without_rim
+from ..correct.arrays import as_dask, require_ndim
+from .blending import combined_depth, without_rim
 
 
 #: Valid pixels (about) on which :func:`fitted_surface` fits its polynomial; larger maps are subsampled.
@@ -138,8 +138,8 @@ def fitted_surface(depth_ref=None, depth_mov=None, n_planes: int | None = None, 
     maps = [m for m in (depth_ref, depth_mov) if m is not None]
     if not maps:
         return np.asarray((n_planes - 1) / 2.0)
-    combined = _combined_depth(maps[0], maps[1] if len(maps) > 1 else None, n_planes, margin)
-    valid = _without_rim(np.isfinite(combined), rim_px)
+    combined = combined_depth(maps[0], maps[1] if len(maps) > 1 else None, n_planes, margin)
+    valid = without_rim(np.isfinite(combined), rim_px)
     height, width = combined.shape
     if not valid.any():
         return np.full((height, width), (n_planes - 1) / 2.0)

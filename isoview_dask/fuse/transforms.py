@@ -24,14 +24,14 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from ..correct._arrays import as_dask, require_ndim
+from ..correct.arrays import as_dask, require_ndim
 from ..correct.orient import orient
 
 #: Extra halo (pixels) beyond the largest displacement, per interpolation order.
 #: Orders above 1 use spline prefiltering, whose influence decays by a factor
 #: of about 0.27 (cubic) per pixel, so 24 pixels make chunk borders invisible.
-_INTERPOLATION_MARGIN = {0: 1, 1: 2}
-_SPLINE_MARGIN = 24
+INTERPOLATION_MARGIN = {0: 1, 1: 2}
+SPLINE_MARGIN = 24
 
 
 def view_transform(volume, flip_h: bool = False, flip_v: bool = False, rotation: int = 0,
@@ -100,7 +100,7 @@ def max_displacement_px(frame_shape: Sequence[int], offset_yx, rotation_deg: flo
     return float(np.hypot(*np.asarray(offset_yx, dtype=float))) + turn * half_diagonal
 
 
-def _check_transform(offset_yx, rotation_deg: float, order: int) -> np.ndarray:
+def check_transform(offset_yx, rotation_deg: float, order: int) -> np.ndarray:
     offset = np.asarray(offset_yx, dtype=float)
     if offset.shape != (2,) or not np.all(np.isfinite(offset)):
         raise ValueError(f"offset_yx must be two finite numbers (dy, dx) in pixels, got {offset_yx!r}")
@@ -193,7 +193,7 @@ def affine_plane(image: np.ndarray, matrix: np.ndarray, offset, output_shape, *,
                                     mode="constant", cval=cval, output=output)
 
 
-def _affine_offset(frame_shape, offset_yx, rotation, origin) -> np.ndarray:
+def affine_offset(frame_shape, offset_yx, rotation, origin) -> np.ndarray:
     """``scipy.ndimage.affine_transform`` offset for a window whose pixel (0, 0) is global ``origin``.
 
     Output pixel ``u`` of the window is global ``q = u + origin``; its
@@ -209,7 +209,7 @@ def _resample_planes(block: np.ndarray, frame_shape, offset_yx, rotation_deg, or
                      dtype) -> np.ndarray:
     """Resample every (Y, X) plane of ``block`` (a window at global ``origin``) with the pair convention."""
     rotation = inplane_matrix(rotation_deg)
-    shift = _affine_offset(frame_shape, offset_yx, rotation, origin)
+    shift = affine_offset(frame_shape, offset_yx, rotation, origin)
     work = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     planes = block.reshape((-1,) + block.shape[-2:])
     out = np.empty(planes.shape, dtype=work)
@@ -229,7 +229,7 @@ def apply_inplane_transform_numpy(volume, offset_yx, rotation_deg: float, order:
     volume = np.asarray(volume)
     if volume.ndim < 2:
         raise ValueError(f"volume must be an array (..., Y, X), got shape {volume.shape}")
-    offset = _check_transform(offset_yx, rotation_deg, order)
+    offset = check_transform(offset_yx, rotation_deg, order)
     return _resample_planes(volume, volume.shape[-2:], offset, rotation_deg, (0.0, 0.0), order, cval,
                             np.dtype(dtype))
 
@@ -277,12 +277,12 @@ def apply_inplane_transform(volume, offset_yx, rotation_deg: float, order: int =
     """
     volume = as_dask(volume)
     require_ndim(volume, 3, "volume")
-    offset = _check_transform(offset_yx, rotation_deg, order)
+    offset = check_transform(offset_yx, rotation_deg, order)
     dtype = np.dtype(dtype)
     frame = volume.shape[1:]
-    margin = _INTERPOLATION_MARGIN.get(order, _SPLINE_MARGIN)
+    margin = INTERPOLATION_MARGIN.get(order, SPLINE_MARGIN)
     halo = int(math.ceil(max_displacement_px(frame, offset, rotation_deg))) + margin
-    chunks = [volume.chunks[0]] + [_merge_small_chunks(c, halo) for c in volume.chunks[1:]]
+    chunks = [volume.chunks[0]] + [merge_small_chunks(c, halo) for c in volume.chunks[1:]]
     volume = volume.rechunk(tuple(chunks))
     depth = {0: 0, 1: halo if len(chunks[1]) > 1 else 0, 2: halo if len(chunks[2]) > 1 else 0}
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
@@ -297,7 +297,7 @@ def apply_inplane_transform(volume, offset_yx, rotation_deg: float, order: int =
                           dtype=dtype, meta=np.empty((0, 0, 0), dtype))
 
 
-def _merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
+def merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
     """Merge neighbouring chunks until every chunk has at least ``minimum`` elements.
 
     A single chunk is returned unchanged whatever its size (it needs no halo).
@@ -429,7 +429,7 @@ def apply_sheet_transform(volume, offset_z_planes: float, rotation_deg: float, o
     n_planes = volume.shape[0]
     displacement = sheet_displacement(volume.shape[1], offset_z_planes, rotation_deg)
     halo = int(math.ceil(float(np.abs(displacement).max()))) + 1
-    z_chunks = _merge_small_chunks(volume.chunks[0], halo)
+    z_chunks = merge_small_chunks(volume.chunks[0], halo)
     volume = volume.rechunk((z_chunks,) + volume.chunks[1:])
     depth = {0: halo if len(z_chunks) > 1 else 0, 1: 0, 2: 0}
     starts = np.concatenate([[0], np.cumsum(z_chunks)[:-1]])

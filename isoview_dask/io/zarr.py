@@ -224,7 +224,7 @@ def write_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "blos
     return pending.commit()
 
 
-def _open_array(path: Path, level: int):
+def open_zarr_array(path: Path, level: int):
     if not path.exists():
         raise InputNotFoundError(f"{path}: zarr store does not exist")
     node = zarr.open(str(path), mode="r")
@@ -274,7 +274,7 @@ def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | s
         0.54 GB now.
     """
     path = Path(path)
-    arr, _ = _open_array(path, level)
+    arr, _ = open_zarr_array(path, level)
     if isinstance(chunks, str):
         if chunks != STORED:
             raise ValueError(f"chunks must be a (Z, Y, X) shape or {STORED!r}, got {chunks!r}")
@@ -296,5 +296,5 @@ def open_zarr(path: str | os.PathLike, level: int = 0, chunks: Sequence[int] | s
 
 def zarr_voxel_size(path: str | os.PathLike, level: int = 0) -> tuple[float, float, float] | None:
     """Voxel size (z, y, x) in µm recorded in an OME-NGFF group, or None."""
-    _, scale = _open_array(Path(path), level)
+    _, scale = open_zarr_array(Path(path), level)
     return scale

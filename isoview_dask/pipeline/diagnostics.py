@@ -79,16 +79,16 @@ def display_image(image, max_px: int = DISPLAY_PX, *, keep_aspect: bool = True) 
         return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
 
-def _normalise(image: np.ndarray, keep_aspect: bool = True) -> np.ndarray:
+def normalised_for_display(image: np.ndarray, keep_aspect: bool = True) -> np.ndarray:
     """The image reduced for display and scaled so that its 1st-99.5th percentiles span 0-1."""
     image = np.nan_to_num(display_image(image, keep_aspect=keep_aspect))
     lo, hi = np.percentile(image, [1, 99.5])
     return np.clip((image - lo) / max(hi - lo, 1e-9), 0, 1)
 
 
-def _overlay(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
+def overlay_image(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
     """Magenta reference, green moving: aligned structures turn grey/white."""
-    r, m = _normalise(reference), _normalise(moving)
+    r, m = normalised_for_display(reference), normalised_for_display(moving)
     return np.dstack([r, m, r])
 
 
@@ -112,13 +112,13 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     if "reference_xy" in images and "registration" in figures:
         fig = figure(figsize=(14, 5))
         axes = fig.subplots(1, 3)
-        axes[0].imshow(_overlay(images["reference_xy"], images["moving_xy"]))
+        axes[0].imshow(overlay_image(images["reference_xy"], images["moving_xy"]))
         _title(axes[0], "a  before: max projections along z\nreference magenta, flipped moving green\n"
                           "(white where they agree)", fontsize=9)
-        axes[1].imshow(_overlay(images["reference_xy"], images["aligned_xy"]))
+        axes[1].imshow(overlay_image(images["reference_xy"], images["aligned_xy"]))
         _title(axes[1], f"b  after: moving content moved\nby {np.round(params['offset_yx_px'], 2).tolist()} px "
                           f"(dy, dx)\nand {params['rotation_deg']:.3f} deg", fontsize=9)
-        difference = _normalise(images["reference_xy"]) - _normalise(images["aligned_xy"])
+        difference = normalised_for_display(images["reference_xy"]) - normalised_for_display(images["aligned_xy"])
         shown = axes[2].imshow(difference, cmap="RdBu_r", vmin=-1, vmax=1)
         fig.colorbar(shown, ax=axes[2], fraction=0.046, label="reference - moving (each 0-1)")
         _title(axes[2], f"c  after: difference\n(near 0 = aligned)\nconfidence "
@@ -225,9 +225,9 @@ def _saver(stem: Path, written: list):
 def _projections(figure, save, images: dict) -> None:
     fig = figure(figsize=(10, 5))
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
-    axes[0].imshow(_normalise(images["fused_xy"]), cmap="gray")
+    axes[0].imshow(normalised_for_display(images["fused_xy"]), cmap="gray")
     _title(axes[0], "fused, max projection along z")
-    axes[1].imshow(_normalise(images["fused_xz"], keep_aspect=False), cmap="gray", aspect="auto")
+    axes[1].imshow(normalised_for_display(images["fused_xz"], keep_aspect=False), cmap="gray", aspect="auto")
     _title(axes[1], "fused, max projection along y")
     for ax in axes:
         ax.axis("off")

@@ -506,7 +506,7 @@ class PairEstimate:
         }
 
 
-def _prepared(ref, mov, fc, slabs: bool = False):
+def prepared_pair(ref, mov, fc, slabs: bool = False):
     reference, moving, mask_ref, mask_mov = _open_pair(ref, mov, fc, slabs)
     flips = dict(flip_h=fc.flip_h, flip_v=fc.flip_v, rotation=fc.rotation, flip_z=fc.flip_z)
     moving_f, mask_mov_f = view_transform(moving, **flips), view_transform(mask_mov, **flips)
@@ -516,7 +516,7 @@ def _prepared(ref, mov, fc, slabs: bool = False):
     return reference, moving_f, mask_ref, mask_mov_f
 
 
-def _aligned(moving_f, mask_mov_f, offset, rotation):
+def aligned_moving(moving_f, mask_mov_f, offset, rotation):
     """The moving camera and its mask resampled onto the reference grid (lazy; for the API and tests)."""
     moving_a = apply_inplane_transform(moving_f, offset, rotation, cval=np.nan)
     mask_mov_a = apply_inplane_transform(mask_mov_f.astype(np.float32), offset, rotation, order=0) > 0.5
@@ -546,7 +546,7 @@ def estimate_pair(ref: CorrectedView, mov: CorrectedView, config: ProcessingConf
         fixed.setdefault("transition_plane", fc.transition_plane)
     t0 = time.perf_counter()
     ref, mov = ref.prepare(config, progress=progress), mov.prepare(config, progress=progress)
-    reference, moving_f, mask_ref, mask_mov_f = _prepared(ref, mov, fc, slabs=True)
+    reference, moving_f, mask_ref, mask_mov_f = prepared_pair(ref, mov, fc, slabs=True)
     if fc.transition_plane is not None and not fc.transition_plane <= reference.shape[0] - 1:
         raise IsoviewError(f"fusion.transition_plane {fc.transition_plane:g} lies beyond the last plane "
                            f"({reference.shape[0] - 1}) of {ref.name}")
@@ -687,7 +687,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
                                 "written (fusion.strict_registration). Widen fusion.search_px / "
                                 "fusion.max_rotation_deg, or fuse the time-lapse in two passes")
     timings = {**_channel_timings(ref, mov), **estimate.timings}
-    reference, moving_f, _, _ = _prepared(ref, mov, fc)
+    reference, moving_f, _, _ = prepared_pair(ref, mov, fc)
     n_planes = reference.shape[0]
     transition, intensity = estimate.transition_yx, estimate.intensity
 
@@ -730,7 +730,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         "blending_method": fc.type,
         "blending_range": blending_range,
         "blending_profile": fc.blending_profile,
-        **_channel_fields(fc, ref, mov),
+        **channel_fields(fc, ref, mov),
         "shape_zyx": list(reference.shape),
         "voxel_size_um_zyx": ref.voxel_size_um,
         "inputs": ref.inputs() + mov.inputs(),
@@ -788,7 +788,7 @@ def _channel_timings(*views) -> dict:
     return {"channel_estimation_s": seconds} if any(isinstance(v, ChannelFusedView) for v in views) else {}
 
 
-def _channel_fields(fc, *views) -> dict:
+def channel_fields(fc, *views) -> dict:
     """Parameters-JSON fields of the channel fusion (null when the views are single channels)."""
     fused = [v for v in views if isinstance(v, ChannelFusedView)]
     if not fused:
@@ -843,7 +843,7 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
         "timepoint": view.timepoint, "specimen": view.specimen,
         "blending_method": fc.type,
         "blending_profile": fc.blending_profile,
-        **_channel_fields(fc, view),
+        **channel_fields(fc, view),
         "shape_zyx": list(fused.shape),
         "voxel_size_um_zyx": view.voxel_size_um,
         "inputs": view.inputs(),

@@ -52,7 +52,7 @@ from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
                      relative_outputs, scan_records, write_json)
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
-from .fuse import (ChannelFusedView, CorrectedView, _channel_fields, estimate_pair, find_corrected, fuse_dataset,
+from .fuse import (ChannelFusedView, CorrectedView, channel_fields, estimate_pair, find_corrected, fuse_dataset,
                    single_channel_groups)
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ STATIC_MAP_SAMPLES = 64
 
 # ------------------------------------------------------------------------------------------ pass 1
 
-def _groups(views: dict, config: ProcessingConfig, channel_pairs: bool = False):
+def pair_groups(views: dict, config: ProcessingConfig, channel_pairs: bool = False):
     """(specimen, timepoint, channel, pair, ref, mov) of every camera pair to fuse (a view None when absent).
 
     With ``channel_pairs``, also the camera pairs of channel-fused cameras
@@ -140,7 +140,7 @@ def estimation_jobs(views: dict, out: Path, config: ProcessingConfig) -> Iterato
     and writes its ``.fusionEstimate.json`` record and transition map, or is
     skipped when that record is complete with the same inputs and options.
     """
-    for specimen, timepoint, channel, (a, b), ref, mov in _groups(views, config, channel_pairs=True):
+    for specimen, timepoint, channel, (a, b), ref, mov in pair_groups(views, config, channel_pairs=True):
         name_channel = list(channel) if isinstance(channel, tuple) else channel
         record_path = output_path(out, specimen, timepoint, [a, b], name_channel, ESTIMATE_KIND, "json")
         if ref is None or mov is None:
@@ -184,7 +184,7 @@ def _estimate_one(specimen, timepoint, name_channel, pair, ref, mov, record_path
         "specimen": specimen, "timepoint": timepoint, "channel": name_channel,
         "reference_camera": a, "moving_camera": b,
         **estimate.summary(),
-        **({k: v for k, v in _channel_fields(config.fusion, ref, mov).items() if k == "channel_fusion"}
+        **({k: v for k, v in channel_fields(config.fusion, ref, mov).items() if k == "channel_fusion"}
            if isinstance(name_channel, list) else {}),
         "registration_method": estimate.method,
         "intensity_factor": intensity.factor if intensity else 1.0,
