@@ -131,12 +131,14 @@ def process_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def process_cpu_seconds() -> float:
-    """User + system CPU seconds used so far by the calling process, all threads (runs on workers too)."""
+def process_cpu_seconds() -> tuple[float, float]:
+    """(user + system, system) CPU seconds used so far by the calling process, all threads (runs on
+    workers too). System time is mostly page faults and I/O copies: on the benchmark VM fresh pages
+    are expensive (benchmarks/README.md, "Page faults on this VM")."""
     import psutil
 
     t = psutil.Process().cpu_times()
-    return t.user + t.system
+    return t.user + t.system, t.system
 
 
 class PeakMemory:
@@ -154,8 +156,9 @@ class PeakMemory:
     sample every ``interval`` seconds can miss short spikes; the numbers are
     lower bounds. ``client_cpu_s`` / ``workers_cpu_s`` are the CPU seconds
     this process (which also hosts a local scheduler and the sampler) and
-    all workers used inside the block; ``cpu_s`` is their sum. On a shared,
-    loaded machine CPU seconds vary much less than wall time.
+    all workers used inside the block; ``cpu_s`` is their sum and
+    ``system_cpu_s`` the system (kernel) part of it. On a shared, loaded
+    machine CPU seconds vary much less than wall time.
     """
 
     def __init__(self, client=None, interval: float = 0.2):
@@ -171,6 +174,7 @@ class PeakMemory:
         self.errors = 0
         self.client_cpu = 0.0
         self.workers_cpu: float | None = None
+        self.system_cpu = 0.0
 
     def _sample(self) -> None:
         rss = process_rss()
@@ -190,8 +194,8 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def _workers_cpu(self) -> dict[str, float]:
-        return {a: float(v) for a, v in self.client.run(process_cpu_seconds).items()}
+    def _workers_cpu(self) -> dict[str, tuple[float, float]]:
+        return {a: (float(v[0]), float(v[1])) for a, v in self.client.run(process_cpu_seconds).items()}
 
     def __enter__(self) -> "PeakMemory":
         self.client_base = process_rss()
@@ -205,11 +209,15 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.client_cpu = process_cpu_seconds() - self._client_cpu0
+        total, system = process_cpu_seconds()
+        self.client_cpu = total - self._client_cpu0[0]
+        self.system_cpu = system - self._client_cpu0[1]
         if self.client is not None:
             try:
                 after = self._workers_cpu()
-                self.workers_cpu = sum(v - self._workers_cpu0.get(a, 0.0) for a, v in after.items())
+                zero = (0.0, 0.0)
+                self.workers_cpu = sum(v[0] - self._workers_cpu0.get(a, zero)[0] for a, v in after.items())
+                self.system_cpu += sum(v[1] - self._workers_cpu0.get(a, zero)[1] for a, v in after.items())
             except Exception:
                 self.errors += 1
         self._stop.set()
@@ -224,6 +232,7 @@ class PeakMemory:
             "samples": self.samples,
             "client_cpu_s": round(self.client_cpu, 3),
             "cpu_s": round(self.client_cpu + (self.workers_cpu or 0.0), 3),
+            "system_cpu_s": round(self.system_cpu, 3),
         }
         if self.client is not None:
             out["worker_base_mb"] = round(max(self.worker_base.values(), default=0) / MB, 1)

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     columns = [("stage", "stage"), ("volumes", "volumes written"), ("input_mb", "input MB"), ("seconds", "s"),
                ("mb_per_s", "MB/s"), ("worker_peak_mb", "peak worker MB"),
                ("workers_total_peak_mb", "peak all workers MB"), ("client_peak_mb", "peak client MB"),
-               ("cpu_s", "CPU s"), ("load_1min", "load")]
+               ("cpu_s", "CPU s"), ("system_cpu_s", "of which system"), ("load_1min", "load")]
     table = common.markdown_table(rows, columns)
     m = record["machine"]
     notes = [
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         f"{record['raw_mb_per_s_end_to_end']} MB/s of raw input; outputs {record['output_mb']} MB.",
         f"Peaks: resident memory sampled every {args.interval} s in the benchmark process (client and scheduler) "
         "and every worker ('peak worker' = largest single worker, 'all workers' = largest sum); CPU s = CPU "
-        "seconds of workers and client.",
+        "seconds of workers and client, of which system = kernel time (page faults, file copies).",
         f"Machine: {m['cpu_usable']} cores ({m['cpu_model']}), {m['memory_total_gib']} GiB; load average "
         f"{load_start} at start, {record['load_end']} at end (other jobs may share the machine).",
     ]

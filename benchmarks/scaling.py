@@ -132,6 +132,7 @@ def measure(raw: Path, out: Path, workers: int, memory_limit: str, max_jobs: int
             "wall_s": wall, "mb_per_s": nbytes / _common.MB / wall,
             "cpu_s": memory.get("cpu_s"), "cpu_s_per_gb": memory.get("cpu_s", 0) / (nbytes / 1e9),
             "client_cpu_s": memory.get("client_cpu_s"), "workers_cpu_s": memory.get("workers_cpu_s"),
+            "system_cpu_s": memory.get("system_cpu_s"),
             "task_s": busy, "utilisation": busy / (wall * threads), "tasks": len(tasks),
             "parallelism": sampler.result(), "worker_peak_mb": memory.get("worker_peak_mb")}
 
@@ -180,11 +181,12 @@ def main(argv=None) -> int:
         rows.append({"recording": f"1 TP x 4 x {'x'.join(map(str, low_shape))} ({volume_mb:.0f} MB per volume)",
                      **measure(low_raw, args.workdir / "scaling-out-low", 2, low_limit,
                                output_shards=tuple(int(v) for v in args.low_memory_shards.split(",")))})
-    cells = [{**r, "parallelism_median": r["parallelism"]["median"], "parallelism_p10": r["parallelism"]["p10"]}
-             for r in rows]
+    cells = [{**r, "parallelism_median": r["parallelism"]["median"], "parallelism_p10": r["parallelism"]["p10"],
+              "system_share": (r["system_cpu_s"] or 0) / r["cpu_s"] if r.get("cpu_s") else None} for r in rows]
     columns = [("recording", "recording"), ("workers", "workers"), ("memory_limit", "memory/worker"),
                ("max_jobs", "jobs in flight"),
                ("input_mb", "raw MB"), ("wall_s", "wall s"), ("mb_per_s", "MB/s"), ("cpu_s_per_gb", "CPU-s/GB"),
+               ("system_share", "system share"),
                ("utilisation", "utilisation"), ("parallelism_median", "runnable median"),
                ("parallelism_p10", "runnable p10"), ("worker_peak_mb", "worker peak MB"), ("failed", "failed")]
     table = _common.markdown_table(cells, columns)
@@ -194,7 +196,8 @@ def main(argv=None) -> int:
                                                        "rows": rows})
     notes = ["`isoview-dask run` (process_dataset): correction and fusion, default options, empty output, "
              "raw input in the page cache; one run per row.",
-             "CPU-s/GB: this process (client + local scheduler) and all workers, user + system, per GB of raw input.",
+             "CPU-s/GB: this process (client + local scheduler) and all workers, user + system, per GB of raw input; "
+             "system share: the kernel's part of it (page faults, file copies).",
              "utilisation: task compute time / (wall x worker threads). runnable: tasks queued, processing or "
              f"waiting for a worker in the scheduler, sampled every {SAMPLE_S} s (median, 10th percentile).",
              f"machine: {machine['cpu_usable']} usable cores, load average at the end {machine['loadavg']}."]

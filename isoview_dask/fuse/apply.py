@@ -26,10 +26,10 @@ import dask.array as da
 import numpy as np
 
 from ..correct.arrays import as_dask
-from .blending import (cast_to, check_pair, check_ramp, front_weight, blend_gains, output_dtype,
-                       resolve_transition, blend_numpy)
-from .transforms import (INTERPOLATION_MARGIN, SPLINE_MARGIN, affine_offset, check_transform,
-                         merge_small_chunks, affine_plane, apply_inplane_transform_numpy, inplane_matrix, max_displacement_px)
+from .blending import (blend_gains, blend_numpy, cast_to, check_pair, check_ramp, front_weight, output_dtype,
+                       resolve_transition)
+from .transforms import (INTERPOLATION_MARGIN, SPLINE_MARGIN, affine_offset, affine_plane, apply_inplane_transform_numpy,
+                         check_transform, inplane_matrix, max_displacement_px, merge_small_chunks)
 
 
 def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, frame, offset, rotation_deg, order,
