@@ -120,7 +120,8 @@ def _add_zarr_options(p: argparse.ArgumentParser) -> None:
                         "(optionally :LEVEL[:bitshuffle])")
     g.add_argument("--level", type=int, help="codec level (default: the codec's)")
     g.add_argument("--chunks", help="inner zarr chunk Z,Y,X (default 8,256,256)")
-    g.add_argument("--shards", help="zarr shard Z,Y,X (default 32,1024,1024; 'none' for unsharded)")
+    g.add_argument("--shards", help="zarr shard Z,Y,X (default 32,1024,1024, more planes on smaller frames; "
+                                    "'none' for unsharded)")
     g.add_argument("--pyramid", type=int, default=0, help="number of downsampled pyramid levels")
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g.add_argument("--skip-existing", action="store_true", help="leave existing outputs alone")

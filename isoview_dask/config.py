@@ -220,7 +220,9 @@ class OutputConfig(Section):
     level: int | None = opt(None, "codec level (default: the codec's)", lo=0, hi=22)
     shuffle: str = opt("bitshuffle", "blosc shuffle filter", choices=("shuffle", "bitshuffle", "noshuffle"))
     chunks: tuple[int, int, int] = opt((8, 256, 256), "inner zarr chunk (Z, Y, X)", lo=1)
-    shards: tuple[int, ...] = opt((32, 1024, 1024), "zarr shard (Z, Y, X); empty list for unsharded", lo=1)
+    shards: tuple[int, ...] = opt((32, 1024, 1024), "zarr shard (Z, Y, X); on frames smaller than its Y x X a shard "
+                                  "takes more planes (the same bytes), up to the whole volume; empty list for "
+                                  "unsharded", lo=1)
     pyramid_levels: int = opt(0, "downsampled pyramid levels", lo=0, hi=8)
     projections: bool = opt(True, "write xy/xz/yz max projections (TIFF)")
     overwrite: bool = opt(False, "replace existing outputs")

@@ -139,11 +139,22 @@ def test_fit_chunks():
         fit_chunks((10, 10, 10), (0, 4, 4), None)
 
 
+def test_shards_that_the_frame_cuts_down_take_more_planes():
+    """A shard keeps the voxels asked for: frames smaller than its Y x X give it more planes (whole
+    inner chunks, at most the whole volume); frames that fill it leave it as asked."""
+    assert fit_chunks((384, 128, 128), None, None) == ((8, 128, 128), (384, 128, 128))  # whole volume
+    assert fit_chunks((1024, 256, 256), None, None)[1] == (512, 256, 256)  # 64 MiB, as 32 x 1024 x 1024
+    assert fit_chunks((100, 2048, 512), None, None)[1] == (64, 1024, 512)
+    assert fit_chunks((300, 1000, 1000), None, None)[1] == (32, 1024, 1024)  # 33 planes, cut to whole inner chunks
+    assert fit_chunks((256, 2048, 2048), None, None)[1] == (32, 1024, 1024)
+    assert fit_chunks((32, 128, 128), (8, 32, 32), (16, 64, 64))[1] == (16, 64, 64)  # filled: as asked
+
+
 def test_write_chunks_group_whole_shards_along_z_within_the_task_target():
     from isoview_dask.io.chunking import fit_chunks, write_chunks
 
-    # Small frames: one 32-plane shard of 128 x 128 uint16 is 1 MiB; tasks group 32 of them (32 MiB).
-    inner, shards = fit_chunks((2000, 128, 128), (8, 256, 256), (32, 1024, 1024))
+    # Small shards: one 32-plane shard of 128 x 128 uint16 is 1 MiB; tasks group 32 of them (32 MiB).
+    inner, shards = fit_chunks((2000, 128, 128), (8, 256, 256), (32, 128, 128))
     blocks = write_chunks(inner, shards, (2000, 128, 128), 2)
     assert blocks == (1024, 128, 128)
     assert blocks[0] % shards[0] == 0 and blocks[0] * 128 * 128 * 2 <= 32 * 2**20
