@@ -205,3 +205,26 @@ def test_the_statistics_read_each_sampled_raw_chunk_once(synth, tmp_path, monkey
     assert len({w[0] for w in windows}) == 4  # four z chunks (pass 2 reads them all)
     assert max(reads.values()) <= 2, sorted(reads.items())
     assert sum(count == 2 for count in reads.values()) == 2  # the two sampled chunks
+
+
+def test_default_shards_grow_on_small_frames_and_hold_the_same_values(tmp_path):
+    """On 96 x 96 frames the default shard takes the whole 64-plane volume (one file) instead of
+    32 x 96 x 96 cut from 32 x 1024 x 1024 (two files); the corrected volume and mask hold the same
+    values as with explicit 16 x 64 x 64 shards (eight z-y-x shards per plane group), bit for bit."""
+    import zarr
+
+    truth = generate_dataset(tmp_path / "data", preset="tiny", shape=(64, 96, 96), seed=11)
+    outputs = {}
+    for name, shards in (("default", None), ("small", (16, 64, 64))):
+        options = {"output_chunks": (8, 32, 32)} | ({"output_shards": shards} if shards else {})
+        summary = correct_dataset(truth.raw_dir, tmp_path / name, progress=False, **options)
+        assert not summary.failed and len(summary.written) == 4
+        outputs[name] = tmp_path / name
+    for camera in range(4):
+        for kind in ("", "segmentationMask"):
+            grown = zarr.open_array(_path(outputs["default"], camera, kind) / "0", mode="r")
+            small = zarr.open_array(_path(outputs["small"], camera, kind) / "0", mode="r")
+            assert grown.shards == (64, 96, 96) and small.shards == (16, 64, 64)
+            np.testing.assert_array_equal(grown[...], small[...])
+        shard_files = [p for p in (_path(outputs["default"], camera) / "0" / "c").rglob("*") if p.is_file()]
+        assert len(shard_files) == 1
