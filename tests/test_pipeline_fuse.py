@@ -262,7 +262,8 @@ def test_full_frame_figures_draw_reduced_images(tmp_path, monkeypatch):
     frame), and all four figures are still written."""
     import matplotlib.axes
 
-    from isoview_dask.pipeline.diagnostics import DISPLAY_PX, FIGURES, fusion_figures
+    from isoview_dask.pipeline.diagnostics import DISPLAY_PX, FIGURES, clear_figure_templates, fusion_figures
+    clear_figure_templates()  # a template of this thread would not call imshow again
     drawn = []
     original = matplotlib.axes.Axes.imshow
 
@@ -284,6 +285,54 @@ def test_full_frame_figures_draw_reduced_images(tmp_path, monkeypatch):
     assert all(p.stat().st_size > 1000 for p in written)
     assert len(drawn) == 6 and all(max(s[:2]) <= DISPLAY_PX for s in drawn)
     assert (40, 434) in drawn  # the xz projection keeps its 40 planes
+
+
+def _figure_inputs(seed: int, centre: float):
+    """Projections, transition map and parameters of one made-up pair; ``centre`` moves the transition."""
+    rng = np.random.default_rng(seed)
+    frame = (60, 80)
+    images = {k: rng.gamma(2.0, 50.0 * (seed + 1), frame).astype(np.float32)
+              for k in ("reference_xy", "moving_xy", "aligned_xy", "fused_xy")}
+    images["fused_xz"] = rng.gamma(2.0, 10.0, (40, frame[1])).astype(np.float32)
+    transition = centre + (3 + 4 * seed) * rng.standard_normal(frame)
+    params = {"offset_yx_px": [1.0 + seed, -2.0], "rotation_deg": 0.1 * seed, "registration_confidence": 0.5,
+              "blending_method": "adaptive", "voxel_size_um_zyx": [2.0 + seed, 0.4, 0.4]}
+    return images, transition, params
+
+
+def test_figures_drawn_on_a_reused_template_equal_fresh_ones(tmp_path):
+    """Each thread keeps its figures and only replaces their data: after drawing one pair, the next pair's
+    PNGs are pixel for pixel those of a fresh figure (no colour limit, axis range, text or line of the
+    first pair left over)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from isoview_dask.pipeline.diagnostics import channel_figures, clear_figure_templates, fusion_figures
+
+    def estimate(seed, centre):
+        rng = np.random.default_rng(seed)
+        return SimpleNamespace(channels=(0, 1), transition_zy=centre + 5 * seed * rng.random((40, 60)),
+                               intensity=SimpleNamespace(ratio=1.0 + seed / 10))
+
+    def draw(stem, seed, centre):
+        images, transition, params = _figure_inputs(seed, centre)
+        written = fusion_figures(stem, images, transition, 40, 6.0 + 30 * seed, "sigmoid", params)
+        written += channel_figures(stem, [(0, estimate(seed, 20.0 + centre)), (1, estimate(seed + 1, 50.0))],
+                                   80, 8.0 + 60 * seed, "sigmoid", "adaptive")
+        return {p.name.split(".")[-2]: np.asarray(Image.open(p)) for p in written}
+
+    clear_figure_templates()
+    first = draw(tmp_path / "first", 0, 10.0)
+    reused = draw(tmp_path / "reused", 1, 28.0)
+    clear_figure_templates()
+    fresh = draw(tmp_path / "fresh", 1, 28.0)
+    assert sorted(reused) == sorted(fresh) == ["blendingWeights", "channelTransition", "projections",
+                                               "registration", "transitionPlane"]
+    for kind in fresh:
+        assert reused[kind].shape == fresh[kind].shape
+        assert np.array_equal(reused[kind], fresh[kind]), kind
+        assert not np.array_equal(first[kind], fresh[kind]), kind  # the pairs do look different
 
 
 def test_figures_are_chosen_one_by_one(fused, tmp_path):

@@ -5,18 +5,22 @@ Each figure is small and made from arrays the stage already computed
 Figures are matplotlib ``Figure`` objects on the Agg canvas, never pyplot's
 global state, so that many jobs (threads of a client or of a worker) draw at
 once safely; the fusion stage draws them as a cluster task, off the client.
-They are laid out by fixed margins, drawn once and saved as opaque RGB straight from the canvas
+Each thread builds a figure's axes, ticks and colorbars once per layout (image shapes, plane
+count) and then only replaces the data and texts for each output: building was more than a third
+of a figure's cost, and it is the same for every timepoint of a recording.
+Figures are laid out by fixed margins, drawn once and saved as opaque RGB straight from the canvas
 (no tight bounding box, which is a second full draw; a quarter less to compress than RGBA) with
-fast PNG compression: drawing was a fifth of a small recording's CPU time. Every image is first
-reduced to at most :data:`DISPLAY_PX` pixels per side (block means): a panel is a few hundred
-pixels wide on the page, and normalising, colouring and resampling full 2048 x 2048 frames cost
-more than the rest of a figure.
+fast PNG compression. Every image is first reduced to at most :data:`DISPLAY_PX` pixels per side
+(block means): a panel is a few hundred pixels wide on the page, and normalising, colouring and
+resampling full 2048 x 2048 frames cost more than the rest of a figure.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -103,74 +107,60 @@ def fusion_figures(stem: Path, images: dict, transition: np.ndarray, n_planes: i
     ``<stem>.registration.png``, ``.transitionPlane.png``, ``.blendingWeights.png``
     and ``.projections.png``, those named in ``figures``.
     """
-    figure = _figure_class()
-    if figure is None:
+    if not _have_matplotlib():
         return []
     written: list[Path] = []
-    save = _saver(stem, written)
-
     if "reference_xy" in images and "registration" in figures:
-        fig = figure(figsize=(14, 5))
-        axes = fig.subplots(1, 3)
-        axes[0].imshow(overlay_image(images["reference_xy"], images["moving_xy"]))
-        _title(axes[0], "a  before: max projections along z\nreference magenta, flipped moving green\n"
-                          "(white where they agree)", fontsize=9)
-        axes[1].imshow(overlay_image(images["reference_xy"], images["aligned_xy"]))
-        _title(axes[1], f"b  after: moving content moved\nby {np.round(params['offset_yx_px'], 2).tolist()} px "
-                          f"(dy, dx)\nand {params['rotation_deg']:.3f} deg", fontsize=9)
-        difference = normalised_for_display(images["reference_xy"]) - normalised_for_display(images["aligned_xy"])
-        shown = axes[2].imshow(difference, cmap="RdBu_r", vmin=-1, vmax=1)
-        fig.colorbar(shown, ax=axes[2], fraction=0.046, label="reference - moving (each 0-1)")
-        _title(axes[2], f"c  after: difference\n(near 0 = aligned)\nconfidence "
-                          f"{params['registration_confidence']:.2f}", fontsize=9)
-        for ax in axes:
-            ax.axis("off")
-        save(fig, "registration")
-
+        reference = normalised_for_display(images["reference_xy"])
+        moving = normalised_for_display(images["moving_xy"])
+        aligned = normalised_for_display(images["aligned_xy"])
+        offset = np.round(params["offset_yx_px"], 2).tolist()
+        titles = ("a  before: max projections along z\nreference magenta, flipped moving green\n"
+                  "(white where they agree)",
+                  f"b  after: moving content moved\nby {offset} px (dy, dx)\nand {params['rotation_deg']:.3f} deg",
+                  f"c  after: difference\n(near 0 = aligned)\nconfidence {params['registration_confidence']:.2f}")
+        template = _template(_RegistrationFigure, (reference.shape, moving.shape, aligned.shape),
+                             np.dstack([reference, moving, reference]), np.dstack([reference, aligned, reference]),
+                             reference - aligned, titles)
+        written.append(template.save(stem, "registration"))
     if "transitionPlane" in figures:
-        _transition_figure(figure, save, transition, n_planes, blending_range, params)
+        written.append(_transition_figure(stem, transition, n_planes, blending_range, params))
     if "blendingWeights" in figures:
-        _weights_figure(figure, save, transition, n_planes, blending_range, profile)
+        written.append(_weights_figure(stem, transition, n_planes, blending_range, profile))
     if "projections" in figures:
-        _projections(figure, save, images)
+        written.append(_projections(stem, images))
     return written
 
 
-def _transition_figure(figure, save, transition, n_planes: int, blending_range: float, params: dict) -> None:
-    fig = figure(figsize=(6, 5))
-    ax = fig.subplots()
+def _transition_figure(stem: Path, transition, n_planes: int, blending_range: float, params: dict) -> Path:
     finite = transition[np.isfinite(transition)]
     vmin, vmax = transition_colour_range(transition, blending_range, n_planes)
     centre, half = (vmin + vmax) / 2, (vmax - vmin) / 2
-    height, width = np.shape(transition)
-    # the reduced map drawn over the full frame's pixel coordinates
-    shown = ax.imshow(display_image(transition), cmap="viridis", vmin=vmin, vmax=vmax,
-                      extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     dz = (params.get("voxel_size_um_zyx") or [None])[0]
     unit = f", 1 plane = {dz:.3g} µm" if dz else ""
-    fig.colorbar(shown, ax=ax, label=f"transition plane (plane index{unit})")
-    _title(ax, f"transition plane ({params['blending_method']}): {finite.min() if finite.size else 0:.1f} to "
-                 f"{finite.max() if finite.size else 0:.1f}\ncolours span +-{half:.1f} planes around the median "
-                 f"{centre:.1f} (blending range {blending_range:g})", fontsize=9)
-    ax.set_xlabel("x (px)")
-    ax.set_ylabel("y (px)")
-    save(fig, "transitionPlane")
+    title = (f"transition plane ({params['blending_method']}): {finite.min() if finite.size else 0:.1f} to "
+             f"{finite.max() if finite.size else 0:.1f}\ncolours span +-{half:.1f} planes around the median "
+             f"{centre:.1f} (blending range {blending_range:g})")
+    shown = display_image(transition)
+    template = _template(_TransitionFigure, (shown.shape, np.shape(transition)), shown, np.shape(transition),
+                         vmin, vmax, f"transition plane (plane index{unit})", title)
+    return template.save(stem, "transitionPlane")
 
 
-def _weights_figure(figure, save, transition, n_planes: int, blending_range: float, profile: str) -> None:
+def _weights_figure(stem: Path, transition, n_planes: int, blending_range: float, profile: str) -> Path:
     from ..fuse import blending_weights
     centre = float(np.nanmedian(transition)) if np.isfinite(transition).any() else (n_planes - 1) / 2
     weights = blending_weights(centre, n_planes, blending_range, profile)
-    fig = figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    ax.plot(np.arange(n_planes), weights, label="reference camera")
-    ax.plot(np.arange(n_planes), 1 - weights, label="moving camera")
-    ax.axvline(centre, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("plane (z)")
-    ax.set_ylabel("weight")
-    _title(ax, f"blending weights at the median transition, range {blending_range:g} planes")
-    ax.legend()
-    save(fig, "blendingWeights")
+    template = _template(_WeightsFigure, (n_planes,), weights, centre,
+                         f"blending weights at the median transition, range {blending_range:g} planes")
+    return template.save(stem, "blendingWeights")
+
+
+def _projections(stem: Path, images: dict) -> Path:
+    xy = normalised_for_display(images["fused_xy"])
+    xz = normalised_for_display(images["fused_xz"], keep_aspect=False)
+    template = _template(_ProjectionsFigure, (xy.shape, xz.shape), xy, xz)
+    return template.save(stem, "projections")
 
 
 def transition_colour_range(transition, blending_range: float, n_planes: int) -> tuple[float, float]:
@@ -183,55 +173,6 @@ def transition_colour_range(transition, blending_range: float, n_planes: int) ->
     spread = max(float(finite.max() - centre), float(centre - finite.min())) if finite.size else 0.0
     half = max(blending_range / 2, spread, 1.0)
     return centre - half, centre + half
-
-
-def _title(ax, text: str, **kwargs) -> None:
-    """An axes title at a fixed height: matplotlib's automatic title placement measures every tick
-    label of the axes, a third of a figure's drawing time."""
-    ax.set_title(text, y=1.0, pad=6, **kwargs)
-
-
-def _figure_class():
-    """matplotlib's ``Figure`` (drawn on the Agg canvas, no pyplot), or None without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:  # optional dependency (extra "plot")
-        log.warning("matplotlib is not installed; skipping diagnostic figures")
-        return None
-    return Figure
-
-
-def _saver(stem: Path, written: list):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from ..io.atomic import atomic_output
-
-    def save(fig, kind):
-        from PIL import Image
-        path = Path(f"{stem}.{kind}.png")
-        fig.set_dpi(DPI)
-        canvas = FigureCanvasAgg(fig)
-        fig.subplots_adjust(left=0.08, right=0.95, bottom=0.1, top=0.86, wspace=0.25, hspace=0.4)
-        canvas.draw()
-        # Opaque RGB straight from the canvas: a quarter less to compress than savefig's RGBA, and
-        # no second pass over the figure for its bounding box.
-        pixels = np.asarray(canvas.buffer_rgba())[..., :3]
-        with atomic_output(path, overwrite=True) as tmp:
-            Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="png", compress_level=1)
-        written.append(path)
-    return save
-
-
-def _projections(figure, save, images: dict) -> None:
-    fig = figure(figsize=(10, 5))
-    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
-    axes[0].imshow(normalised_for_display(images["fused_xy"]), cmap="gray")
-    _title(axes[0], "fused, max projection along z")
-    axes[1].imshow(normalised_for_display(images["fused_xz"], keep_aspect=False), cmap="gray", aspect="auto")
-    _title(axes[1], "fused, max projection along y")
-    for ax in axes:
-        ax.axis("off")
-    save(fig, "projections")
 
 
 def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range: float, profile: str,
@@ -260,42 +201,255 @@ def channel_figures(stem: Path, estimates: list, n_columns: int, blending_range:
     over (z, y) and the weights of both channels along x at its median, with
     the intensity ratio found.
     """
-    figure = _figure_class()
-    if figure is None:
+    if not _have_matplotlib():
         return []
     from ..fuse import blending_weights
     written: list[Path] = []
-    save = _saver(stem, written)
     if images is not None and "projections" in figures:
-        _projections(figure, save, images)
+        written.append(_projections(stem, images))
     if "channelTransition" not in figures:
         return written
-    fig = figure(figsize=(11, 4 * len(estimates)))
-    axes = fig.subplots(len(estimates), 2, squeeze=False)
-    for (camera, estimate), (ax_map, ax_w) in zip(estimates, axes):
+    rows = []
+    for camera, estimate in estimates:
         a, b = estimate.channels
         transition = np.asarray(estimate.transition_zy, dtype=np.float64)
-        if transition.ndim == 2:
-            rows, columns = transition.shape
-            shown = ax_map.imshow(display_image(transition, keep_aspect=False), cmap="viridis", aspect="auto",
-                                  extent=(-0.5, columns - 0.5, rows - 0.5, -0.5))
-            fig.colorbar(shown, ax=ax_map, label="transition column (x index)")
-            ax_map.set_xlabel("y")
-            ax_map.set_ylabel("plane (z)")
-        else:
-            ax_map.text(0.5, 0.5, f"one column: {float(transition):.1f}", ha="center", va="center")
-            ax_map.axis("off")
-        _title(ax_map, f"camera {camera}: transition column CHN{a:02d} | CHN{b:02d} ({method})", fontsize=9)
         centre = float(np.nanmedian(transition)) if np.isfinite(transition).any() else (n_columns - 1) / 2
-        weights = blending_weights(centre, n_columns, blending_range, profile)
-        columns = np.arange(n_columns)
-        ax_w.plot(columns, weights, label=f"channel {a} (lit from low x)")
-        ax_w.plot(columns, 1 - weights, label=f"channel {b} (lit from high x)")
-        ax_w.axvline(centre, color="grey", lw=0.8, ls="--")
         ratio = "" if estimate.intensity is None else f", ratio b/a {estimate.intensity.ratio:.3f}"
-        _title(ax_w, f"weights at the median column, range {blending_range:g} columns{ratio}", fontsize=9)
-        ax_w.set_xlabel("column (x)")
-        ax_w.set_ylabel("weight")
-        ax_w.legend(fontsize=8)
-    save(fig, "channelTransition")
+        shown = display_image(transition, keep_aspect=False) if transition.ndim == 2 else None
+        rows.append(_ChannelRow(
+            channels=(a, b), layout=None if shown is None else (shown.shape, transition.shape),
+            map_title=f"camera {camera}: transition column CHN{a:02d} | CHN{b:02d} ({method})",
+            shown=shown if shown is not None else f"one column: {float(transition):.1f}",
+            weights=blending_weights(centre, n_columns, blending_range, profile), centre=centre,
+            weights_title=f"weights at the median column, range {blending_range:g} columns{ratio}"))
+    template = _template(_ChannelFigure, (tuple((r.channels, r.layout) for r in rows), n_columns), rows, n_columns)
+    written.append(template.save(stem, "channelTransition"))
     return written
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # optional dependency (extra "plot")
+        log.warning("matplotlib is not installed; skipping diagnostic figures")
+        return False
+    return True
+
+
+def _title(ax, text: str, **kwargs):
+    """An axes title at a fixed height (returned): matplotlib's automatic title placement measures every
+    tick label of the axes, a third of a figure's drawing time."""
+    return ax.set_title(text, y=1.0, pad=6, **kwargs)
+
+
+class _ThreadTemplates(threading.local):
+    def __init__(self):
+        self.by_key: dict = {}
+
+
+_TEMPLATES = _ThreadTemplates()
+#: Figure templates kept per thread (the most recently used).
+MAX_TEMPLATES = 8
+
+
+def _template(kind, layout: tuple, *values):
+    """This thread's figure of class ``kind`` for ``layout`` (image shapes, plane counts), showing ``values``.
+
+    The first use in a thread builds the figure from ``values``; later uses with
+    the same layout replace the data and texts of that figure. Threads keep their
+    own figures: matplotlib artists are not safe to share, and the jobs of a
+    worker draw at once.
+    """
+    cache = _TEMPLATES.by_key
+    key = (kind, *layout)
+    template = cache.pop(key, None)
+    if template is None:
+        template = kind(*values)
+    else:
+        template.update(*values)
+    cache[key] = template  # most recently used last
+    while len(cache) > MAX_TEMPLATES:
+        cache.pop(next(iter(cache)))
+    return template
+
+
+def clear_figure_templates() -> None:
+    """Forget the calling thread's figure templates: its next figures are built afresh."""
+    _TEMPLATES.by_key.clear()
+
+
+class _Template:
+    """A figure built once per thread and layout, then updated with each output's data and drawn again.
+
+    Building the axes, their ticks and the colorbars was more than a third of a
+    figure's cost, and it is the same for every output of a recording. A subclass
+    draws its artists from the first output's values in ``build`` and replaces
+    their data (images, lines, colour limits, texts) in ``update``, which takes
+    the same values: an update must leave the figure as a build with those values
+    would.
+    """
+
+    size = (6.0, 5.0)
+
+    def __init__(self, *values):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        self.fig = Figure(figsize=self.figure_size(*values), dpi=DPI)
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.build(*values)
+        self.fig.subplots_adjust(left=0.08, right=0.95, bottom=0.1, top=0.86, wspace=0.25, hspace=0.4)
+
+    def figure_size(self, *values) -> tuple[float, float]:
+        return self.size
+
+    def save(self, stem: Path, kind: str) -> Path:
+        """Draw the figure and write it as ``<stem>.<kind>.png`` (atomically); return that path."""
+        from PIL import Image
+
+        from ..io.atomic import atomic_output
+        path = Path(f"{stem}.{kind}.png")
+        self.canvas.draw()
+        # Opaque RGB straight from the canvas: a quarter less to compress than savefig's RGBA, and
+        # no second pass over the figure for its bounding box.
+        pixels = np.ascontiguousarray(np.asarray(self.canvas.buffer_rgba())[..., :3])
+        with atomic_output(path, overwrite=True) as tmp:
+            Image.fromarray(pixels).save(tmp, format="png", compress_level=1)
+        return path
+
+
+class _RegistrationFigure(_Template):
+    size = (14, 5)
+
+    def build(self, before, after, difference, titles):
+        axes = self.fig.subplots(1, 3)
+        self.before = axes[0].imshow(before)
+        self.after = axes[1].imshow(after)
+        self.difference = axes[2].imshow(difference, cmap="RdBu_r", vmin=-1, vmax=1)
+        self.fig.colorbar(self.difference, ax=axes[2], fraction=0.046, label="reference - moving (each 0-1)")
+        self.titles = [_title(ax, text, fontsize=9) for ax, text in zip(axes, titles)]
+        for ax in axes:
+            ax.axis("off")
+
+    def update(self, before, after, difference, titles):
+        self.before.set_data(before)
+        self.after.set_data(after)
+        self.difference.set_data(difference)
+        for title, text in zip(self.titles, titles):
+            title.set_text(text)
+
+
+class _TransitionFigure(_Template):
+    def build(self, shown, frame_shape, vmin, vmax, label, title):
+        ax = self.fig.subplots()
+        height, width = frame_shape
+        # the reduced map drawn over the full frame's pixel coordinates
+        self.image = ax.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax,
+                               extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        self.colorbar = self.fig.colorbar(self.image, ax=ax, label=label)
+        self.title = _title(ax, title, fontsize=9)
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+
+    def update(self, shown, frame_shape, vmin, vmax, label, title):
+        self.image.set_data(shown)
+        self.image.set_clim(vmin, vmax)
+        self.colorbar.set_label(label)
+        self.title.set_text(title)
+
+
+class _WeightsFigure(_Template):
+    size = (6, 3.5)
+
+    def build(self, weights, centre, title):
+        self.ax = self.fig.subplots()
+        planes = np.arange(len(weights))
+        (self.reference,) = self.ax.plot(planes, weights, label="reference camera")
+        (self.moving,) = self.ax.plot(planes, 1 - weights, label="moving camera")
+        self.centre = self.ax.axvline(centre, color="grey", lw=0.8, ls="--")
+        self.ax.set_xlabel("plane (z)")
+        self.ax.set_ylabel("weight")
+        self.title = _title(self.ax, title)
+        self.ax.legend()
+
+    def update(self, weights, centre, title):
+        self.reference.set_ydata(weights)
+        self.moving.set_ydata(1 - weights)
+        self.centre.set_xdata([centre, centre])
+        self.ax.relim()
+        self.ax.autoscale_view()
+        self.title.set_text(title)
+
+
+class _ProjectionsFigure(_Template):
+    size = (10, 5)
+
+    def build(self, xy, xz):
+        axes = self.fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+        self.xy = axes[0].imshow(xy, cmap="gray")
+        _title(axes[0], "fused, max projection along z")
+        self.xz = axes[1].imshow(xz, cmap="gray", aspect="auto")
+        _title(axes[1], "fused, max projection along y")
+        for ax in axes:
+            ax.axis("off")
+
+    def update(self, xy, xz):
+        for image, data in ((self.xy, xy), (self.xz, xz)):
+            image.set_data(data)
+            image.autoscale()  # colour limits from the data, as imshow without limits
+
+
+class _ChannelRow(NamedTuple):
+    channels: tuple[int, int]
+    layout: tuple | None  # (reduced map shape, map shape (Z, Y)), or None for a single column
+    map_title: str
+    shown: object  # the reduced (Z, Y) transition map, or the text shown for a single column
+    weights: np.ndarray
+    centre: float
+    weights_title: str
+
+
+class _ChannelFigure(_Template):
+    def figure_size(self, rows, n_columns):
+        return (11, 4 * len(rows))
+
+    def build(self, rows: list[_ChannelRow], n_columns: int):
+        axes = self.fig.subplots(len(rows), 2, squeeze=False)
+        columns = np.arange(n_columns)
+        self.rows = []
+        for values, (ax_map, ax_w) in zip(rows, axes):
+            a, b = values.channels
+            row = {"ax_w": ax_w}
+            if values.layout is not None:
+                _, (n_planes, n_rows) = values.layout
+                row["map"] = ax_map.imshow(values.shown, cmap="viridis", aspect="auto",
+                                           extent=(-0.5, n_rows - 0.5, n_planes - 0.5, -0.5))
+                self.fig.colorbar(row["map"], ax=ax_map, label="transition column (x index)")
+                ax_map.set_xlabel("y")
+                ax_map.set_ylabel("plane (z)")
+            else:
+                row["text"] = ax_map.text(0.5, 0.5, values.shown, ha="center", va="center")
+                ax_map.axis("off")
+            row["map_title"] = _title(ax_map, values.map_title, fontsize=9)
+            (row["a"],) = ax_w.plot(columns, values.weights, label=f"channel {a} (lit from low x)")
+            (row["b"],) = ax_w.plot(columns, 1 - values.weights, label=f"channel {b} (lit from high x)")
+            row["centre"] = ax_w.axvline(values.centre, color="grey", lw=0.8, ls="--")
+            row["weights_title"] = _title(ax_w, values.weights_title, fontsize=9)
+            ax_w.set_xlabel("column (x)")
+            ax_w.set_ylabel("weight")
+            ax_w.legend(fontsize=8)
+            self.rows.append(row)
+
+    def update(self, rows: list[_ChannelRow], n_columns: int):
+        for row, values in zip(self.rows, rows):
+            if "map" in row:
+                row["map"].set_data(values.shown)
+                row["map"].autoscale()
+            else:
+                row["text"].set_text(values.shown)
+            row["map_title"].set_text(values.map_title)
+            row["a"].set_ydata(values.weights)
+            row["b"].set_ydata(1 - values.weights)
+            row["centre"].set_xdata([values.centre, values.centre])
+            row["ax_w"].relim()
+            row["ax_w"].autoscale_view()
+            row["weights_title"].set_text(values.weights_title)
