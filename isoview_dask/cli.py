@@ -182,7 +182,7 @@ def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], full:
     """One ``--<section>-<key>`` option per configuration field of ``sections`` (see ``isoview-dask init``).
 
     Each shows its allowed values (metavar) and default; ``full`` gives the whole help text, else its first
-    clause. ``skip`` names fusion fields the command has no use for.
+    clause. ``skip`` names flags (``<section>_<field>``) the command has no use for.
     """
     import typing
 
@@ -195,7 +195,7 @@ def _add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str], full:
     for flag, f, cls in all_flags():
         section = flag.split("_", 1)[0]
         if f.name == "camera" or section not in sections or (section == "input" and f.name in SELECTION) \
-                or flag == "output_overwrite" or (f.name in skip and section == "fusion"):
+                or flag == "output_overwrite" or flag in skip:
             continue  # per-camera tables: configuration file only; selection, --overwrite: their own options
         group = groups.setdefault(section, p.add_argument_group(f"[{section}] options"))
         text = f.metadata.get("help", "")
@@ -243,7 +243,9 @@ def _stage_parser(sub, name: str, help: str, description: str, *, full: bool = F
     _add_selection(p)
     _add_cluster_options(p, full)
     from .config import TEMPORAL_FIELDS
-    _add_config_flags(p, STAGE_SECTIONS[name], full, skip=TEMPORAL_FIELDS if name == "fuse" else ())
+    # fuse: no two-pass options, and it writes no corrected volumes
+    skip = {f"fusion_{n}" for n in TEMPORAL_FIELDS} | {"output_store_corrected"} if name == "fuse" else set()
+    _add_config_flags(p, STAGE_SECTIONS[name], full, skip=skip)
     return p
 
 

@@ -225,6 +225,10 @@ class OutputConfig(Section):
                                   "unsharded", lo=1)
     pyramid_levels: int = opt(0, "downsampled pyramid levels", lo=0, hi=8)
     projections: bool = opt(True, "write xy/xz/yz max projections (TIFF)")
+    store_corrected: bool = opt(True, "write the corrected camera volumes; false: write only their masks, "
+                                "projections and statistics, and let fusion recompute each corrected volume "
+                                "from the raw input in its own graph (less disk and CPU; the raw files must "
+                                "stay in place and unchanged)")
     overwrite: bool = opt(False, "replace existing outputs")
 
     def validate(self):

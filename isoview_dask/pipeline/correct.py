@@ -160,17 +160,21 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     def name(kind: str, fmt: str) -> Path:
         return output_path(out, view.specimen, view.timepoint, view.camera, view.channel, kind, fmt)
 
-    raw = orient(view.open(), opts.rotation, opts.flip_h, opts.flip_v, opts.crop)
+    orientation = {"rotation": opts.rotation, "flip_h": opts.flip_h, "flip_v": opts.flip_v,
+                   "crop": list(opts.crop) if opts.crop else None}
+    raw = oriented_raw(view, orientation)
     if oc.format == "zarr":
         # Work in the output's shard-aligned chunks from the start: every step is then
         # blockwise (only thin halos move between workers) and no rechunk precedes the write.
         inner, shards = fit_chunks(raw.shape, oc.chunks, oc.shards or ())
-        blocks = write_chunks(inner, shards, raw.shape, raw.dtype.itemsize)
-        raw = raw.rechunk(blocks) if opts.crop or opts.rotation else \
-            orient(view.open(chunks=blocks), 0, opts.flip_h, opts.flip_v, None)
+        raw = oriented_raw(view, orientation, write_chunks(inner, shards, raw.shape, raw.dtype.itemsize))
     voxel = view.voxel_size_um
     record: dict = {"view": view.to_dict(), "shape_zyx": list(raw.shape), "voxel_size_um_zyx": voxel,
-                    "output_format": oc.format, "segmented": cc.segment}
+                    "output_format": oc.format, "segmented": cc.segment, "orientation": orientation,
+                    "volume_stored": oc.store_corrected}
+    if not oc.store_corrected:  # fusion reads the raw file again: where it is, and how to tell it changed
+        record["raw_input"] = {"path": str(Path(view.path).resolve()), "allow_truncated": view.allow_truncated,
+                               "files": file_fingerprint(view.path, view.background_path)}
 
     # Background: the dark frame, or a low percentile of a small voxel sample.
     dark = view.open_background() if cc.use_dark_frame else None
@@ -219,13 +223,11 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     if cc.dead_pixel_correction:
         dead = stats["dead"][0]
         dead_mask = dead.mask
-        repaired = correct_dead_pixels(raw, dead_mask)
         record["dead_pixels"] = {**dead.summary(), "positions_yx": np.argwhere(dead_mask).tolist()}
     else:
         dead_mask = np.zeros(raw.shape[1:], bool)
-        repaired = raw
         record["dead_pixels"] = {"count": 0, "disabled": True}
-    corrected = subtract_background(repaired, background)
+    corrected = corrected_volume(raw, dead_mask if cc.dead_pixel_correction else None, background)
     timings["statistics_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -267,7 +269,8 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
                         shards=oc.shards or (), voxel_size_zyx=voxel, overwrite=overwrite,
                         pyramid_levels=oc.pyramid_levels)
     if oc.format == "zarr":
-        pending.append(prepare_zarr(corrected, name("", "zarr"), name=name("", "zarr").stem, **zarr_options))
+        if oc.store_corrected:
+            pending.append(prepare_zarr(corrected, name("", "zarr"), name=name("", "zarr").stem, **zarr_options))
         if cc.segment:
             pending.append(prepare_zarr(mask, name("segmentationMask", "zarr"),
                                         name="segmentationMask", **{**zarr_options, "pyramid_levels": 0}))
@@ -283,7 +286,8 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     for p in pending:
         outputs.append(p.commit())
     if oc.format != "zarr":
-        outputs.append(write_volume(corrected, name("", oc.format), voxel_size_zyx=voxel, overwrite=overwrite))
+        if oc.store_corrected:
+            outputs.append(write_volume(corrected, name("", oc.format), voxel_size_zyx=voxel, overwrite=overwrite))
         if cc.segment:
             outputs.append(write_volume(mask, name("segmentationMask", oc.format),
                                         voxel_size_zyx=voxel, overwrite=overwrite))
@@ -303,6 +307,92 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     record["fingerprint"] = _fingerprint(view, config)
     write_json(name("correction", "json"), record)
     return record
+
+
+def oriented_raw(view: CameraView, orientation: dict, chunks=None) -> da.Array:
+    """The raw volume of ``view`` rotated, flipped and cropped, lazily (Z, Y, X).
+
+    Parameters
+    ----------
+    orientation : dict
+        ``rotation`` (degrees), ``flip_h``, ``flip_v``, ``crop`` ((y0, y1, x0, x1) or None),
+        as :func:`~isoview_dask.correct.orient.orient` takes them.
+    chunks : (Z, Y, X), optional
+        Dask chunk shape of the result (planes, pixels); without rotation or
+        crop the file is read in these blocks directly (no rechunk).
+    """
+    rotation, crop = orientation["rotation"], orientation["crop"]
+    if chunks is None or rotation or crop:
+        volume = orient(view.open(), rotation, orientation["flip_h"], orientation["flip_v"], crop)
+        return volume if chunks is None else volume.rechunk(chunks)
+    return orient(view.open(chunks=chunks), 0, orientation["flip_h"], orientation["flip_v"], None)
+
+
+def corrected_volume(raw, dead_mask, background) -> da.Array:
+    """The corrected volume: dead pixels repaired (``dead_mask`` (Y, X), or None for no repair), then the
+    background (a level in counts, or a dark frame (Y, X)) subtracted; lazy, (Z, Y, X), ``raw``'s dtype."""
+    repaired = raw if dead_mask is None else correct_dead_pixels(raw, dead_mask)
+    return subtract_background(repaired, background)
+
+
+def corrected_from_raw(record: dict, chunks=None) -> da.Array:
+    """The corrected volume of a correction that did not store it, recomputed lazily from the raw input.
+
+    The values equal those the correction would have written, bit for bit:
+    the same raw file, orientation, dead-pixel repair and background
+    subtraction, from what the correction record (``<stem>.correction.json``)
+    saved (``output.store_corrected = false``).
+
+    Parameters
+    ----------
+    record : dict
+        The correction record.
+    chunks : (Z, Y, X), optional
+        Dask chunk shape of the result.
+
+    Returns
+    -------
+    dask.array.Array, uint16, shape (Z, Y, X)
+
+    Raises
+    ------
+    MissingInputError
+        The raw file (or dark frame) is gone, or its size or modification
+        time differs from what the correction read.
+    """
+    from .fuse import MissingInputError
+    source = record.get("raw_input")
+    if not source:
+        raise MissingInputError("this correction record neither stored its volume nor names its raw input")
+    saved = source["files"]
+    try:
+        now = file_fingerprint(*[f["path"] for f in saved])
+    except FileNotFoundError as exc:
+        raise MissingInputError(f"{exc.filename}: raw input of an unstored corrected volume is missing; "
+                                "restore it, or correct again with output.store_corrected = true") from None
+    if now != saved:
+        changed = [f["path"] for f, g in zip(saved, now) if f != g]
+        raise MissingInputError(f"{', '.join(changed)}: changed since the correction read it (size or "
+                                "modification time); correct the view again")
+    view = CameraView.from_dict({**record["view"], "path": source["path"]},
+                                allow_truncated=bool(source.get("allow_truncated")))
+    orientation = record["orientation"]
+    raw = oriented_raw(view, orientation, chunks)
+    if list(raw.shape) != list(record["shape_zyx"]):
+        raise MissingInputError(f"{view.path}: now reads as {list(raw.shape)}, the correction read "
+                                f"{record['shape_zyx']}")
+    if record["background"]["source"] == "dark_frame":
+        background = orient(view.open_background(), orientation["rotation"], orientation["flip_h"],
+                            orientation["flip_v"], orientation["crop"])
+    else:
+        background = record["background"]["level"]
+    dead = record["dead_pixels"]
+    dead_mask = None
+    if not dead.get("disabled"):
+        dead_mask = np.zeros(raw.shape[1:], bool)
+        positions = np.asarray(dead.get("positions_yx") or [], dtype=np.intp).reshape(-1, 2)
+        dead_mask[positions[:, 0], positions[:, 1]] = True
+    return corrected_volume(raw, dead_mask, background)
 
 
 def _fingerprint(view: CameraView, config: ProcessingConfig) -> str:

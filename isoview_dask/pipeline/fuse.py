@@ -98,9 +98,14 @@ class CorrectedView:
     def name(self) -> str:
         return str(self.path())
 
+    @property
+    def volume_stored(self) -> bool:
+        """Whether the corrected volume is on disk (else it is recomputed from the raw input)."""
+        return bool(self.record.get("volume_stored", True))
+
     def inputs(self) -> list[str]:
-        """The corrected volumes this view reads."""
-        return [str(self.path())]
+        """The corrected volume this view reads (its raw file when the volume was not stored)."""
+        return [str(self.path()) if self.volume_stored else self.record["raw_input"]["path"]]
 
     def fingerprint_inputs(self) -> list[dict]:
         return [{"record": str(self.record_path), "fingerprint": self.record.get("fingerprint")}]
@@ -115,12 +120,21 @@ class CorrectedView:
         ``slabs``: for estimates that read a few planes, zarr volumes are
         opened in blocks of one inner chunk along z (:data:`~isoview_dask.io.zarr.STORED`),
         so that a slab behind a flip or a cast reads its planes' chunks, not whole shards.
+        A volume the correction did not store (``output.store_corrected = false``) is
+        recomputed from the raw file (:func:`~isoview_dask.pipeline.correct.corrected_from_raw`)
+        in the mask's blocks, as part of the caller's graph.
         """
         if not self.record.get("segmented", True):
             raise MissingInputError(f"{self.record_path}: was corrected without segmentation; fusion needs masks")
         paths = self.path(), self.path("segmentationMask")
         chunks = [STORED if slabs and p.suffix == ".zarr" else None for p in paths]
-        return open_volume(paths[0], chunks=chunks[0]), open_volume(paths[1], chunks=chunks[1]).astype(bool)
+        mask = open_volume(paths[1], chunks=chunks[1])
+        if self.volume_stored:
+            volume = open_volume(paths[0], chunks=chunks[0])
+        else:  # in the mask's blocks: the stored volume's chunking
+            from .correct import corrected_from_raw
+            volume = corrected_from_raw(self.record, chunks=tuple(c[0] for c in mask.chunks))
+        return volume, mask.astype(bool)
 
 
 @dataclass
