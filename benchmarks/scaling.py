@@ -34,6 +34,7 @@ with ``--quick``: 4 timepoints x 4 x 128 x 128 x 128, and 1 x 4 x 256 x 1024 x
     python benchmarks/scaling.py --quick
     python benchmarks/scaling.py                      # ~5 minutes on 2 cores
     python benchmarks/scaling.py --timepoints 8 --workers 2 --low-memory
+    python benchmarks/scaling.py --timepoints 8 --workers 2 --from-raw   # corrected volumes not stored
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def main(argv=None) -> int:
                         help="also run 2 workers with this many jobs in flight (isoview-dask.max-jobs) instead of "
                              "the default 3 per worker thread: the parallelism the plan exposes to a wider cluster, "
                              "with worker memory still bounded by the budget")
+    parser.add_argument("--from-raw", action="store_true",
+                        help="also run 2 workers with output.store_corrected = false: corrected volumes are not "
+                             "written, fusion recomputes them from the raw files")
     parser.add_argument("--low-memory", action="store_true",
                         help="also run the memory-limit-below-one-volume configuration (see the module docstring; "
                              "the --quick size completes in about 2.5 minutes, the full size took over 20)")
@@ -174,6 +178,11 @@ def main(argv=None) -> int:
         print(f"2 workers, {args.max_jobs} jobs in flight ...", file=sys.stderr, flush=True)
         rows.append({"recording": f"{timepoints} TP x 4 x {'x'.join(map(str, shape))}",
                      **measure(raw, args.workdir / "scaling-out", 2, args.memory_limit, max_jobs=args.max_jobs)})
+    if args.from_raw:
+        print("2 workers, corrected volumes not stored ...", file=sys.stderr, flush=True)
+        rows.append({"recording": f"{timepoints} TP x 4 x {'x'.join(map(str, shape))}", "corrected": "recomputed",
+                     **measure(raw, args.workdir / "scaling-out", 2, args.memory_limit,
+                               output_store_corrected=False)})
     if args.low_memory:
         low_raw = generate(args.workdir, low_shape, 1, seed=4)
         volume_mb = 2 * low_shape[0] * low_shape[1] * low_shape[2] / _common.MB
@@ -181,10 +190,10 @@ def main(argv=None) -> int:
         rows.append({"recording": f"1 TP x 4 x {'x'.join(map(str, low_shape))} ({volume_mb:.0f} MB per volume)",
                      **measure(low_raw, args.workdir / "scaling-out-low", 2, low_limit,
                                output_shards=tuple(int(v) for v in args.low_memory_shards.split(",")))})
-    cells = [{**r, "parallelism_median": r["parallelism"]["median"], "parallelism_p10": r["parallelism"]["p10"],
+    cells = [{"corrected": "stored", **r, "parallelism_median": r["parallelism"]["median"], "parallelism_p10": r["parallelism"]["p10"],
               "system_share": (r["system_cpu_s"] or 0) / r["cpu_s"] if r.get("cpu_s") else None} for r in rows]
     columns = [("recording", "recording"), ("workers", "workers"), ("memory_limit", "memory/worker"),
-               ("max_jobs", "jobs in flight"),
+               ("max_jobs", "jobs in flight"), ("corrected", "corrected volumes"),
                ("input_mb", "raw MB"), ("wall_s", "wall s"), ("mb_per_s", "MB/s"), ("cpu_s_per_gb", "CPU-s/GB"),
                ("system_share", "system share"),
                ("utilisation", "utilisation"), ("parallelism_median", "runnable median"),
@@ -195,7 +204,8 @@ def main(argv=None) -> int:
                                                        "settings": {k: str(v) for k, v in vars(args).items()},
                                                        "rows": rows})
     notes = ["`isoview-dask run` (process_dataset): correction and fusion, default options, empty output, "
-             "raw input in the page cache; one run per row.",
+             "raw input in the page cache; one run per row. Corrected volumes 'recomputed': "
+             "`--output-store-corrected false`, fusion recomputes them from the raw files.",
              "CPU-s/GB: this process (client + local scheduler) and all workers, user + system, per GB of raw input; "
              "system share: the kernel's part of it (page faults, file copies).",
              "utilisation: task compute time / (wall x worker threads). runnable: tasks queued, processing or "
