@@ -153,7 +153,8 @@ class IsoviewArray:
             view_id = View(cams, chans[0], chans if len(chans) > 1 else ())
             found.setdefault(s, {})[(t, view_id)] = path
         if not found:
-            raise InputNotFoundError(f"{self.root}: no {kind} zarr volumes under SPM##/TM######/")
+            hint = _unstored_hint(self.root.glob("SPM*/TM*/*.correction.json")) if kind == "corrected" else ""
+            raise InputNotFoundError(f"{self.root}: no {kind} zarr volumes under SPM##/TM######/{hint}")
         if specimen is None:
             if len(found) > 1:
                 raise IsoviewError(f"{self.root}: several specimens {sorted(found)}; choose one with specimen=")
@@ -300,6 +301,20 @@ class IsoviewArray:
         return open_zarr(path, chunks=self._chunks(path, "inner")).astype(bool)
 
 
+def _unstored_hint(records) -> str:
+    """Why corrected volumes are absent when their correction records say they were not stored, else ''."""
+    import json
+    for path in records:
+        try:
+            stored = json.loads(path.read_text()).get("volume_stored", True)
+        except (OSError, ValueError):
+            continue
+        if stored is False:
+            return ("; the corrections here did not store their volumes (output.store_corrected = false): "
+                    "isoview_dask.pipeline.correct.corrected_from_raw(record) recomputes one from its raw file")
+    return ""
+
+
 _TM_FOLDER = re.compile(r"^TM(\d+)$")
 _SPM_FOLDER = re.compile(r"^SPM(\d+)$")
 #: label_type of :meth:`TimepointArray.get_labels` -> the correction output holding it.
@@ -332,7 +347,8 @@ class TimepointArray:
                 found.append((int(re.search(r"CM(\d+)", m.group(3)).group(1)),
                               int(re.search(r"CHN(\d+)", m.group(4)).group(1)), path))
         if not found:
-            raise InputNotFoundError(f"{self.folder}: no corrected camera volumes (SPM##_TM######_CM##_CHN##.zarr)")
+            raise InputNotFoundError(f"{self.folder}: no corrected camera volumes (SPM##_TM######_CM##_CHN##.zarr)"
+                                     + _unstored_hint(self.folder.glob("*.correction.json")))
         self._views = [View((cam,), ch) for cam, ch, _ in found]
         self.paths = {v.label: path for v, (_, _, path) in zip(self._views, found)}
         arrays = [open_zarr(path) for _, _, path in found]

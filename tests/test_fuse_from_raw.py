@@ -104,3 +104,13 @@ def test_a_rerun_skips_and_a_missing_or_changed_raw_file_fails_clearly(runs, tmp
     os.utime(raw, ns=(0, 0))  # same size, another modification time: not the file the correction read
     with pytest.raises(MissingInputError, match="changed since the correction"):
         corrected_from_raw(record)
+
+
+def test_the_reader_says_why_there_are_no_corrected_volumes(runs):
+    from isoview_dask.errors import InputNotFoundError
+    from isoview_dask.reader import IsoviewArray
+    root, _, _, _ = runs
+    for args in ((root / "unstored", "corrected"), (root / "unstored" / "SPM00" / "TM000000",)):
+        with pytest.raises(InputNotFoundError, match="did not store their volumes"):
+            IsoviewArray(*args)
+    assert IsoviewArray(root / "unstored", "fused").shape[0] == 1  # the fused volumes read as always
