@@ -29,7 +29,14 @@ def runs(tmp_path_factory):
     raw_copy = root / "raw"  # the unstored run's own raw files, which the test may later move
     shutil.copytree(truth.raw_dir, raw_copy)
     config = config.replace(output_store_corrected=False)
-    unstored = process_dataset(raw_copy, root / "unstored", config, progress=False, fusion_diagnostics=False)
+    here = os.getcwd()
+    os.chdir(root)  # relative paths: the records must still find the raw files from anywhere
+    try:
+        unstored = process_dataset("raw", "unstored", config, progress=False, fusion_diagnostics=False, fuse=False)
+    finally:
+        os.chdir(here)
+    unstored["fuse"] = fuse_dataset(root / "unstored", root / "unstored", config, progress=False,
+                                    fusion_diagnostics=False)
     return root, config, stored, unstored
 
 
@@ -83,6 +90,7 @@ def test_fused_volumes_and_parameters_are_identical(runs):
 
 def test_a_rerun_skips_and_a_missing_or_changed_raw_file_fails_clearly(runs, tmp_path):
     root, config, _, _ = runs
+    # the first run was given relative paths, from another folder: the records still match
     again = process_dataset(root / "raw", root / "unstored", config, progress=False, fusion_diagnostics=False)
     assert not again["correct"].written and not again["fuse"].written
     assert len(again["fuse"].skipped) == 2

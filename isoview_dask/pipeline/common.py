@@ -202,13 +202,18 @@ def write_json(path: str | Path, payload: dict, overwrite: bool = True) -> Path:
 
 
 def file_fingerprint(*paths: str | Path | None) -> list[dict]:
-    """Size and modification time of each existing input file (None entries skipped)."""
+    """Absolute path, size and modification time of each existing input file (None entries skipped).
+
+    Absolute, so that a rerun given the same files by another path spelling (relative, from another
+    folder) finds its outputs complete.
+    """
     out = []
     for p in paths:
         if p is None:
             continue
-        st = Path(p).stat()
-        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        path = Path(p).resolve()
+        st = path.stat()
+        out.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
 
 

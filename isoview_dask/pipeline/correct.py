@@ -173,8 +173,9 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
                     "output_format": oc.format, "segmented": cc.segment, "orientation": orientation,
                     "volume_stored": oc.store_corrected}
     if not oc.store_corrected:  # fusion reads the raw file again: where it is, and how to tell it changed
-        record["raw_input"] = {"path": str(Path(view.path).resolve()), "allow_truncated": view.allow_truncated,
-                               "files": file_fingerprint(view.path, view.background_path)}
+        path, dark_path = (Path(p).resolve() if p else None for p in (view.path, view.background_path))
+        record["raw_input"] = {"path": str(path), "background": str(dark_path) if dark_path else None,
+                               "allow_truncated": view.allow_truncated, "files": file_fingerprint(path, dark_path)}
 
     # Background: the dark frame, or a low percentile of a small voxel sample.
     dark = view.open_background() if cc.use_dark_frame else None
@@ -374,7 +375,7 @@ def corrected_from_raw(record: dict, chunks=None) -> da.Array:
         changed = [f["path"] for f, g in zip(saved, now) if f != g]
         raise MissingInputError(f"{', '.join(changed)}: changed since the correction read it (size or "
                                 "modification time); correct the view again")
-    view = CameraView.from_dict({**record["view"], "path": source["path"]},
+    view = CameraView.from_dict({**record["view"], "path": source["path"], "background": source["background"]},
                                 allow_truncated=bool(source.get("allow_truncated")))
     orientation = record["orientation"]
     raw = oriented_raw(view, orientation, chunks)
