@@ -15,7 +15,7 @@ raw files in the page cache. Reported per configuration:
 - available parallelism: tasks runnable or processing in the scheduler
   (queued, processing on a worker, or waiting for a worker), sampled every
   0.2 s; median and 10th percentile: how many worker threads the run could
-  keep busy;
+  keep busy; the largest sample: how many it could feed at its widest;
 - peak worker memory (RSS, sampled) against the memory limit.
 
 Configurations: ``--workers`` (default 1,2) at ``--memory-limit`` (default
@@ -191,13 +191,15 @@ def main(argv=None) -> int:
                      **measure(low_raw, args.workdir / "scaling-out-low", 2, low_limit,
                                output_shards=tuple(int(v) for v in args.low_memory_shards.split(",")))})
     cells = [{"corrected": "stored", **r, "parallelism_median": r["parallelism"]["median"], "parallelism_p10": r["parallelism"]["p10"],
+              "parallelism_max": r["parallelism"]["max"],
               "system_share": (r["system_cpu_s"] or 0) / r["cpu_s"] if r.get("cpu_s") else None} for r in rows]
     columns = [("recording", "recording"), ("workers", "workers"), ("memory_limit", "memory/worker"),
                ("max_jobs", "jobs in flight"), ("corrected", "corrected volumes"),
                ("input_mb", "raw MB"), ("wall_s", "wall s"), ("mb_per_s", "MB/s"), ("cpu_s_per_gb", "CPU-s/GB"),
                ("system_share", "system share"),
                ("utilisation", "utilisation"), ("parallelism_median", "runnable median"),
-               ("parallelism_p10", "runnable p10"), ("worker_peak_mb", "worker peak MB"), ("failed", "failed")]
+               ("parallelism_p10", "runnable p10"), ("parallelism_max", "runnable max"),
+               ("worker_peak_mb", "worker peak MB"), ("failed", "failed")]
     table = _common.markdown_table(cells, columns)
     machine = _common.machine_info()
     _common.write_json(args.results / f"{name}.json", {"benchmark": "scaling", "machine": machine,
@@ -209,7 +211,8 @@ def main(argv=None) -> int:
              "CPU-s/GB: this process (client + local scheduler) and all workers, user + system, per GB of raw input; "
              "system share: the kernel's part of it (page faults, file copies).",
              "utilisation: task compute time / (wall x worker threads). runnable: tasks queued, processing or "
-             f"waiting for a worker in the scheduler, sampled every {SAMPLE_S} s (median, 10th percentile).",
+             f"waiting for a worker in the scheduler, sampled every {SAMPLE_S} s (median, 10th percentile, and the "
+             "largest: the most worker threads the run could have kept busy at once).",
              f"machine: {machine['cpu_usable']} usable cores, load average at the end {machine['loadavg']}."]
     return _common.publish(args.results / f"{name}.md", "Scaling: many views in flight", table, notes)
 
