@@ -335,6 +335,21 @@ def test_figures_drawn_on_a_reused_template_equal_fresh_ones(tmp_path):
         assert not np.array_equal(first[kind], fresh[kind]), kind  # the pairs do look different
 
 
+def test_figures_every_nth_timepoint(tmp_path):
+    """fusion.figures_every = 2: timepoints 0 and 2 get their PNGs (listed as outputs), timepoint 1 none;
+    its fused volume is still written."""
+    from isoview_dask.pipeline import process_dataset
+    truth = generate_dataset(tmp_path / "syn", shape=(16, 64, 64), seed=6, timepoints=3)
+    summaries = process_dataset(truth.raw_dir, tmp_path / "out", progress=False, fusion_figures_every=2,
+                                fusion_camera_pairs=[[0, 1]], input_cameras=[0, 1], input_channels=[0])
+    assert len(summaries["fuse"].written) == 3 and not summaries["fuse"].failed
+    for t in range(3):
+        drawn = sorted((tmp_path / "out" / "SPM00" / f"TM{t:06d}").glob("*.png"))
+        params = json.loads(output_path(tmp_path / "out", 0, t, [0, 1], 0, "fusedStack", "json").read_text())
+        listed = [o for o in params["outputs"] if o.endswith(".png")]
+        assert len(drawn) == (4 if t != 1 else 0) == len(listed), t
+
+
 def test_figures_are_chosen_one_by_one(fused, tmp_path):
     """fusion.figures: only the named diagnostic PNGs are drawn (and listed as outputs)."""
     _, out = fused

@@ -127,8 +127,11 @@ def _expansion_counts(small_shape, factor: int, full_shape) -> np.ndarray:
 
 
 def _parameters(config: ProcessingConfig, camera: int) -> dict:
+    output = {k: v for k, v in config.output.to_dict().items() if k != "overwrite"}
+    if output.get("store_corrected", True):
+        output.pop("store_corrected", None)  # the default: fingerprints of earlier outputs stay valid
     return {"correction": config.correction.to_dict(), "camera": config.camera_options(camera).to_dict(),
-            "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"}}
+            "output": output}
 
 
 def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | None = None,

@@ -712,8 +712,9 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     fused = fused_volume(reference, moving_f, estimate, fc)
     target = output_path(out, ref.specimen, ref.timepoint, [ref.camera, mov.camera], list(ref.channels),
                          "fusedStack")
+    draw = figures_drawn(fc, ref.timepoint)
     extra = ({"reference_xy": reference.max(axis=0), "moving_xy": moving_f.max(axis=0)}
-             if fc.diagnostics and "registration" in fc.figures else {})
+             if draw and "registration" in fc.figures else {})
     images = _write_fused(fused, target, ref.voxel_size_um, oc, extra, progress,
                           f"{_label(ref, mov)}: fusing and writing")
     if extra:  # the overlay shows the moving projection moved as its planes were
@@ -752,7 +753,7 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
         "input_bytes": int(reference.nbytes * len(ref.inputs() + mov.inputs())),
     }
     outputs = [target]
-    if fc.diagnostics:
+    if draw:
         from .diagnostics import channel_figures, fusion_figures
         outputs += _draw(fusion_figures, target.with_suffix(""), images, transition, n_planes, blending_range,
                          fc.blending_profile, params, fc.figures)
@@ -765,6 +766,12 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     params["fingerprint"] = _fingerprint(ref, mov, config, fixed)
     write_json(target.with_suffix(".json"), params)
     return params
+
+
+def figures_drawn(fc, timepoint: int) -> bool:
+    """Whether the fusion of ``timepoint`` draws its diagnostic PNGs (``fusion.diagnostics`` and
+    ``fusion.figures_every``: timepoints 0, N, 2N, ...)."""
+    return bool(fc.diagnostics) and int(timepoint) % int(fc.figures_every) == 0
 
 
 def _draw(function, *args) -> list[Path]:
@@ -847,7 +854,7 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
     timings = {**_channel_timings(view), "blend_write_s": time.perf_counter() - t1,
                "total_s": time.perf_counter() - t0}
     outputs = [target]
-    if fc.diagnostics:
+    if figures_drawn(fc, view.timepoint):
         from .diagnostics import channel_figures
         outputs += _draw(channel_figures, target.with_suffix(""), [(view.camera, view.estimate)], fused.shape[2],
                          fc.blending_range[0], fc.blending_profile, fc.type, images, fc.figures)
@@ -883,8 +890,12 @@ def _fingerprint(ref, mov, config: ProcessingConfig, fixed: dict | None = None) 
     fusion = {k: v for k, v in config.fusion.to_dict().items() if k not in TEMPORAL_FIELDS}
     if not fusion.get("channel_pairs"):
         fusion.pop("channel_pairs", None)  # off: the fingerprints of earlier outputs stay valid
+    if fusion.get("figures_every", 1) == 1:
+        fusion.pop("figures_every", None)  # the default: likewise
+    # Whether the corrected volumes were stored changes nothing in a fused volume (bit-identical).
+    output = {k: v for k, v in config.output.to_dict().items() if k not in ("overwrite", "store_corrected")}
     parameters = {"fusion": fusion,
-                  "output": {k: v for k, v in config.output.to_dict().items() if k != "overwrite"},
+                  "output": output,
                   "fixed": {k: (hashlib.sha256(np.ascontiguousarray(v, dtype=np.float64).tobytes()).hexdigest()
                                 if k == "transition_yx" else v)
                             for k, v in sorted((fixed or {}).items())}}
