@@ -69,6 +69,24 @@ def test_surface_image_interpolates_between_planes():
         surface_image(volume, surface, half_width=0.5)
 
 
+@pytest.mark.parametrize("chunks", [(40, 50, 60), (8, 50, 60), (8, 16, 25), (3, 50, 7)])
+@pytest.mark.parametrize("half_width", [1.0, 2.5, 7.0])
+def test_surface_image_is_the_weighted_slab_mean_in_any_chunking(chunks, half_width):
+    """Against the definition, per pixel in float64: triangular weights around a varying surface, over
+    blocks that split the slab along z, y and x (so a block's planes start anywhere)."""
+    import dask.array as da
+    rng = np.random.default_rng(3)
+    volume = rng.integers(0, 4000, (40, 50, 60)).astype(np.uint16)
+    surface = 20 + 5 * rng.random((50, 60))
+    depth = np.arange(40, dtype=np.float64)[:, None, None]
+    weight = np.maximum(0.0, 1 - np.abs(depth - surface.astype(np.float32)) / half_width)
+    for data in (volume, volume > 2000):
+        expected = (weight * data).sum(axis=0) / weight.sum(axis=0)
+        got = surface_image(da.from_array(data, chunks=chunks), surface, half_width).compute()
+        assert got.dtype == np.float32 and got.shape == (50, 60)
+        np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-6)
+
+
 def test_refuses_without_overlap(two_cameras):
     reference, moving, body = two_cameras
     with pytest.raises(ValueError, match="foreground"):
