@@ -122,3 +122,18 @@ def test_the_reader_says_why_there_are_no_corrected_volumes(runs):
         with pytest.raises(InputNotFoundError, match="did not store their volumes"):
             IsoviewArray(*args)
     assert IsoviewArray(root / "unstored", "fused").shape[0] == 1  # the fused volumes read as always
+
+
+@pytest.mark.parametrize("fmt", ["klb", "tif"])
+def test_other_output_formats(tmp_path, fmt):
+    """KLB and TIFF outputs: no corrected volume file, fused volumes equal to a run that stored them."""
+    truth = generate_dataset(tmp_path / "syn", shape=(24, 64, 64), seed=2, timepoints=1)
+    fused = {}
+    for store in (True, False):
+        summaries = process_dataset(truth.raw_dir, tmp_path / str(store), progress=False, output_format=fmt,
+                                    output_store_corrected=store, fusion_diagnostics=False,
+                                    fusion_camera_pairs=[[0, 1]], input_cameras=[0, 1], input_channels=[0])
+        assert len(summaries["fuse"].written) == 1 and not summaries["fuse"].failed
+        fused[store] = open_volume(summaries["fuse"].written[0]).compute()
+        assert output_path(tmp_path / str(store), 0, 0, 0, 0, "", fmt).exists() == store
+    assert np.array_equal(fused[True], fused[False])
