@@ -204,15 +204,6 @@ class Dataset:
                            f"channel {channel}, specimen {specimen}")
         return found[0]
 
-    @classmethod
-    def from_dict(cls, values: dict, *, allow_truncated: bool = False) -> "CameraView":
-        """The view :meth:`to_dict` described (without its metadata and error), e.g. from a completion record."""
-        shape, voxel, background = values.get("shape_zyx"), values.get("voxel_size_um_zyx"), values.get("background")
-        return cls(**{k: int(values[k]) for k in ("specimen", "timepoint", "angle", "camera", "channel", "phase")},
-                   path=Path(values["path"]), shape=tuple(shape) if shape else None,
-                   voxel_size_um=tuple(voxel) if voxel else None,
-                   background_path=Path(background) if background else None, allow_truncated=allow_truncated)
-
     def to_dict(self) -> dict:
         return {"root": str(self.root), "layout": self.layout, "specimens": self.specimens,
                 "timepoints": self.timepoints, "cameras": self.cameras, "channels": self.channels,
