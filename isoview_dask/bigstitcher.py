@@ -134,8 +134,12 @@ def exported_views(out: str | Path, *, corrected: bool = False) -> list[Exported
         kinds.append(("correction.json", ".correction.json", ".zarr"))
     views = []
     for suffix, record_suffix, volume_suffix in kinds:
-        for (s, t, cams, ch), (record_path, _record) in scan_records(out, suffix).items():
+        for (s, t, cams, ch), (record_path, record) in scan_records(out, suffix).items():
             path = record_path.with_name(record_path.name[:-len(record_suffix)] + volume_suffix)
+            if record.get("volume_stored", True) is False:
+                log.warning("%s: not exported, the correction did not store its volume "
+                            "(output.store_corrected = false)", path.name)
+                continue
             if not path.is_dir():
                 continue  # another format (KLB, TIFF): not readable through the OME-Zarr loader
             shape, voxel = _zarr_grid(path)

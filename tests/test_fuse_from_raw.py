@@ -137,3 +137,14 @@ def test_other_output_formats(tmp_path, fmt):
         fused[store] = open_volume(summaries["fuse"].written[0]).compute()
         assert output_path(tmp_path / str(store), 0, 0, 0, 0, "", fmt).exists() == store
     assert np.array_equal(fused[True], fused[False])
+
+
+def test_bigstitcher_export_lists_the_fused_volumes_and_says_why_no_cameras(runs, tmp_path, caplog):
+    import logging
+
+    from isoview_dask.bigstitcher import exported_views
+    root, _, _, _ = runs
+    with caplog.at_level(logging.WARNING, logger="isoview_dask.bigstitcher"):
+        views = exported_views(root / "unstored", corrected=True)
+    assert len(views) == 2 and all(len(v.cameras) == 2 for v in views)  # the fused pairs only
+    assert sum("did not store its volume" in r.getMessage() for r in caplog.records) == 4
