@@ -97,6 +97,23 @@ def test_correct_dead_pixels_with_dask_mask(volume, dead_mask, chunks):
     np.testing.assert_array_equal(result, reference_repair(volume, dead_mask))
 
 
+def test_correct_dead_pixels_subtracting_a_dark_frame_in_the_same_pass(volume, dead_mask, chunks):
+    """dark=: the repaired stack less the dark frame (clipped at 0), against the plain loop, in every chunking
+    (border-straddling defects and the cluster included); the dark frame exceeds some voxels."""
+    rng = np.random.default_rng(5)
+    dark = rng.integers(90, 130, SHAPE[1:]).astype(np.uint16)
+    dark[10:12, 40:44] = 5000
+    repaired = reference_repair(volume, dead_mask)
+    expected = repaired - np.minimum(repaired, dark)
+    result = correct_dead_pixels(da.from_array(volume, chunks=chunks), dead_mask, dark=dark).compute()
+    assert result.dtype == volume.dtype
+    np.testing.assert_array_equal(result, expected)
+    no_defects = correct_dead_pixels(da.from_array(volume, chunks=chunks), np.zeros(SHAPE[1:], bool), dark=dark)
+    np.testing.assert_array_equal(no_defects.compute(), volume - np.minimum(volume, dark))
+    with pytest.raises(ValueError, match="dark must be"):
+        correct_dead_pixels(da.from_array(volume, chunks=chunks), dead_mask, dark=dark.astype(np.float32))
+
+
 @pytest.mark.parametrize("kind", ["scalar", "frame"])
 def test_subtract_background(volume, chunks, kind):
     rng = np.random.default_rng(5)

@@ -51,16 +51,11 @@ def subtract_background(volume, background) -> da.Array:
             f"dark frame shape {tuple(background.shape)} does not match the "
             f"frame shape {volume.shape[1:]} (Y, X) of the volume"
         )
-    if np.issubdtype(volume.dtype, np.unsignedinteger) and not isinstance(background, da.Array):
-        values = np.asarray(background, dtype=np.float64)
-        info = np.iinfo(volume.dtype)
-        if np.all(values == np.round(values)) and values.min() >= 0 and values.max() <= info.max:
-            dark = values.astype(volume.dtype)
-            if not dark.ndim:
-                dark = np.full(volume.shape[1:], dark, dtype=volume.dtype)
-            tiles = da.from_array(dark, chunks=volume.chunks[1:])
-            return da.blockwise(_subtract_clipped, "zyx", volume, "zyx", tiles, "yx", dtype=volume.dtype,
-                                meta=np.empty((0, 0, 0), volume.dtype))
+    dark = exact_dark_frame(volume.dtype, volume.shape[1:], background)
+    if dark is not None:
+        tiles = da.from_array(dark, chunks=volume.chunks[1:])
+        return da.blockwise(subtract_clipped, "zyx", volume, "zyx", tiles, "yx", dtype=volume.dtype,
+                            meta=np.empty((0, 0, 0), volume.dtype))
     work_dtype = np.float64 if volume.dtype == np.float64 else np.float32
     if np.ndim(background) == 0:
         dark = float(background)
@@ -124,8 +119,29 @@ def estimate_background_level(
     return float(np.percentile(nonzero, percentile))
 
 
-def _subtract_clipped(block: np.ndarray, dark: np.ndarray) -> np.ndarray:
-    """``block - min(block, dark)`` for unsigned integers, with one output array and no other temporary."""
-    out = np.minimum(block, dark[None])
+def exact_dark_frame(dtype, frame_shape, background) -> np.ndarray | None:
+    """The background as a dark frame of ``dtype`` (Y, X) when :func:`subtract_background` can take its
+    exact integer path (unsigned volume; a numpy or scalar background of whole counts in the dtype's
+    range), else None."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.unsignedinteger) or isinstance(background, da.Array):
+        return None
+    values = np.asarray(background, dtype=np.float64)
+    info = np.iinfo(dtype)
+    if not (np.all(values == np.round(values)) and values.min() >= 0 and values.max() <= info.max):
+        return None
+    dark = values.astype(dtype)
+    return np.full(tuple(frame_shape), dark, dtype=dtype) if not dark.ndim else dark
+
+
+def subtract_clipped(block: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """``block - min(block, dark)`` for unsigned integers (a new array, no other temporary).
+
+    Parameters
+    ----------
+    block : ndarray (..., Y, X)
+    dark : ndarray broadcastable to ``block`` (a (Y, X) frame, or values per pixel), same dtype
+    """
+    out = np.minimum(block, dark)
     np.subtract(block, out, out=out)
     return out

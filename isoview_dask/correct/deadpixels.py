@@ -18,6 +18,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from .arrays import as_dask, require_ndim
+from .background import subtract_background, subtract_clipped
 
 #: Score (robust noise sigmas) a pixel must exceed before it may be called dead.
 DEFAULT_Z_FLOOR = 8.0
@@ -263,7 +264,7 @@ def _dead_pixel_result(found, tests):
     )
 
 
-def correct_dead_pixels(volume, mask) -> da.Array:
+def correct_dead_pixels(volume, mask, *, dark: np.ndarray | None = None) -> da.Array:
     """Replace the voxels of dead pixels by the median of their live neighbours.
 
     Parameters
@@ -272,12 +273,18 @@ def correct_dead_pixels(volume, mask) -> da.Array:
         The stack to repair.
     mask : numpy or dask array of bool, shape (Y, X)
         Dead pixels (from :func:`dead_pixel_mask`).
+    dark : numpy array (Y, X) of ``volume``'s unsigned dtype, optional
+        Also subtract this dark frame, clipping at 0, in the same pass
+        (from :func:`~isoview_dask.correct.background.exact_dark_frame`).
+        The result equals ``subtract_background(correct_dead_pixels(volume,
+        mask), dark)`` bit for bit, with one output array per block instead
+        of a repaired copy and then a subtracted one.
 
     Returns
     -------
     dask.array.Array, shape (Z, Y, X), dtype of ``volume``
         The repaired stack. Voxels of pixels outside ``mask`` are
-        bit-identical to the input.
+        bit-identical to the input (less ``dark`` when given).
 
     Notes
     -----
@@ -303,8 +310,12 @@ def correct_dead_pixels(volume, mask) -> da.Array:
         )
     mask = np.asarray(mask.compute() if isinstance(mask, da.Array) else mask).astype(bool)
     rows, cols = np.nonzero(mask)
+    if dark is not None and (dark.shape != mask.shape or dark.dtype != volume.dtype
+                             or not np.issubdtype(dark.dtype, np.unsignedinteger)):
+        raise ValueError(f"dark must be a {mask.shape} frame of the volume's unsigned dtype {volume.dtype}, "
+                         f"got {dark.shape} {dark.dtype}")
     if rows.size == 0:
-        return volume
+        return volume if dark is None else subtract_background(volume, dark)
     height, width = mask.shape
     y_start = np.cumsum((0,) + volume.chunks[1])
     x_start = np.cumsum((0,) + volume.chunks[2])
@@ -331,9 +342,11 @@ def correct_dead_pixels(volume, mask) -> da.Array:
     y_index = da.arange(height, chunks=(volume.chunks[1],))
     x_index = da.arange(width, chunks=(volume.chunks[2],))
     tiles = da.from_array(mask, chunks=volume.chunks[1:])  # each task gets its own tile of the mask
-    return da.blockwise(_repair_chunk, "zyx", volume, "zyx", edge_values, "zk", tiles, "yx", y_index, "y",
-                        x_index, "x", concatenate=True, edge_rows=edge_rows, edge_cols=edge_cols,
-                        dtype=volume.dtype, meta=np.empty((0, 0, 0), dtype=volume.dtype))
+    arguments = [volume, "zyx", edge_values, "zk", tiles, "yx", y_index, "y", x_index, "x"]
+    if dark is not None:
+        arguments += [da.from_array(dark, chunks=volume.chunks[1:]), "yx"]
+    return da.blockwise(_repair_chunk, "zyx", *arguments, concatenate=True, edge_rows=edge_rows,
+                        edge_cols=edge_cols, dtype=volume.dtype, meta=np.empty((0, 0, 0), dtype=volume.dtype))
 
 
 def _repair_window(window: np.ndarray, mask_window: np.ndarray, centre) -> np.ndarray:
@@ -342,17 +355,30 @@ def _repair_window(window: np.ndarray, mask_window: np.ndarray, centre) -> np.nd
     return repaired[:, centre[0], centre[1]][:, None]
 
 
-def _repair_chunk(block, edge_values, local, y_index, x_index, *, edge_rows, edge_cols):
+def _repair_chunk(block, edge_values, local, y_index, x_index, dark=None, *, edge_rows, edge_cols):
     """Repair one chunk: its interior dead pixels from the chunk itself, the border ones from ``edge_values``
-    (``local`` is the chunk's tile of the dead-pixel mask)."""
+    (``local`` is the chunk's tile of the dead-pixel mask); with ``dark`` (the chunk's tile of the dark
+    frame), subtract it too, in the same output array."""
     y0, x0 = int(y_index[0]), int(x_index[0])
-    if not local.any():
+    if dark is None and not local.any():
         return block
-    out = _repair_block(block, local[None])
+    # the repaired values (from the raw chunk), then written into one output array
+    rows, cols, values = _repaired_values(block, local)
     inside = ((edge_rows >= y0) & (edge_rows < y0 + block.shape[1])
               & (edge_cols >= x0) & (edge_cols < x0 + block.shape[2]))
-    if inside.any():
-        out[:, edge_rows[inside] - y0, edge_cols[inside] - x0] = edge_values[:, inside]
+    if inside.any():  # border pixels: the values from their own windows replace the chunk's truncated ones
+        edge_y, edge_x = edge_rows[inside] - y0, edge_cols[inside] - x0
+        is_edge = np.zeros(local.shape, bool)
+        is_edge[edge_y, edge_x] = True
+        keep = ~is_edge[rows, cols]  # each pixel written once (repeated fancy indices have no set order)
+        rows, cols = np.concatenate([rows[keep], edge_y]), np.concatenate([cols[keep], edge_x])
+        values = np.concatenate([values[:, keep], edge_values[:, inside]], axis=1)
+    if dark is None:
+        out = block.copy()
+        out[:, rows, cols] = values
+    else:
+        out = subtract_clipped(block, dark)
+        out[:, rows, cols] = subtract_clipped(values, dark[rows, cols])
     return out
 
 
@@ -365,10 +391,20 @@ def _repair_block(block: np.ndarray, mask_block: np.ndarray) -> np.ndarray:
     neighbourhood; that is exact at the frame's true edges, and the rim
     pixels that are halo are trimmed away afterwards.
     """
-    dead = mask_block[0]
-    rows, cols = np.nonzero(dead)
+    rows, cols, values = _repaired_values(block, mask_block[0])
     if rows.size == 0:
         return block
+    out = block.copy()
+    out[:, rows, cols] = values
+    return out
+
+
+def _repaired_values(block: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and repaired values (Z, n_dead) in ``block``'s dtype of the dead pixels ``dead`` (Y, X)
+    of one block (see :func:`_repair_block`)."""
+    rows, cols = np.nonzero(dead)
+    if rows.size == 0:
+        return rows, cols, np.empty((block.shape[0], 0), block.dtype)
     height, width = dead.shape
     values, live, inside = [], [], []
     for dy in (-1, 0, 1):
@@ -385,9 +421,7 @@ def _repair_block(block: np.ndarray, mask_block: np.ndarray) -> np.ndarray:
     # (it always holds the pixel itself, so no slice is all-NaN).
     voters = np.where(live.any(axis=-1, keepdims=True), live, inside)
     repaired = np.nanmedian(np.where(voters, values, np.nan), axis=-1)
-    out = block.copy()
-    out[:, rows, cols] = _to_dtype(repaired, block.dtype)
-    return out
+    return rows, cols, _to_dtype(repaired, block.dtype)
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

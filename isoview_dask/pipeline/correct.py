@@ -26,6 +26,7 @@ from ..config import ProcessingConfig
 from ..correct import (correct_dead_pixels, coordinate_masks, dead_pixel_mask, downsample_lateral,
                        estimate_background_level, foreground_mask, intensity_histogram, pixel_statistics, smooth,
                        subtract_background, threshold_from_histogram, upsample_lateral)
+from ..correct.background import exact_dark_frame
 from ..correct.orient import orient
 from ..dataset import CameraView, Dataset, open_dataset
 from ..errors import IsoviewError
@@ -334,7 +335,13 @@ def oriented_raw(view: CameraView, orientation: dict, chunks=None) -> da.Array:
 
 def corrected_volume(raw, dead_mask, background) -> da.Array:
     """The corrected volume: dead pixels repaired (``dead_mask`` (Y, X), or None for no repair), then the
-    background (a level in counts, or a dark frame (Y, X)) subtracted; lazy, (Z, Y, X), ``raw``'s dtype."""
+    background (a level in counts, or a dark frame (Y, X)) subtracted; lazy, (Z, Y, X), ``raw``'s dtype.
+
+    A background of whole counts is subtracted in the repair's own pass (one output array per block).
+    """
+    dark = exact_dark_frame(raw.dtype, raw.shape[1:], background)
+    if dead_mask is not None and dark is not None:
+        return correct_dead_pixels(raw, dead_mask, dark=dark)
     repaired = raw if dead_mask is None else correct_dead_pixels(raw, dead_mask)
     return subtract_background(repaired, background)
 
