@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import IsoviewError
+from .provenance import command_line
 
 log = logging.getLogger("isoview_dask")
 
@@ -682,7 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
     previous = signal.signal(signal.SIGINT, _interrupted) if _main_thread() else None
     try:
-        return COMMANDS[args.command](args)
+        with command_line(argv):  # run records name the command that made them
+            return COMMANDS[args.command](args)
     except IsoviewError as exc:
         print(f"isoview-dask {args.command}: error: {exc}", file=sys.stderr)
         return 2

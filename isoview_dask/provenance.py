@@ -21,9 +21,10 @@ when the run came from ``isoview-dask``. Records are written atomically
 under an advisory lock, so concurrent runs into the same root never
 interleave or truncate each other's records.
 
-A stage called by another stage (the correction inside
-``process_timelapse``, the fusion inside ``smooth_and_fuse``) is part of the
-outer run and gets no record of its own. A resumed run that finds every
+Stage functions never call one another (``process_timelapse`` plans its
+correction, estimates and fusion itself), so one call leaves one record. The
+command line is known when :func:`isoview_dask.cli.main` runs the stage
+inside :func:`command_line`. A resumed run that finds every
 output complete (nothing written, nothing failed) leaves no record and does
 not touch the folder: the records of the runs that wrote those outputs
 remain their provenance.
@@ -74,16 +75,10 @@ DEPENDENCIES = {"isoview-dask": "isoview_dask", "numpy": "numpy", "dask": "dask"
 #: Optional ones: reported only when already imported (never imported just to read a version).
 _OPTIONAL = {"matplotlib"}
 
-#: Stage functions that write a record, by the module defining them.
-STAGE_FUNCTIONS = {
-    "isoview_dask.pipeline.common": {"convert_dataset"},
-    "isoview_dask.pipeline.correct": {"correct_dataset"},
-    "isoview_dask.pipeline.fuse": {"fuse_dataset"},
-    "isoview_dask.pipeline.timelapse": {"estimate_timepoints", "smooth_and_fuse", "process_timelapse"},
-}
-
 _RERUN_OF: contextvars.ContextVar[dict | None] = contextvars.ContextVar("isoview_rerun_of", default=None)
 _DISABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("isoview_provenance_disabled", default=False)
+_COMMAND_LINE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("isoview_command_line",
+                                                                                 default=None)
 
 
 # ------------------------------------------------------------------------------------------- recording
@@ -96,6 +91,16 @@ def disabled():
         yield
     finally:
         _DISABLED.reset(token)
+
+
+@contextlib.contextmanager
+def command_line(argv):
+    """Run records written inside this block name ``isoview-dask <argv>`` as their command line."""
+    token = _COMMAND_LINE.set(["isoview-dask", *argv])
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
 
 
 def _utc(ts: float) -> str:
@@ -124,30 +129,6 @@ def dependency_versions() -> dict[str, str | None]:
     for dist, module in DEPENDENCIES.items():
         versions[dist] = _module_version(dist, module)
     return versions
-
-
-def _nested_in_stage(depth: int) -> bool:
-    """True when a stage function is running further up the stack than the caller of the hook."""
-    frame = sys._getframe(depth)
-    frame = frame.f_back if frame is not None else None  # the stage that called record_run
-    while frame is not None:
-        names = STAGE_FUNCTIONS.get(frame.f_globals.get("__name__", ""))
-        if names and frame.f_code.co_name in names:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _command_line() -> list[str] | None:
-    """``isoview-dask ...`` when the run was started by :func:`isoview_dask.cli.main`, else None."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "main" and frame.f_globals.get("__name__") in ("isoview_dask.cli", "__main__") \
-                and "argv" in frame.f_locals:
-            argv = frame.f_locals.get("argv")
-            return ["isoview-dask", *(list(argv) if argv is not None else sys.argv[1:])]
-        frame = frame.f_back
-    return None
 
 
 def _scheduler() -> dict:
@@ -285,7 +266,7 @@ def record_run(stage: str, out, summary, *, config=None, source=None, arguments:
         the record could not be written (logged: a finished run is never
         turned into a failure by its record).
     """
-    if _DISABLED.get() or _nested_in_stage(2):
+    if _DISABLED.get():
         return None
     totals = _totals(_summaries(summary))
     if not totals["written"] and not totals["failed"]:
@@ -343,7 +324,7 @@ def _write_record(stage, out, summary, config, source, arguments, fixed_paramete
         "started": _utc(started), "finished": _utc(finished), "seconds": seconds,
         "host": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(),
         "python": sys.version, "executable": sys.executable,
-        "command_line": _command_line(), "scheduler": _scheduler(),
+        "command_line": _COMMAND_LINE.get(), "scheduler": _scheduler(),
         "rerun_of": _RERUN_OF.get(),
     }
     return _store(out, record)

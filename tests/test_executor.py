@@ -105,6 +105,31 @@ def test_dependencies_wait_and_planning_steps_expand_in_place(threads_client):
     assert summaries["s"].written == ["a", "b", "c1", "c2", "d"]
 
 
+def test_a_job_waiting_for_a_planning_step_waits_for_everything_it_planned(threads_client):
+    """A step's key finishes with the last job it planned, through nested steps; a step planning nothing
+    finishes at once."""
+    rec = Recorder()
+    summaries = {"s": StageSummary("s")}
+
+    def inner():
+        return [rec.job("n1", seconds=0.3)]
+
+    def outer():
+        return [rec.job("c1", seconds=0.2), Job("inner", "s", expand=inner), rec.job("c2", seconds=0.05)]
+
+    def barrier():
+        assert {"a", "c1", "c2", "n1"} <= set(rec.order) and rec.active == 0  # everything before has finished
+        return [rec.job("after", seconds=0)]
+
+    jobs = [rec.job("a", seconds=0.05), Job("outer", "s", deps=("a",), expand=outer),
+            Job("empty", "s", expand=lambda: []),
+            Job("barrier", "s", deps=("outer", "empty"), expand=barrier), rec.job("d", seconds=0)]
+    run_jobs(jobs, summaries, progress=False, max_jobs=4)
+    assert rec.order.index("after") > rec.order.index("n1")
+    assert rec.order.index("d") < rec.order.index("n1")  # a job not waiting for the barrier runs before it
+    assert summaries["s"].written == ["a", "c1", "n1", "c2", "after", "d"]
+
+
 def test_the_plan_is_read_lazily(threads_client):
     """A long recording is never planned at once: the executor reads only a few jobs ahead."""
     rec = Recorder()
@@ -363,3 +388,22 @@ def test_the_progress_rate_counts_the_raw_input_once(capsys):
     assert summaries["fuse"].input_bytes == 2 * 10**9  # the stage summaries keep every stage's input
     run_jobs([job("g0", "fuse", 10**9)], {"fuse": StageSummary("fuse")}, progress=True)
     assert re.search(r"[\d.]+ MB/s in", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("estimate", [3, 9, None])
+def test_the_progress_total_ends_exact_whatever_the_estimate(capsys, estimate):
+    """The bar's total starts from the caller's estimate (or what is read), grows when more jobs are known,
+    and is exact once the plan is read and every planning step has expanded: the last line reads 7/7."""
+    import re
+
+    def job(key, stage="s", deps=()):
+        return Job(key, stage, lambda: JobResult("written", key), deps=deps)
+
+    def plan():
+        yield from (job("a"), job("b"))
+        yield Job("step", "s", deps=("a", "b"), expand=lambda: [job(f"x{i}") for i in range(4)])
+        yield job("c")
+
+    run_jobs(plan(), {"s": StageSummary("s")}, progress=True, total=estimate)
+    counts = re.findall(r"(\d+)/(\d+) \[", capsys.readouterr().err.replace("\r", "\n"))
+    assert counts[-1] == ("7", "7"), counts

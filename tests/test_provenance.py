@@ -167,13 +167,13 @@ def test_fixed_parameters_make_a_run_not_reproducible(recording, tmp_path):
         rerun(tmp_path, strict=True, progress=False)
 
 
-def test_nested_stages_record_once_and_a_timelapse_reruns_identically(tmp_path):
+def test_a_timelapse_leaves_one_record_and_reruns_identically(tmp_path):
     truth = generate_dataset(tmp_path / "syn", preset="tiny", seed=5, cameras=(0, 1), timepoints=2)
     config = ProcessingConfig(fusion={"camera_pairs": [[0, 1]], "diagnostics": False,
                                       "generate_lookup_table": False})  # no plot: faster
     process_timelapse(truth.raw_dir, tmp_path / "A", config, progress=False)
     records = _records(tmp_path / "A")
-    assert [r["stage"] for r in records] == ["timelapse"]  # its correction, estimates and fusion are inside
+    assert [r["stage"] for r in records] == ["timelapse"]  # its correction, estimates and fusion are one plan
     assert set(records[0]["summary"]) == {"correct", "estimate", "smooth", "fuse"}
     assert records[0]["totals"] == {"written": 4 + 2 + 1 + 2, "skipped": 0, "failed": 0}
     assert main(["rerun", str(tmp_path / "A"), "--out", str(tmp_path / "B"), "--no-cluster"]) == 0

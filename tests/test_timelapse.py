@@ -247,3 +247,36 @@ def test_rejected_registration_takes_the_smoothed_value(recording):
     assert params.dropped[k] and params.dropped.sum() == 2  # it and the debris outlier
     assert abs(params.used["dy"][k] - truth.offsets(PAIR)[k, 0]) <= 0.25
     assert abs(params.used["dx"][k] - truth.offsets(PAIR)[k, 1]) <= 0.25
+
+
+def test_one_plan_on_a_cluster_equals_the_stages_one_after_the_other(tmp_path):
+    """``process_timelapse`` runs correction, estimates, smoothing and fusion as one plan (a timepoint's
+    estimates wait only for its own corrections); on a 2-worker cluster it writes what the three stage
+    functions, run one after the other without a cluster, write."""
+    from isoview_dask.cluster import client_context
+    from isoview_dask.dataset import open_dataset
+    from isoview_dask.pipeline.correct import selected_views
+    from isoview_dask.pipeline.timelapse import plan_timelapse
+    from test_cluster import assert_same_outputs
+    truth = generate_dataset(tmp_path / "syn", preset="tiny", shape=(24, 64, 64), timepoints=4, cameras=PAIR, seed=8)
+    stages = tmp_path / "stages"
+    assert len(correct_dataset(truth.raw_dir, stages, progress=False).written) == 8
+    assert len(estimate_timepoints(stages, progress=False).written) == 4
+    lut, fused = smooth_and_fuse(stages, progress=False)
+    assert len(lut.written) == 1 and len(fused.written) == 4
+
+    # The plan: each timepoint's estimate step waits for that timepoint's two corrections only.
+    config = ProcessingConfig()
+    jobs = list(plan_timelapse(selected_views(open_dataset(truth.raw_dir), config), tmp_path / "x", config,
+                               None))
+    steps = [j for j in jobs if j.stage == "estimate"]
+    assert [len(j.deps) for j in steps] == [2] * 4
+    assert all(f"TM{t:06d}" in dep for t, j in enumerate(steps) for dep in j.deps)
+    assert jobs[-1].deps == tuple(j.key for j in steps)  # smoothing waits for every timepoint's estimates
+
+    one_plan = tmp_path / "one-plan"
+    with client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True):
+        summaries = process_timelapse(truth.raw_dir, one_plan, progress=False)
+    counts = {name: (len(s.written), len(s.failed)) for name, s in summaries.items()}
+    assert counts == {"correct": (8, 0), "estimate": (4, 0), "smooth": (1, 0), "fuse": (4, 0)}
+    assert_same_outputs(one_plan, stages, ignore=("fingerprint",))

@@ -133,7 +133,10 @@ class Job:
         A planning step instead of work: once ``deps`` have finished,
         ``expand()`` (run in the executor's thread; keep it cheap) returns the
         jobs to run in its place, e.g. one timepoint's fusions, which exist
-        only once its corrections are complete. ``run`` is then unused.
+        only once its corrections are complete. ``run`` is then unused. The
+        step counts as finished, for jobs that wait for its key, once every
+        job it planned has finished (and those that they planned): a later
+        step can wait for a whole stage without knowing its jobs.
     """
 
     key: str
@@ -194,8 +197,10 @@ class _Progress:
             self.bar = tqdm(total=total, desc=label, unit="view", file=sys.stderr, dynamic_ncols=True,
                             smoothing=0.1)
 
-    def planned(self, count: int) -> None:
-        if self.bar is not None and (self.bar.total is None or count > self.bar.total):
+    def planned(self, count: int, exact: bool = False) -> None:
+        """``count`` jobs are known: the total grows to it (``exact``: it is the total)."""
+        if self.bar is not None and (self.bar.total is None or count > self.bar.total or
+                                     (exact and count != self.bar.total)):
             self.bar.total = count
             self.bar.refresh()
 
@@ -226,7 +231,10 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
         A :class:`StageSummary` per stage name; results are appended in plan
         order whatever the completion order, and ``seconds`` is set.
     total : int, optional
-        Number of jobs planned, for the progress bar (else counted as read).
+        Number of jobs expected, for the progress bar's total and time left
+        (else counted as read). An estimate is fine: the total grows when
+        more jobs are known, and becomes exact once the plan is read to its
+        end with every planning step expanded.
     max_jobs : int, optional
         Jobs in flight at once (default: ``isoview-dask.max-jobs`` in dask's
         config, else :data:`JOBS_PER_THREAD` per worker thread; 1 without a
@@ -256,13 +264,19 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     running: dict[cf.Future, _Slot] = {}
     finished: set[str] = set()
     known: set[str] = set()
+    # A planning step's key finishes with the last of the jobs it planned: step key -> keys still
+    # open, and each planned job's step.
+    open_children: dict[str, set[str]] = {}
+    parent_step: dict[str, str] = {}
     planned = 0
     exhausted = False
     in_flight_bytes = 0
 
     def plan_ahead() -> None:
         nonlocal planned, exhausted
+        read = False
         while not exhausted and len(waiting) < 2 * limit + 1:
+            read = True
             try:
                 job = next(source)
             except StopIteration:
@@ -273,22 +287,45 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
             known.add(job.key)
             waiting.append(_Slot((planned,), planned, job))
             planned += 1
-            if total is None and job.expand is None:
-                bar.planned(len(results) + len(running) + sum(s.job.expand is None for s in waiting))
+        if read:
+            count_planned()
+
+    def count_planned() -> None:
+        if bar.bar is not None:
+            steps = sum(s.job.expand is not None for s in waiting)
+            bar.planned(len(results) + len(running) + len(waiting) - steps, exact=exhausted and not steps)
+
+    def finish(key: str) -> None:
+        """Mark ``key`` finished, and the planning steps whose last open job it was."""
+        while key is not None:
+            finished.add(key)
+            step = parent_step.pop(key, None)
+            if step is None:
+                return
+            open_children[step].discard(key)
+            if open_children[step]:
+                return
+            del open_children[step]
+            key = step
 
     def expand(slot: _Slot) -> None:
         position = waiting.index(slot)
         waiting.remove(slot)
-        finished.add(slot.job.key)
         children = []
         for number, job in enumerate(slot.job.expand()):
             if job.key in known:
                 raise ValueError(f"job {job.key!r} planned twice")
             known.add(job.key)
             children.append(_Slot(slot.index + (number,), slot.rank, job))
+        step = slot.job.key
+        for child in children:
+            parent_step[child.job.key] = step
+        open_children[step] = {child.job.key for child in children}
+        if not children:
+            del open_children[step]
+            finish(step)
         waiting[position:position] = children
-        if total is None:
-            bar.planned(len(results) + len(running) + sum(s.job.expand is None for s in waiting))
+        count_planned()
 
     def ready(slot: _Slot) -> bool:
         return all(dep in finished or dep not in known for dep in slot.job.deps)
@@ -302,7 +339,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
             _job.whole_limit = 0
 
     def record(slot: _Slot, result: JobResult) -> None:
-        finished.add(slot.job.key)
+        finish(slot.job.key)
         results[slot.index] = (slot.job.stage, result)
         bar.done(slot.job.stage, result)
 

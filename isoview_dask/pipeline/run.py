@@ -12,10 +12,11 @@ t+2...; outputs, completion records and resumption are those of
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..config import ProcessingConfig
 from ..dataset import CameraView, Dataset, open_dataset
@@ -29,16 +30,27 @@ def _timepoint_fusions(out: Path, specimen: int, timepoint: int, config: Process
     return list(fusion_jobs(find_corrected(out, specimen=specimen, timepoint=timepoint), out, config))
 
 
-def plan_run(views: list[CameraView], out: Path, config: ProcessingConfig, *, fuse: bool = True) -> Iterator[Job]:
-    """Correction jobs per timepoint, each timepoint followed by the step that plans its fusions."""
+def plan_timepoints(views: list[CameraView], out: Path, config: ProcessingConfig,
+                    then: Callable[[int, int], Job] | None = None) -> Iterator[Job]:
+    """Correction jobs, timepoint by timepoint, each timepoint's followed by ``then(specimen, timepoint)``.
+
+    ``then`` returns a job (typically a planning step) that waits for that
+    timepoint's corrections; its ``deps`` are set here.
+    """
     key = lambda v: (v.specimen, v.timepoint)  # noqa: E731
     for (specimen, timepoint), group in groupby(sorted(views, key=key), key=key):
         corrections = [correction_job(view, out, config) for view in group]
         yield from corrections
-        if fuse:
-            yield Job(f"plan fusions of SPM{specimen:02d} TM{timepoint:06d}", "fuse",
-                      deps=tuple(job.key for job in corrections),
-                      expand=partial(_timepoint_fusions, out, specimen, timepoint, config))
+        if then is not None:
+            yield replace(then(specimen, timepoint), deps=tuple(job.key for job in corrections))
+
+
+def plan_run(views: list[CameraView], out: Path, config: ProcessingConfig, *, fuse: bool = True) -> Iterator[Job]:
+    """Correction jobs per timepoint, each timepoint followed by the step that plans its fusions."""
+    def fusions(specimen: int, timepoint: int) -> Job:
+        return Job(f"plan fusions of SPM{specimen:02d} TM{timepoint:06d}", "fuse",
+                   expand=partial(_timepoint_fusions, out, specimen, timepoint, config))
+    return plan_timepoints(views, out, config, fusions if fuse else None)
 
 
 def process_dataset(source: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None, *,
@@ -70,8 +82,9 @@ def process_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
     summaries = {"correct": StageSummary("correct")}
     if fuse:
         summaries["fuse"] = StageSummary("fuse")
+    # the bar's total: a correction per view and, about, a fusion per two views (the plan tells the rest)
     run_jobs(plan_run(views, out, config, fuse=fuse), summaries, progress=progress, label="run",
-             rate_stages=("correct",))
+             total=len(views) + (len(views) // 2 if fuse else 0), rate_stages=("correct",))
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("correct", out, summaries["correct"], config=config, source=dataset)
     if fuse:

@@ -17,8 +17,8 @@ parameters used -- and a plot of every parameter over time::
 
     <out>/SPM##/SPM##_CM##_CM##_CHN##.lookUpTable.json   (and .csv, .parameters.png)
 
-and then fuses every timepoint with :func:`~isoview_dask.pipeline.fuse.fuse_dataset`
-and those values as ``fixed_parameters``. The robustness weights of rloess
+and then fuses every timepoint with those values as the ``fixed_parameters`` of
+:func:`~isoview_dask.pipeline.fuse.fusion_jobs` (:func:`smooth_estimates` is the smoothing alone). The robustness weights of rloess
 give an outlier (a timepoint with a failed estimate) no say in the smoothed
 curve, so it receives its neighbours' trend.
 
@@ -26,7 +26,10 @@ Both passes are resumable: an estimate whose record matches its inputs and
 the estimation options is not recomputed; a lookup table whose record
 matches the estimates and the smoothing options is not rewritten; a fused
 volume whose record matches its inputs and the fixed parameters is skipped.
-:func:`process_timelapse` runs correction and both passes.
+:func:`process_timelapse` runs correction and both passes as one plan
+(:func:`plan_timelapse`): a timepoint's estimates start as soon as its
+cameras are corrected, beside the corrections of later timepoints, and
+smoothing waits for the last estimate.
 
 :func:`parameter_table` collects every estimated and used parameter and the
 correction statistics into one table (``isoview-dask params OUT``).
@@ -48,17 +51,21 @@ import numpy as np
 
 from .. import __version__
 from ..config import TEMPORAL_FIELDS, ProcessingConfig
+from ..dataset import Dataset, open_dataset
 from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
                      relative_outputs, scan_records, write_json)
+from .correct import selected_views
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
-from .fuse import (ChannelFusedView, CorrectedView, channel_fields, estimate_pair, find_corrected, fuse_dataset,
+from .fuse import (ChannelFusedView, CorrectedView, channel_fields, estimate_pair, find_corrected, fusion_jobs,
                    single_channel_groups)
+from .run import plan_timepoints
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ESTIMATE_KIND", "SmoothedParameters", "estimate_timepoints", "format_table", "load_estimates",
-           "lookup_table_path", "parameter_table", "process_timelapse", "smooth_and_fuse", "smooth_parameters"]
+           "lookup_table_path", "parameter_table", "plan_timelapse", "process_timelapse", "smooth_and_fuse",
+           "smooth_estimates", "smooth_parameters"]
 
 ESTIMATE_KIND = "fusionEstimate"
 TRANSITION_KIND = "fusionEstimate.transitionPlane"
@@ -583,9 +590,39 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
     """
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     out = Path(out) if out is not None else Path(corrected)
+    lut_summary = StageSummary("smooth")
+    fixed = smooth_estimates(out, config, lut_summary)
+    fused = StageSummary("fuse")
+    run_jobs(fusion_jobs(find_corrected(corrected), out, config, fixed), {"fuse": fused}, progress=progress,
+             label="fuse")
+    from ..provenance import record_run  # run record (isoview_dask.provenance)
+    record_run("smooth_and_fuse", out, {"smooth": lut_summary, "fuse": fused}, config=config, source=corrected)
+    return lut_summary, fused
+
+
+def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSummary):
+    """Smooth every pass-1 time series under ``out``; write lookup tables and plots (resumable).
+
+    Parameters
+    ----------
+    out : path
+        Where pass 1 wrote its estimates; the lookup tables go to ``<out>/SPM##/``.
+    config : ProcessingConfig
+        ``fusion`` options (the temporal ones); ``input`` selects specimens
+        and channels (smoothing always sees every timepoint).
+    lut_summary : StageSummary
+        Filled in: lookup tables written or skipped, and the seconds taken.
+
+    Returns
+    -------
+    callable
+        ``fixed(specimen, timepoint, (a, b), channel)``: the smoothed values to
+        fuse with (see :func:`~isoview_dask.pipeline.fuse.fuse_dataset`'s
+        ``fixed_parameters``), or None where a timepoint has no estimate.
+    """
+    out = Path(out)
     fc = config.fusion
     sel = config.input
-    lut_summary = StageSummary("smooth")
     start = time.perf_counter()
     plans: dict[tuple[int, tuple[int, int], int], SmoothedParameters] = {}
     maps: dict = {}
@@ -646,26 +683,67 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
             values["channel_registration"] = row["channel_registration"]
         return values
 
-    fused = fuse_dataset(corrected, out, config, progress=progress, fixed_parameters=fixed)
-    from ..provenance import record_run  # run record (isoview_dask.provenance)
-    record_run("smooth_and_fuse", out, {"smooth": lut_summary, "fuse": fused}, config=config, source=corrected)
-    return lut_summary, fused
+    return fixed
 
 
-def process_timelapse(raw: str | Path, out: str | Path, config: ProcessingConfig | None = None, *,
+def process_timelapse(raw: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None, *,
                       progress: bool = True, **flags) -> dict[str, StageSummary]:
-    """Correct a recording, then fuse it in two passes (estimate all; smooth, tabulate and fuse).
+    """Correct a recording, then fuse it in two passes (estimate all; smooth, tabulate and fuse), as one plan.
+
+    Pass 1 overlaps the correction: once a timepoint's cameras are corrected,
+    its pair estimates run beside the corrections of the timepoints after it
+    (:func:`plan_timelapse`). Smoothing needs every estimate, so it waits for
+    all of them; then every timepoint is fused with the smoothed values. One
+    progress bar covers the whole run. Outputs, records and resumption are
+    those of :func:`~isoview_dask.pipeline.correct.correct_dataset`,
+    :func:`estimate_timepoints` and :func:`smooth_and_fuse` run one after the
+    other.
 
     Returns the summaries by stage: ``correct``, ``estimate``, ``smooth``, ``fuse``.
     """
-    from .correct import correct_dataset
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
-    summaries = {"correct": correct_dataset(raw, out, config, progress=progress)}
-    summaries["estimate"] = estimate_timepoints(out, out, config, progress=progress)
-    summaries["smooth"], summaries["fuse"] = smooth_and_fuse(out, out, config, progress=progress)
+    dataset = raw if isinstance(raw, Dataset) else open_dataset(raw, allow_truncated=config.input.allow_truncated)
+    out = Path(out)
+    jobs = {name: StageSummary(name) for name in ("correct", "estimate", "fuse")}
+    smoothed = StageSummary("smooth")
+    views = selected_views(dataset, config)
+    # the bar's total: a correction per view and, about, an estimate and a fusion per two views
+    run_jobs(plan_timelapse(views, out, config, smoothed), jobs, progress=progress, label="timelapse",
+             total=len(views) + 2 * (len(views) // 2), rate_stages=("correct",))
+    summaries = {"correct": jobs["correct"], "estimate": jobs["estimate"], "smooth": smoothed, "fuse": jobs["fuse"]}
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("timelapse", out, summaries, config=config, source=raw)
     return summaries
+
+
+def plan_timelapse(views, out: Path, config: ProcessingConfig, lut_summary: StageSummary) -> Iterator[Job]:
+    """The jobs of a two-pass time-lapse run, in order.
+
+    Each timepoint's corrections, then a step planning its pair estimates
+    (:func:`estimation_jobs`); after the last timepoint, a step that waits for
+    every estimate, smooths the series (:func:`smooth_estimates`, filling
+    ``lut_summary``) and plans every fusion with the smoothed values.
+    """
+    steps: list[str] = []
+
+    def estimates(specimen: int, timepoint: int) -> Job:
+        step = Job(f"plan estimates of SPM{specimen:02d} TM{timepoint:06d}", "estimate",
+                   expand=partial(_timepoint_estimates, out, specimen, timepoint, config))
+        steps.append(step.key)
+        return step
+
+    yield from plan_timepoints(views, out, config, estimates)
+    yield Job("smooth the estimates and plan the fusions", "fuse", deps=tuple(steps),
+              expand=partial(_smoothed_fusions, out, config, lut_summary))
+
+
+def _timepoint_estimates(out: Path, specimen: int, timepoint: int, config: ProcessingConfig) -> list[Job]:
+    return list(estimation_jobs(find_corrected(out, specimen=specimen, timepoint=timepoint), out, config))
+
+
+def _smoothed_fusions(out: Path, config: ProcessingConfig, lut_summary: StageSummary) -> list[Job]:
+    fixed = smooth_estimates(out, config, lut_summary)
+    return list(fusion_jobs(find_corrected(out), out, config, fixed))
 
 
 # ------------------------------------------------------------------------------------------ the table
