@@ -134,6 +134,23 @@ def test_threshold_of_a_flat_volume_is_its_value():
     assert result.min_intensity == result.mean_intensity == result.level == 7.0
 
 
+@pytest.mark.parametrize("shape, factor", [((300, 16, 24), 4), ((37, 64, 50), 3), ((5, 700, 900), 2),
+                                           ((1, 6, 6), 2)])
+def test_lateral_downsample_of_integers_is_the_exact_mean(shape, factor):
+    """Integer volumes are block-averaged exactly (the float64 mean, rounded once to float32), however many
+    planes a step of the kernel takes (many small planes, a few large ones, a count not divisible)."""
+    import dask.array as da
+    from isoview_dask.correct import downsample_lateral
+
+    volume = np.random.default_rng(2).integers(0, 65536, shape, dtype=np.uint16)
+    height, width = shape[1] // factor * factor, shape[2] // factor * factor
+    expected = volume[:, :height, :width].astype(np.float64).reshape(
+        shape[0], height // factor, factor, width // factor, factor).mean(axis=(2, 4)).astype(np.float32)
+    for chunks in [shape, (max(1, shape[0] // 3), shape[1], shape[2])]:
+        got = downsample_lateral(da.from_array(volume, chunks=chunks), factor).compute()
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_lateral_downsample_histogram_threshold_against_numpy():
     import dask.array as da
     from isoview_dask.correct import (downsample_lateral, intensity_histogram, threshold_from_histogram,

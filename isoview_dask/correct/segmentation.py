@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 from dask_image.ndfilters import gaussian_filter
 
-from .arrays import as_dask, require_ndim
+from .arrays import as_dask, plane_batches, require_ndim
 from ._sampling import DEFAULT_SAMPLE_PLANES, sample_voxels
 
 #: Gaussian truncation (in sigmas) of the precise and of the fast smoothing.
@@ -281,7 +281,8 @@ def downsample_lateral(volume, factor: int) -> da.Array:
 
 
 def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of factor x factor pixel blocks, plane by plane (the working set stays in cache).
+    """Mean of factor x factor pixel blocks, a few planes at a time (the working set stays in cache:
+    :func:`~isoview_dask.correct.arrays.plane_batches`).
 
     Strided sums along x, then along y on the narrower result; 8- and 16-bit
     integers are summed exactly in 32-bit integers, so the mean equals the
@@ -297,15 +298,19 @@ def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
         acc = np.float64 if block.dtype == np.float64 else np.float32
     out = np.empty((z, height // factor, width // factor), np.float32)
     scale = np.float32(1.0 / (factor * factor))
-    for i in range(z):
-        plane = block[i, :height, :width]
-        columns = plane[:, 0::factor].astype(acc)
+    exact = np.dtype(acc).kind in "ui"
+    for planes in plane_batches(z, np.dtype(acc).itemsize * height * (width // factor)):
+        stack = block[planes, :height, :width]
+        columns = stack[:, :, 0::factor].astype(acc)
         for dx in range(1, factor):
-            columns += plane[:, dx::factor]
-        total = columns[0::factor].copy()
+            columns += stack[:, :, dx::factor]
+        total = columns[:, 0::factor].copy()
         for dy in range(1, factor):
-            total += columns[dy::factor]
-        np.multiply(total, scale, out=out[i], casting="unsafe")
+            total += columns[:, dy::factor]
+        if exact:  # the integer sum over the count, in float64: one rounding, for any factor
+            np.divide(total, factor * factor, out=out[planes], casting="unsafe")
+        else:
+            np.multiply(total, scale, out=out[planes], casting="unsafe")
     return out
 
 
