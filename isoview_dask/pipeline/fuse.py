@@ -1093,7 +1093,8 @@ def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: P
     out = Path(out) if out is not None else Path(corrected)
     views = find_corrected(corrected)
     summary = StageSummary("fuse")
-    run_jobs(fusion_jobs(views, out, config, fixed_parameters), {"fuse": summary}, progress=progress, label="fuse")
+    run_jobs(fusion_jobs(views, out, config, fixed_parameters), {"fuse": summary}, progress=progress, label="fuse",
+             total=len(views) // 2)  # about a fusion per two camera views; exact once planned
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("fuse", out, summary, config=config, source=corrected, fixed_parameters=fixed_parameters)
     return summary

@@ -230,7 +230,8 @@ def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
     out = Path(out) if out is not None else Path(corrected)
     views = find_corrected(corrected)
     summary = StageSummary("estimate")
-    run_jobs(estimation_jobs(views, out, config), {"estimate": summary}, progress=progress, label="estimate")
+    run_jobs(estimation_jobs(views, out, config), {"estimate": summary}, progress=progress, label="estimate",
+             total=len(views) // 2)  # about an estimate per two camera views; exact once planned
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("estimate", out, summary, config=config, source=corrected)
     return summary
@@ -593,8 +594,9 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
     lut_summary = StageSummary("smooth")
     fixed = smooth_estimates(out, config, lut_summary)
     fused = StageSummary("fuse")
-    run_jobs(fusion_jobs(find_corrected(corrected), out, config, fixed), {"fuse": fused}, progress=progress,
-             label="fuse")
+    views = find_corrected(corrected)
+    run_jobs(fusion_jobs(views, out, config, fixed), {"fuse": fused}, progress=progress, label="fuse",
+             total=len(views) // 2)
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("smooth_and_fuse", out, {"smooth": lut_summary, "fuse": fused}, config=config, source=corrected)
     return lut_summary, fused
