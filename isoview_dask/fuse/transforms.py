@@ -193,6 +193,29 @@ def affine_plane(image: np.ndarray, matrix: np.ndarray, offset, output_shape, *,
                                     mode="constant", cval=cval, output=output)
 
 
+def cubic_plane(image: np.ndarray, matrix: np.ndarray, offset, output_shape) -> np.ndarray | None:
+    """Fast cubic resampling of a float32 (Y, X) image: ``out[q] = image[matrix @ q + offset]``, or None.
+
+    OpenCV's cubic convolution (``INTER_CUBIC``: Keys' kernel with a = -0.75)
+    with mirrored edges (scipy's ``mode='mirror'``), 20-30x faster than
+    scipy's cubic B-spline and about as accurate as linear interpolation on
+    smooth images (the B-spline is far more accurate): for searches over many
+    trial transforms whose result precise steps then refine. None when OpenCV
+    cannot interpolate exactly (see :func:`affine_plane`) or the image is too
+    large for it: the caller then uses scipy.
+    """
+    shape = tuple(int(n) for n in output_shape)
+    warp = _opencv_warp()
+    if (warp is None or image.ndim != 2 or image.dtype != np.float32
+            or max(image.shape + shape) >= _OPENCV_MAX_SIDE or min(image.shape + shape) <= 0):
+        return None
+    import cv2
+    forward = np.array([[matrix[1, 1], matrix[1, 0], offset[1]], [matrix[0, 1], matrix[0, 0], offset[0]]],
+                       dtype=np.float64)
+    return warp(np.ascontiguousarray(image), forward, (shape[1], shape[0]),
+                flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
+
+
 def affine_offset(frame_shape, offset_yx, rotation, origin) -> np.ndarray:
     """``scipy.ndimage.affine_transform`` offset for a window whose pixel (0, 0) is global ``origin``.
 
