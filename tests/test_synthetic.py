@@ -414,8 +414,8 @@ def _one_effect(**overrides):
     """Camera 0's clean volume and its two channels' ideal photons with detection optics switched off."""
     spec = SyntheticSpec.tiny(cameras=(0,), seed=2, illumination_channels=(0, 1), blur_growth_px=0.0,
                               attenuation_length_um=1e12, **overrides)
-    from isoview_dask.synthetic import _model_for   # the drawn gain (truth.json is not written here)
-    gain = _model_for(spec).gains[0]
+    from isoview_dask.synthetic.specimen import model_for   # the drawn gain (truth.json is not written here)
+    gain = model_for(spec).gains[0]
     clean = synthetic_volume(spec, 0, 0, "clean").compute().astype(np.float64)
     ideal = {ch: synthetic_volume(spec, 0, 0, "ideal", channel=ch).compute() / gain for ch in (0, 1)}
     return clean, ideal
