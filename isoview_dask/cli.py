@@ -275,7 +275,7 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate a synthetic IsoView recording with ground truth",
                        description="Write raw/ (Keller layout), optionally raw_flat/, and truth/ under OUT.")
     p.add_argument("out", help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--preset", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--preset", choices=["tiny", "small", "isotropic", "full"], default="small")
     p.add_argument("--shape", help="Z,Y,X per camera (overrides the preset)")
     p.add_argument("--timepoints", type=int, help="number of timepoints")
     p.add_argument("--layout", choices=["keller", "flat", "both"], help="raw layout(s) to write")
@@ -292,6 +292,15 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
                         "pairs (0:1.5,1:-0.8); needs --illumination-channels")
     p.add_argument("--sheet-tilt", metavar="DEGREES",
                    help="channel B's light sheet tilt about x (voxel units, planes per row), as --sheet-offset")
+    p.add_argument("--axial-psf-fwhm", type=float, metavar="UM",
+                   help="blur every camera along its plane axis by a Gaussian of this FWHM (µm)")
+    p.add_argument("--beads", type=int, metavar="N", help="sub-resolution fluorescent beads in the medium")
+    p.add_argument("--bead-brightness", type=float, metavar="PHOTONS",
+                   help="a bead's peak photons under the lateral PSF (default 3x the brightest nucleus)")
+    p.add_argument("--vw90-motion", metavar="AZ,AY,AX,TZ,TY,TX",
+                   help="rigid motion of the specimen seen by cameras 2/3: degrees about z, y, x, then µm")
+    p.add_argument("--vw90-orientation", choices=["reflection", "rotation"],
+                   help="camera 2's columns along +z (reflection, default) or -z (rotation)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("convert", help="convert raw volumes to sharded zarr, KLB or TIFF",
@@ -478,7 +487,24 @@ def _synth_kwargs(args) -> dict:
         value = getattr(args, flag, None)
         if value:
             kwargs[name] = _per_camera(value, "--" + flag.replace("_", "-"))
+    for flag, name in (("axial_psf_fwhm", "axial_psf_fwhm_um"), ("beads", "beads"),
+                       ("bead_brightness", "bead_brightness"), ("vw90_orientation", "vw90_orientation")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            kwargs[name] = value
+    if getattr(args, "vw90_motion", None):
+        kwargs["vw90_motion"] = _float_list(args.vw90_motion, "--vw90-motion", 6)
     return kwargs
+
+
+def _float_list(text: str, flag: str, count: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise IsoviewError(f"{flag}: expected {count} comma-separated numbers, got {text!r}")
+    return values
 
 
 def _int_list(text: str, flag: str, count: int) -> tuple[int, ...]:
@@ -506,7 +532,8 @@ def cmd_synth(args) -> int:
     from .synthetic import SyntheticSpec, generate_dataset
     kwargs = _synth_kwargs(args)
     try:  # check the spec first: its errors name the field and what it expects
-        preset = {"tiny": SyntheticSpec.tiny, "small": SyntheticSpec.small, "full": SyntheticSpec.full_frame}
+        preset = {"tiny": SyntheticSpec.tiny, "small": SyntheticSpec.small, "isotropic": SyntheticSpec.isotropic,
+                  "full": SyntheticSpec.full_frame}
         preset[kwargs["preset"]](**{k: v for k, v in kwargs.items() if k != "preset"})
     except ValueError as exc:
         raise IsoviewError(str(exc)) from None

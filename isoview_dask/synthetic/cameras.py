@@ -13,8 +13,15 @@ centres are at integer indices. ``p = pixel_size_um``, ``dz = z_step_um``,
   are specimen y and frame columns specimen z: ``x = (k - cz) dz``,
   ``y = (y - cy) p``, ``z = (x - cx) p``. Its near half is low x (low plane
   index).
+  This is ``vw90_orientation = "reflection"`` (the default): the map from
+  camera 0's axes (plane, row, column) to camera 2's is an axis swap, a
+  reflection (determinant -1). With ``vw90_orientation = "rotation"``
+  camera 2's columns run the other way, ``z = -(x - cx) p``, and that map is
+  a proper rotation (determinant +1).
 * Cameras 1 and 3 face 0 and 2 and record the same planes (plane k of
   camera 1 is plane k of camera 0); their near half is the high plane index.
+  Camera 3 follows camera 2's orientation through the opposing-camera
+  convention below, which holds for both orientations.
 
 The default ``z_step_um`` is ``pixel_size_um * X / Z`` so that the plane axis
 covers the same physical length as a frame row (X p = Z dz). For the default
@@ -35,6 +42,29 @@ theta in degrees. Registering b onto a therefore means sampling ``F_b`` at
 ``p(q)`` for every q; :func:`register_opposing` does exactly that. Pairs are
 (a, b) = (0, 1) and (2, 3). The data are produced by evaluating the analytic
 specimen at the transformed coordinates (no grid is warped).
+
+Motion of the specimen between the two views
+--------------------------------------------
+``vw90_motion = (a_z, a_y, a_x, t_z, t_y, t_x)`` (degrees, µm) moves the
+specimen rigidly for cameras 2 and 3 only: the specimen point ``s`` (µm,
+(z, y, x), body centre at the origin) appears to them at
+``M(s) = R s + t``, ``R = R_z(a_z) R_y(a_y) R_x(a_x)`` (x rotation applied
+first), rotations about the specimen axes through the origin, right-handed
+in the (x, y, z) sense::
+
+    R_x(a): y' = cos(a) y - sin(a) z,  z' = sin(a) y + cos(a) z
+    R_y(a): z' = cos(a) z - sin(a) x,  x' = sin(a) z + cos(a) x
+    R_z(a): x' = cos(a) x - sin(a) y,  y' = sin(a) x + cos(a) y
+
+Cameras 0 and 1 see the specimen unmoved. The camera geometry above maps a
+raw voxel to the position in the microscope (the "lab" position, where the
+unmoved specimen point would be); the specimen point a voxel of camera 2 or
+3 images is ``M^-1`` of it, and :func:`camera_affine`/``camera_to_specimen``
+include that (``inv(M) @ G``, G the geometry). It models the specimen moving
+in the ~325 ms between the two views of an IsoView recording. The detection
+attenuation follows the camera's axis through the moved body; the growth of
+the blur with depth still follows the plane index (measured from the
+field's centre).
 
 Noise, dead pixels and dark frames
 ----------------------------------
@@ -78,6 +108,7 @@ __all__ = [
     "DETECTION_AXIS",
     "HOT_PIXEL_NOISE",
     "NEAR_SIGN",
+    "VW90_ORIENTATIONS",
     "PAIRS",
     "PAIR_OF",
     "add_debris",
@@ -88,12 +119,14 @@ __all__ = [
     "draw_gains",
     "draw_pair_geometry",
     "flip_lr",
+    "motion_matrix",
     "moving_to_reference",
     "noisy_plane",
     "pair_key",
     "reference_affine",
     "register_opposing",
     "rotation_matrix",
+    "rotation_zyx",
     "union",
 ]
 
@@ -105,6 +138,9 @@ PAIR_OF = {0: (0, 1), 1: (0, 1), 2: (2, 3), 3: (2, 3)}
 DETECTION_AXIS = {0: 0, 1: 0, 2: 2, 3: 2}
 #: +1: the camera sits on the negative side of its detection axis (near = low plane index).
 NEAR_SIGN = {0: 1, 1: -1, 2: 1, 3: -1}
+
+#: Orientations of camera 2 (and 3) relative to camera 0: see the module docstring.
+VW90_ORIENTATIONS = ("reflection", "rotation")
 
 #: Hot pixels fluctuate by this fraction of their level (standard deviation).
 HOT_PIXEL_NOISE = 0.03
@@ -154,8 +190,12 @@ def rotation_matrix(theta_deg: float) -> np.ndarray:
     return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
 
 
-def reference_affine(ref: int, shape, pixel: float, dz: float) -> np.ndarray:
-    """4x4 map of a reference camera's (0 or 2) raw index (k, y, x, 1) to specimen (z, y, x, 1) in µm."""
+def reference_affine(ref: int, shape, pixel: float, dz: float, orientation: str = "reflection") -> np.ndarray:
+    """4x4 map of a reference camera's (0 or 2) raw index (k, y, x, 1) to (unmoved) specimen (z, y, x, 1), µm.
+
+    ``orientation`` ('reflection' or 'rotation') applies to camera 2 only:
+    'rotation' reverses its columns (``z = -(x - cx) p``).
+    """
     Z, Y, X = shape
     cz, cy, cx = (Z - 1) / 2, (Y - 1) / 2, (X - 1) / 2
     A = np.zeros((4, 4))
@@ -164,8 +204,43 @@ def reference_affine(ref: int, shape, pixel: float, dz: float) -> np.ndarray:
     col_axis = 2 if ref == 0 else 0     # specimen axis along frame columns
     A[plane_axis, 0], A[plane_axis, 3] = dz, -cz * dz
     A[1, 1], A[1, 3] = pixel, -cy * pixel
-    A[col_axis, 2], A[col_axis, 3] = pixel, -cx * pixel
+    if ref == 2 and orientation == "rotation":
+        A[col_axis, 2], A[col_axis, 3] = -pixel, cx * pixel
+    elif ref == 0 or orientation == "reflection":
+        A[col_axis, 2], A[col_axis, 3] = pixel, -cx * pixel
+    else:
+        raise ValueError(f"orientation {orientation!r}: expected one of {VW90_ORIENTATIONS}")
     return A
+
+
+def rotation_zyx(angles_deg) -> np.ndarray:
+    """3x3 ``R = R_z(a_z) R_y(a_y) R_x(a_x)`` acting on (z, y, x) column vectors; angles (a_z, a_y, a_x) in degrees.
+
+    Each factor is the right-handed rotation about that specimen axis (see
+    the module docstring); the x rotation is applied first.
+    """
+    az, ay, ax = (math.radians(float(a)) for a in angles_deg)
+    cz_, sz_ = math.cos(az), math.sin(az)
+    cy_, sy_ = math.cos(ay), math.sin(ay)
+    cx_, sx_ = math.cos(ax), math.sin(ax)
+    # rows and columns ordered (z, y, x)
+    Rz = np.array([[1.0, 0.0, 0.0], [0.0, cz_, sz_], [0.0, -sz_, cz_]])
+    Ry = np.array([[cy_, 0.0, -sy_], [0.0, 1.0, 0.0], [sy_, 0.0, cy_]])
+    Rx = np.array([[cx_, sx_, 0.0], [-sx_, cx_, 0.0], [0.0, 0.0, 1.0]])
+    return Rz @ Ry @ Rx
+
+
+def motion_matrix(motion) -> np.ndarray:
+    """4x4 homogeneous ``M`` with ``M @ (s, 1) = (R s + t, 1)`` for ``motion = (a_z, a_y, a_x, t_z, t_y, t_x)``.
+
+    Angles in degrees (see :func:`rotation_zyx`), translation in µm, all on
+    (z, y, x) specimen coordinates.
+    """
+    motion = [float(v) for v in motion]
+    M = np.eye(4)
+    M[:3, :3] = rotation_zyx(motion[:3])
+    M[:3, 3] = motion[3:]
+    return M
 
 
 def moving_to_reference(Y: int, X: int, offset, theta_deg: float) -> np.ndarray:

@@ -23,6 +23,21 @@ X) in the camera's raw frame, chunked by planes); with illumination sides
 reads it all back as a :class:`SyntheticTruth`.
 ``ideal`` includes the outlier's dimming and debris (it is the expected
 image); ``clean`` and ``body_mask`` never do.
+
+Isotropic ground truth
+----------------------
+``truth.json`` also holds, under ``isotropic``, what an isotropic
+reconstruction from the fused views VW00 (cameras 0+1, camera 0's raw frame)
+and VW90 (cameras 2+3, camera 2's raw frame) should find:
+``transform_vw00_to_vw90`` (a 4x4 matrix per timepoint, physical µm; the
+convention is in :mod:`isoview_dask.synthetic.volumes`), the motion
+(``vw90_motion``, its matrix), ``vw90_orientation``, ``voxel_um`` (the
+isotropic voxel, ``pixel_size_um``), the PSFs, and under ``beads`` the bead
+centres in specimen µm and in VW00's physical frame. When any of the
+four-view fields of the spec is set (axial PSF, beads, motion, orientation
+'rotation') and ``write_truth_volumes``, ``volumes.zarr`` holds the ideal
+isotropic image per timepoint at ``TM<nnnnn>/isotropic/ideal`` (float32,
+(Zi, Y, X)); :meth:`SyntheticTruth.isotropic_ideal` renders it otherwise.
 """
 
 from __future__ import annotations
@@ -42,9 +57,12 @@ from ..errors import InputNotFoundError, IsoviewError
 from ..io.atomic import atomic_output
 from ..metadata import write_push_config
 from .cameras import DETECTION_AXIS, NEAR_SIGN, PAIRS, pair_key
+from .optics import FWHM_PER_SIGMA
+from .specimen import BEAD_SIGMA_UM
 from .spec import SyntheticSpec, check_fields
 from .specimen import Model, model_for
-from .volumes import short_hash, side_for, slab_sizes
+from .volumes import (bead_positions_vw00_um, isotropic_transform, short_hash, side_for, slab_sizes,
+                      synthetic_isotropic_volume, view_scaling)
 
 log = logging.getLogger("isoview_dask.synthetic")
 
@@ -74,6 +92,21 @@ CONVENTIONS: dict[str, str] = {
              "n = 0-based timepoint index.",
     "dead_pixels": "hot: level*(1 + 0.03*N(0,1)) every plane, independent of the signal; stuck: constant value.",
     "timepoint_index": "Accessors take the 0-based index n; file names use TM number first_timepoint + n.",
+    "camera_2_rotation": "with vw90_orientation 'rotation': raw (k, y, x) -> specimen x = (k-cz)*dz, y = (y-cy)*p, "
+                         "z = -(x-cx)*p (columns reversed; camera 3 follows through the opposing convention).",
+    "vw90_motion": "Cameras 2 and 3 image specimen point s at M(s) = R s + t (microscope position), "
+                   "R = Rz(a_z) Ry(a_y) Rx(a_x) about the specimen axes through the origin (right-handed in "
+                   "(x, y, z); x first), "
+                   "t = (t_z, t_y, t_x) µm; camera_to_specimen of cameras 2/3 includes inv(M).",
+    "isotropic": "A fused view's voxel (k, i, j) lies at s = (k*z_step, i*pixel, j*pixel) µm in its own frame (VW00: "
+                 "camera 0's raw frame, VW90: camera 2's). s90 = T[:3,:3] @ s00 + T[:3,3] with "
+                 "T = transform_vw00_to_vw90[t] = S @ inv(G2) @ motion @ G0 @ inv(S) = S @ inv(C2) @ C0 @ inv(S), "
+                 "S = diag(z_step, pixel, pixel, 1), G the cameras' geometry, C = camera_to_specimen. The ideal "
+                 "isotropic image: the unmoved specimen on VW00's frame sampled every pixel_size_um in z, y and x "
+                 "(plane j at z = j*pixel), blurred by the lateral PSF (sigma psf_sigma_px*pixel in all three axes), "
+                 "no attenuation, no noise, beads included, times camera 0's gain.",
+    "axial_psf": "With axial_psf_fwhm_um every camera's image is also blurred along its plane axis by a Gaussian of "
+                 "that FWHM (quadrature of the analytic specimen; beads analytically).",
     "illumination": "With illumination_channels (a, b): channel a is lit from the low-x (low column) side of each "
                     "camera's raw frame, b from the high-x side; each is attenuated (path length inside the body "
                     "from the light's entry surface) and progressively blurred on its far half in x; b's sheet may "
@@ -138,10 +171,12 @@ def _resolve_spec(spec: SyntheticSpec | None, preset: str | None, overrides: dic
         return SyntheticSpec.small(**overrides)
     if preset in ("full", "full_frame"):
         return SyntheticSpec.full_frame(**overrides)
+    if preset == "isotropic":
+        return SyntheticSpec.isotropic(**overrides)
     if preset == "default":
         check_fields(overrides)
         return SyntheticSpec(**overrides)
-    raise ValueError(f"preset {preset!r}: expected 'tiny', 'small' or 'full'")
+    raise ValueError(f"preset {preset!r}: expected 'tiny', 'small', 'isotropic' or 'full'")
 
 
 def _zarr_chunk_planes(slab_planes: int, Y: int, X: int) -> int:
@@ -169,6 +204,16 @@ def _write_slab(spec_dict: dict, camera: int, t: int, k0: int, k1: int, stack_pa
         arr = zarr.open_array(path, mode="r+")
         arr[k0:k1] = slab[kind]
     return camera, t, k0
+
+
+def _write_isotropic_slab(spec_dict: dict, j0: int, j1: int, path: str) -> int:
+    """Render planes [j0, j1) of the ideal isotropic image and write them (runs in a dask task)."""
+    import zarr
+
+    spec = SyntheticSpec.from_dict(spec_dict)
+    arr = zarr.open_array(path, mode="r+")
+    arr[j0:j1] = model_for(spec).render_isotropic(j0, j1)
+    return j0
 
 
 def _default_scheduler(spec: SyntheticSpec) -> str | None:
@@ -201,9 +246,9 @@ def generate_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, 
         What to generate; default ``SyntheticSpec()`` or the ``preset``.
     overwrite : bool
         Replace an existing ``out``; otherwise :class:`OutputExistsError`.
-    preset : 'tiny', 'small' or 'full', optional
-        Start from :meth:`SyntheticSpec.tiny`, ``small`` or ``full_frame``
-        (``planes=`` passes through for 'full').
+    preset : 'tiny', 'small', 'isotropic' or 'full', optional
+        Start from :meth:`SyntheticSpec.tiny`, ``small``, ``isotropic`` or
+        ``full_frame`` (``planes=`` passes through for 'full').
     slab_planes : int
         Planes per task; changes memory use and parallelism, never the bytes.
     scheduler : str, optional
@@ -308,6 +353,19 @@ def generate_dataset(out: str | os.PathLike, spec: SyntheticSpec | None = None, 
                         dask_key_name=f"synthetic-slab-{tm}-{cam}{suffix}-{k0}-"
                                       f"{short_hash(spec._key() + str(out))}"))
                     k0 += n
+            if spec.write_truth_volumes and spec.uses_four_view_features:
+                iso_slabs = slab_sizes(model.iso_planes, slabs[0] * max(1, int(round(spec.z_step_um
+                                                                                     / spec.pixel_size_um))))
+                iso_chunk = _zarr_chunk_planes(iso_slabs[0], Y, X)
+                iso = group.require_group(f"TM{tm:05d}").require_group("isotropic")
+                iso.create_array("ideal", shape=(model.iso_planes, Y, X), chunks=(iso_chunk, Y, X), dtype="float32")
+                path = str(group_path / f"TM{tm:05d}" / "isotropic" / "ideal")
+                j0 = 0
+                for n in iso_slabs:
+                    tasks[t].append(dask.delayed(_write_isotropic_slab, pure=False)(
+                        spec.to_dict(), j0, j0 + n, path,
+                        dask_key_name=f"synthetic-isotropic-{tm}-{j0}-{short_hash(spec._key() + str(out))}"))
+                    j0 += n
         sched = scheduler if scheduler is not None else _default_scheduler(spec)
         compute_kw: dict[str, Any] = {}
         pool = None
@@ -404,10 +462,43 @@ def _truth_dict(spec: SyntheticSpec, model: Model, keller: bool, flat: bool) -> 
             "extra_blur_px": spec.illumination_blur_px, "balance_b_over_a": spec.illumination_balance,
             "sheet_misalignment": {str(c): {"offset_z_planes": spec.sheet_offset_planes[c],
                                             "rotation_deg": spec.sheet_tilt_deg[c]} for c in spec.cameras}},
+        "isotropic": _isotropic_truth(spec, model),
+        "beads": {
+            "count": int(len(model.bead_centre)), "sigma_um": BEAD_SIGMA_UM,
+            "brightness_photons": spec.bead_brightness,
+            "positions_um": model.bead_centre.tolist(),
+            "positions_vw00_um": bead_positions_vw00_um(spec).tolist(),
+        },
         "outlier": {"timepoint": spec.outlier_timepoint, "cameras": [c for c in (1, 3) if c in spec.cameras],
                     "dim": spec.outlier_dim, "extra_noise": spec.outlier_noise},
         "files": {"raw_dir": "raw" if keller else None, "flat_dir": "raw_flat" if flat else None,
                   "volumes": "truth/volumes.zarr", "truth_volumes_written": spec.write_truth_volumes},
+    }
+
+
+def _isotropic_truth(spec: SyntheticSpec, model: Model) -> dict:
+    """The ``isotropic`` section of truth.json (see "Isotropic ground truth")."""
+    motion = list(spec.vw90_motion)
+    T = [isotropic_transform(spec, t) for t in range(spec.timepoints)]
+    return {
+        "views": {"VW00": {"cameras": [0, 1], "reference": 0}, "VW90": {"cameras": [2, 3], "reference": 2}},
+        "view_voxel_um": list(spec.voxel_size_um),
+        "view_scaling": view_scaling(spec).tolist(),
+        "voxel_um": float(spec.pixel_size_um),
+        "ideal_shape_zyx": [model.iso_planes, spec.shape[1], spec.shape[2]],
+        "ideal_written": bool(spec.write_truth_volumes and spec.uses_four_view_features),
+        "ideal_gain": model.gains[0],
+        "vw90_orientation": spec.vw90_orientation,
+        "vw90_motion": {"rotation_deg_zyx": motion[:3], "translation_um_zyx": motion[3:],
+                        "rotation_order": "R = Rz(a_z) @ Ry(a_y) @ Rx(a_x)", "matrix": model.motion.tolist()},
+        "transform_vw00_to_vw90": [m.tolist() for m in T],
+        "transform_determinant": float(np.linalg.det(T[0][:3, :3])),
+        "psf": {"lateral_sigma_um": model.psf_sigma_um,
+                "lateral_fwhm_um": model.psf_sigma_um * FWHM_PER_SIGMA,
+                "axial_fwhm_um": spec.axial_psf_fwhm_um,
+                "axial_sigma_um": spec.axial_psf_sigma_um,
+                "axial_quadrature_nodes": int(len(model.axial_offsets)),
+                "lateral_growth_px": spec.blur_growth_px},
     }
 
 
@@ -542,7 +633,7 @@ class SyntheticTruth:
         return (0.0, 0.0) if entry is None else (float(entry["offset_z_planes"]), float(entry["rotation_deg"]))
 
     def camera_affine(self, camera: int, timepoint: int = 0) -> np.ndarray:
-        """4x4 map of raw voxel (k, y, x, 1) to specimen (z, y, x, 1) in µm."""
+        """4x4 map of raw voxel (k, y, x, 1) to specimen (z, y, x, 1) in µm (cameras 2/3: including the motion)."""
         return np.array(self._camera(camera)["camera_to_specimen"][self._t(timepoint)])
 
     def blur_sigma_px(self, camera: int) -> np.ndarray:
@@ -603,6 +694,68 @@ class SyntheticTruth:
     def body_mask(self, camera: int, timepoint: int = 0) -> np.ndarray:
         """The ellipsoidal body (bool, (Z, Y, X), camera's raw frame)."""
         return self._volume("body_mask", camera, timepoint)
+
+    # ------------------------------------------------------------ isotropic reconstruction
+    def _isotropic(self) -> dict:
+        section = self.data.get("isotropic")
+        if section is None:
+            raise IsoviewError(f"{self.root}: this truth predates the isotropic ground truth; generate it again")
+        return section
+
+    def isotropic_transform(self, timepoint: int = 0) -> np.ndarray:
+        """4x4 ``T`` (physical µm) with ``s90 = T[:3, :3] @ s00 + T[:3, 3]`` (VW00's frame to VW90's).
+
+        A fused view's voxel (k, i, j) lies at ``(k * z_step_um, i * pixel_size_um,
+        j * pixel_size_um)`` in its own frame (VW00: camera 0's raw frame,
+        VW90: camera 2's). See :mod:`isoview_dask.synthetic.volumes`.
+        """
+        return np.array(self._isotropic()["transform_vw00_to_vw90"][self._t(timepoint)], dtype=float)
+
+    @property
+    def isotropic_voxel_um(self) -> float:
+        """Voxel edge (µm) of the ideal isotropic image: the lateral pixel size."""
+        return float(self._isotropic()["voxel_um"])
+
+    @property
+    def vw90_motion(self) -> np.ndarray:
+        """4x4 motion ``M`` of the specimen seen by cameras 2/3: point s appears at ``M @ (s, 1)``."""
+        return np.array(self._isotropic()["vw90_motion"]["matrix"], dtype=float)
+
+    @property
+    def vw90_orientation(self) -> str:
+        return str(self._isotropic()["vw90_orientation"])
+
+    def isotropic_ideal(self, timepoint: int = 0) -> np.ndarray:
+        """The ideal isotropic image (float32 (Zi, Y, X), VW00's frame sampled every pixel_size_um).
+
+        The unmoved specimen blurred by the lateral PSF in all three axes,
+        beads included, no attenuation or noise, times camera 0's gain (see
+        :mod:`isoview_dask.synthetic.volumes`). Read from ``volumes.zarr``
+        when it was written there, else rendered from the spec (identical
+        values).
+        """
+        t = self._t(timepoint)
+        if self._isotropic().get("ideal_written"):
+            tm = self.data["timepoint_numbers"][t]
+            return self._array(f"TM{tm:05d}/isotropic/ideal")
+        return np.asarray(synthetic_isotropic_volume(self.spec, t).compute(scheduler="sync"))
+
+    @property
+    def bead_positions_um(self) -> np.ndarray:
+        """Bead centres (n, 3), specimen (z, y, x) µm (body centre at the origin; as cameras 0/1 see them)."""
+        beads = self.data.get("beads") or {}
+        return np.array(beads.get("positions_um", []), dtype=float).reshape(-1, 3)
+
+    @property
+    def bead_positions_vw00_um(self) -> np.ndarray:
+        """Bead centres (n, 3) in VW00's physical frame: ``(k * z_step, i * pixel, j * pixel)`` µm of camera 0."""
+        beads = self.data.get("beads") or {}
+        return np.array(beads.get("positions_vw00_um", []), dtype=float).reshape(-1, 3)
+
+    def bead_positions_vw90_um(self, timepoint: int = 0) -> np.ndarray:
+        """Bead centres (n, 3) in VW90's physical frame (camera 2's, the specimen moved): T applied to VW00's."""
+        T = self.isotropic_transform(timepoint)
+        return self.bead_positions_vw00_um @ T[:3, :3].T + T[:3, 3]
 
     # ------------------------------------------------------------ files
     def stack_path(self, camera: int, timepoint: int = 0, layout: str | None = None,

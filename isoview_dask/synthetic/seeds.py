@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "S_DARK", "S_DEAD", "S_DEBRIS", "S_DRIFT", "S_GAIN", "S_NOISE", "S_OFFSET", "S_ROTATION", "S_SPECIMEN",
+    "S_BEADS", "S_DARK", "S_DEAD", "S_DEBRIS", "S_DRIFT", "S_GAIN", "S_NOISE", "S_OFFSET", "S_ROTATION",
+    "S_SPECIMEN",
     "rng",
 ]
 
 # stream identifiers (part of the seed; changing one changes the data)
 S_OFFSET, S_ROTATION, S_GAIN, S_DRIFT, S_SPECIMEN, S_DARK, S_DEAD, S_NOISE, S_DEBRIS = range(1, 10)
+S_BEADS = 10
 
 
 def rng(*keys: int) -> np.random.Generator:

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..metadata import CAMERA_PIXEL_UM
-from .cameras import PAIRS, pair_key
+from .cameras import PAIRS, VW90_ORIENTATIONS, pair_key
+from .optics import FWHM_PER_SIGMA
 from .specimen import NUCLEUS_ZONE, body_semi_axes
 
 __all__ = ["DERIVED", "SyntheticSpec", "check_fields", "is_number"]
@@ -117,11 +118,40 @@ class SyntheticSpec:
     -----
     layout : 'keller', 'flat' or 'both'
     write_truth_volumes : bool
-        Write ``ideal``, ``clean`` and ``body_mask`` per camera and timepoint.
+        Write ``ideal``, ``clean`` and ``body_mask`` per camera and timepoint
+        (and, with any of the four-view fields below set, the ideal
+        isotropic image per timepoint).
     specimen, first_timepoint : int
         ``SPM``/``SPC`` number and the ``TM`` number of timepoint index 0.
     wavelength_nm, exposure_time_ms, timepoint_interval_s
         XML metadata.
+
+    Four views (isotropic reconstruction)
+    -------------------------------------
+    Every default leaves the data as without these fields.
+
+    axial_psf_fwhm_um : float, optional
+        FWHM (µm) of the PSF along each camera's plane (detection) axis; the
+        lateral PSF stays ``psf_sigma_px``. None (default): no axial blur.
+        See "Axial PSF" in :mod:`isoview_dask.synthetic.optics`.
+    beads : int
+        Number of sub-resolution fluorescent beads (Gaussian sigma 0.1 µm)
+        in the medium: outside the body, inside the field every camera sees
+        with a margin from its edges. See :mod:`isoview_dask.synthetic.specimen`.
+    bead_brightness : float, optional
+        A bead's peak photons in an image blurred by the lateral PSF alone
+        (the ideal isotropic image, before gain); default 3 x
+        ``photon_scale`` (three times the brightest nucleus).
+    vw90_motion : (a_z, a_y, a_x, t_z, t_y, t_x)
+        Rigid motion of the specimen seen by cameras 2 and 3 (rotations in
+        degrees about the specimen axes through its centre, within +-45;
+        translation in µm, within a quarter of the smallest field): they
+        image specimen point s at ``R s + t``, ``R = R_z R_y R_x``. See
+        :mod:`isoview_dask.synthetic.cameras`.
+    vw90_orientation : 'reflection' or 'rotation'
+        Camera 2's column direction: 'reflection' (default) columns along
+        +z, so that camera 0's axes map to camera 2's by a reflection;
+        'rotation' columns along -z (a proper rotation).
     """
 
     shape: tuple[int, int, int] = (32, 128, 128)
@@ -173,6 +203,11 @@ class SyntheticSpec:
     wavelength_nm: float = 488.0
     exposure_time_ms: float = 10.0
     timepoint_interval_s: float = 30.0
+    axial_psf_fwhm_um: float | None = None
+    beads: int = 0
+    bead_brightness: float | None = None
+    vw90_motion: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    vw90_orientation: str = "reflection"
     #: Names of the fields that were left as None and derived here (re-derived by :meth:`replace`).
     derived: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
@@ -401,6 +436,29 @@ class SyntheticSpec:
         number("exposure_time_ms", 0.0, lo_open=True)
         number("timepoint_interval_s", 0.0, lo_open=True)
 
+        # four views
+        number("axial_psf_fwhm_um", 0.0, 100.0, lo_open=True, optional=True)
+        integer("beads", 0)
+        if self.beads > 10_000:
+            fail("beads", "at most 10000 beads")
+        if self.bead_brightness is None:
+            set_("bead_brightness", 3.0 * self.photon_scale)
+        number("bead_brightness", 0.0, 1e7, lo_open=True)
+        try:
+            motion = tuple(float(v) for v in self.vw90_motion)
+            if len(motion) != 6 or isinstance(self.vw90_motion, (str, bytes)):
+                raise ValueError
+        except (TypeError, ValueError):
+            fail("vw90_motion", "six numbers (a_z, a_y, a_x in degrees, t_z, t_y, t_x in µm)")
+        reach = min(Z * self.z_step_um, Y * self.pixel_size_um, X * self.pixel_size_um) / 4.0
+        if not all(math.isfinite(v) for v in motion) or any(abs(v) > 45.0 for v in motion[:3]) \
+                or any(abs(v) > reach for v in motion[3:]):
+            fail("vw90_motion", f"finite angles within +-45 degrees and translations within +-{reach:.3g} µm "
+                                "(a quarter of the smallest field)")
+        set_("vw90_motion", motion)
+        if self.vw90_orientation not in VW90_ORIENTATIONS:
+            fail("vw90_orientation", " or ".join(repr(v) for v in VW90_ORIENTATIONS))
+
         # the lattice must stay finite
         semi = body_semi_axes(shape, self.pixel_size_um, self.z_step_um)
         n_est = 4.19 * np.prod(semi * NUCLEUS_ZONE) / self.nucleus_spacing_um**3
@@ -424,6 +482,21 @@ class SyntheticSpec:
     def small(cls, **overrides: Any) -> "SyntheticSpec":
         """64 planes of 256 x 256 per camera (demo)."""
         return cls._preset(dict(shape=(64, 256, 256), nucleus_spacing_um=7.0), overrides)
+
+    @classmethod
+    def isotropic(cls, **overrides: Any) -> "SyntheticSpec":
+        """Four views for the isotropic reconstruction: 24 planes of 96 x 96, z step 5 pixels (tests, demos).
+
+        Pixel 0.406 µm, z step 2.03 µm, lateral PSF FWHM 0.77 µm (no growth
+        with depth), axial PSF FWHM 3.35 µm, 20 beads, and the specimen moved
+        for cameras 2/3 by 2.0, 1.0 and -1.5 degrees about z, y and x and
+        (1.5, -1.0, 2.0) µm. Both views see the whole body: the planes cover
+        48.7 µm, the frames 39.0 µm, the body's largest extent 28 µm.
+        """
+        return cls._preset(dict(shape=(24, 96, 96), pixel_size_um=0.406, z_step_um=2.03,
+                                psf_sigma_px=0.77 / FWHM_PER_SIGMA / 0.406, blur_growth_px=0.0,
+                                axial_psf_fwhm_um=3.35, beads=20, vw90_motion=(2.0, 1.0, -1.5, 1.5, -1.0, 2.0),
+                                nucleus_spacing_um=7.0), overrides)
 
     @classmethod
     def full_frame(cls, planes: int = 64, **overrides: Any) -> "SyntheticSpec":
@@ -458,7 +531,8 @@ class SyntheticSpec:
         """A copy with some fields changed (validated again).
 
         Fields that were derived (left as None: ``z_step_um``, ``n_dead``,
-        ``channel_of_camera``, ``pixel_size_um`` or ``magnification``) are
+        ``channel_of_camera``, ``pixel_size_um``, ``magnification`` or
+        ``bead_brightness``) are
         derived again from the new values unless given. Prefer this to
         :func:`dataclasses.replace`, which would keep the old derived values.
         """
@@ -472,6 +546,22 @@ class SyntheticSpec:
     def voxel_size_um(self) -> tuple[float, float, float]:
         """(plane spacing, row spacing, column spacing) in µm of every camera's raw frame."""
         return (float(self.z_step_um), float(self.pixel_size_um), float(self.pixel_size_um))
+
+    @property
+    def uses_four_view_features(self) -> bool:
+        """True when any of the four-view fields (axial PSF, beads, VW90 motion or orientation) is not its default."""
+        return (self.axial_psf_fwhm_um is not None or self.beads > 0 or any(self.vw90_motion)
+                or self.vw90_orientation != "reflection")
+
+    @property
+    def axial_psf_sigma_um(self) -> float | None:
+        """Sigma (µm) of the axial PSF, or None."""
+        return None if self.axial_psf_fwhm_um is None else self.axial_psf_fwhm_um / FWHM_PER_SIGMA
+
+    @property
+    def psf_sigma_um(self) -> float:
+        """Sigma (µm) of the lateral PSF of in-focus planes (``psf_sigma_px * pixel_size_um``)."""
+        return float(self.psf_sigma_px) * float(self.pixel_size_um)
 
     @property
     def pairs(self) -> tuple[tuple[int, int], ...]:
@@ -507,7 +597,7 @@ class SyntheticSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-DERIVED = ("channel_of_camera", "pixel_size_um", "magnification", "z_step_um", "n_dead")
+DERIVED = ("channel_of_camera", "pixel_size_um", "magnification", "z_step_um", "n_dead", "bead_brightness")
 
 
 def check_fields(names: Iterable[str]) -> None:
