@@ -2,7 +2,7 @@
 
 Every option of the MATLAB ``clusterPT`` / ``clusterMF`` scripts lives here
 under a recognisable name, grouped in sections (``input``, ``correction``,
-``fusion``, ``output``). A flat flag name is ``<section>_<key>``, e.g.
+``fusion``, ``output``, ``isotropic``). A flat flag name is ``<section>_<key>``, e.g.
 ``fusion_blending_range`` is ``[fusion] blending_range`` in TOML and
 ``--fusion-blending-range`` on the command line. Configurations validate on
 construction (types, ranges, consistency; unknown keys are rejected with the
@@ -373,7 +373,101 @@ class FusionConfig(Section):
             seen |= set(pair)
 
 
-SECTIONS = {"input": InputConfig, "correction": CorrectionConfig, "fusion": FusionConfig, "output": OutputConfig}
+#: Output figures of the isotropic stage (:mod:`isoview_dask.pipeline.isotropic`).
+ISOTROPIC_FIGURES = ("slices", "checkerboard", "beads")
+
+
+@dataclass(frozen=True)
+class IsotropicConfig(Section):
+    """The isotropic four-view reconstruction: VW90 registered onto VW00 in 3-D, both deconvolved into one volume.
+
+    VW00 and VW90 are the pair-fused views of two orthogonal camera pairs (``views``); the output is one
+    volume on an isotropic grid in VW00's frame (:mod:`isoview_dask.pipeline.isotropic`).
+    """
+
+    _name: typing.ClassVar[str] = "isotropic"
+    enable: bool = opt(False, "run the isotropic reconstruction after fusion in 'run', 'timelapse' and 'rerun' "
+                       "('isoview-dask isotropic OUT' runs it alone on fused outputs)")
+    views: tuple[tuple[int, int], ...] | None = opt(None, "the camera pairs whose fused views are VW00 and VW90 "
+                                                    "(e.g. 0,1:2,3); not set: the first and second of "
+                                                    "fusion.camera_pairs", lo=0, hi=15)
+    method: str = opt("deconvolution", "multi-view Richardson-Lucy deconvolution, or the content-weighted "
+                      "average of the two views (fast, no deconvolution)", choices=("deconvolution", "average"))
+    iterations: int = opt(10, "Richardson-Lucy iterations", lo=0, hi=1000)
+    update: str = opt("simultaneous", "Richardson-Lucy update: both views at once (weighted), or one after the "
+                      "other (faster sharpening, noise amplified sooner)", choices=("simultaneous", "sequential"))
+    regularization: float = opt(0.05, "total-variation regularisation weight of the deconvolution (0: none)",
+                                lo=0.0, hi=1.0)
+    voxel_um: float | None = opt(None, "edge of the cubic output voxel, µm; not set: VW00's lateral pixel",
+                                 lo=0.0)
+    psf_fwhm_um: tuple[float, float] | None = opt(None, "Gaussian PSF of each view in its own frame: lateral, "
+                                                  "axial FWHM (µm); not set: from the recording's XML when it "
+                                                  "gives the detection NA and wavelength (lateral; the axial "
+                                                  "from a light-sheet thickness attribute), else 0.77, 3.35",
+                                                  lo=0.0)
+    psf: str | None = opt(None, "a measured PSF (TIFF volume, Z, Y, X, in a view's own frame, e.g. a bead "
+                          "image) instead of the Gaussian; needs psf_voxel_um")
+    psf_voxel_um: tuple[float, float, float] | None = opt(None, "voxel size (z, y, x) of the psf TIFF, µm",
+                                                          lo=0.0)
+    target_fwhm_um: float | None = opt(None, "Gaussian PSFs: deconvolve down to this isotropic FWHM (µm) only; "
+                                       "not set: the lateral FWHM (the resolution the views have); 0: full "
+                                       "deconvolution", lo=0.0)
+    orientation: str | None = opt(None, "VW90's axes (z, y, x) in VW00's terms, e.g. +x,+y,+z (VW90's z is "
+                                  "VW00's x); not set: searched among the 32 signed axis permutations")
+    fit: str = opt("rigid", "fine registration model after the translation", choices=("rigid", "affine",
+                                                                                     "translation"))
+    min_confidence: float = opt(0.5, "a registration whose confidence (correlation of the cross-blurred views) "
+                                "is lower is not used: the previous timepoint's transform is, or else the "
+                                "translation-only one", lo=0.0, hi=1.0)
+    registration_voxel_um: float | None = opt(None, "voxel of the registration level, µm; not set: the lateral "
+                                              "pixel, coarser on large volumes", lo=0.0)
+    weight_sigma_um: float = opt(3.0, "smoothing of the per-voxel view weights (local contrast), µm; about a "
+                                 "cell radius", lo=0.0)
+    block: tuple[int, int, int] | None = opt(None, "output voxels (Z, Y, X) one task reconstructs (with its "
+                                             "halo); not set: the largest divisor of the output shard within "
+                                             "the task memory budget; a given block is rounded to a divisor of "
+                                             "the shard", lo=8)
+    halo_factor: float = opt(1.5, "halo of a block in PSF half-widths", lo=0.5, hi=10.0)
+    dtype: str = opt("float32", "output data type; uint16: scaled (the scale and the clipped fraction are "
+                     "recorded)", choices=("float32", "uint16"))
+    device: str = opt("cpu", "where blocks are deconvolved: cpu, gpu (CuPy) or auto (gpu when available)",
+                      choices=("cpu", "gpu", "auto"))
+    figures: tuple[str, ...] = opt(ISOTROPIC_FIGURES, "diagnostic PNGs: orthogonal slices of VW00 upsampled, "
+                                   "VW90 mapped and the result; a VW00 / VW90 checkerboard; bead FWHM "
+                                   "(when beads are found); empty: none", choices=ISOTROPIC_FIGURES)
+
+    def validate(self):
+        if self.views is not None:
+            if len(self.views) != 2:
+                raise ConfigError(f"isotropic.views: expected two camera pairs (VW00, VW90), got "
+                                  f"{[list(v) for v in self.views]}")
+            if len({c for pair in self.views for c in pair}) != 4:
+                raise ConfigError(f"isotropic.views: {[list(v) for v in self.views]} must name four different "
+                                  "cameras")
+        for name in ("voxel_um", "registration_voxel_um"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"isotropic.{name}: {value!r} must be above 0 µm")
+        if self.psf_fwhm_um is not None and min(self.psf_fwhm_um) <= 0:
+            raise ConfigError(f"isotropic.psf_fwhm_um: {list(self.psf_fwhm_um)} must be two FWHM above 0 µm "
+                              "(lateral, axial)")
+        if self.psf_voxel_um is not None and min(self.psf_voxel_um) <= 0:
+            raise ConfigError(f"isotropic.psf_voxel_um: {list(self.psf_voxel_um)} must be three sizes above 0 µm")
+        if self.psf is not None and self.psf_voxel_um is None:
+            raise ConfigError("isotropic.psf_voxel_um: needed with isotropic.psf (the voxel size, z, y, x in µm, "
+                              "of the PSF volume)")
+        if self.orientation is not None:
+            from .isotropic.geometry import ORIENTATIONS
+            key = self.orientation.replace(" ", "")
+            if key not in ORIENTATIONS:
+                raise ConfigError(f"isotropic.orientation: {self.orientation!r} is not one of the signed axis "
+                                  "permutations with VW90's z along VW00's y or x, e.g. '+x,+y,+z' or "
+                                  f"'-y,+z,+x'; choices: {', '.join(sorted(ORIENTATIONS))}")
+            object.__setattr__(self, "orientation", key)
+
+
+SECTIONS = {"input": InputConfig, "correction": CorrectionConfig, "fusion": FusionConfig, "output": OutputConfig,
+            "isotropic": IsotropicConfig}
 
 
 @dataclass(frozen=True)
@@ -393,6 +487,7 @@ class ProcessingConfig:
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    isotropic: IsotropicConfig = field(default_factory=IsotropicConfig)
     input_dir: str | None = None
     output_dir: str | None = None
     fusion_enable: bool = True
@@ -520,9 +615,9 @@ def _accept_legacy_keywords(cls):
     """Wrap the dataclass ``__init__`` so that the original port's keywords work (see :data:`LEGACY_KEYS`)."""
     init = cls.__init__
 
-    def __init__(self, input=None, correction=None, fusion=None, output=None, input_dir=None, output_dir=None,
-                 fusion_enable=True, **legacy):
-        sections = dict(input=input, correction=correction, fusion=fusion, output=output)
+    def __init__(self, input=None, correction=None, fusion=None, output=None, isotropic=None, input_dir=None,
+                 output_dir=None, fusion_enable=True, **legacy):
+        sections = dict(input=input, correction=correction, fusion=fusion, output=output, isotropic=isotropic)
         if legacy:
             attributes, flags = _legacy_arguments(legacy)
             built = cls.from_flags(cls(**{k: v for k, v in sections.items() if v is not None}), **flags)
