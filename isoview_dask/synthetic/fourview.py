@@ -84,7 +84,7 @@ class FourViewSpec:
     translation_um: tuple[float, float, float] = (1.2, -2.0, 1.5)
     nuclei: int = 400
     beads: int = 16
-    photons: float = 150.0
+    photons: float = 1000.0
     read_noise: float = 2.0
     body_level: float = 0.03
     bead_level: float = 2.0
@@ -163,7 +163,7 @@ class _Specimen:
         self.axes = extent * np.array([0.30, 0.30, 0.32]) * rng.uniform(0.92, 1.05, 3)
         self.edge_um = 1.0
         nuclei = []
-        while len(nuclei) < spec.nuclei:
+        while len(nuclei) < spec.nuclei:  # inside a cube around the body: accepted with probability ~0.5
             u = rng.uniform(-0.85, 0.85, 3)
             if np.sum(u ** 2) < 0.85 ** 2:
                 nuclei.append(self.centre + u * self.axes)
@@ -172,11 +172,16 @@ class _Specimen:
         self.nucleus_peak = rng.uniform(0.6, 1.0, len(self.nuclei))
         beads = []
         margin = 3.0
-        while len(beads) < spec.beads:
+        for _ in range(200 * spec.beads):
+            if len(beads) == spec.beads:
+                break
             p = rng.uniform(margin + 0.12 * extent, extent - margin - 0.12 * extent)
             u = (p - self.centre) / self.axes
             if np.sum(u ** 2) > 1.25 ** 2 and all(np.linalg.norm(p - b) > 4.0 for b in beads):
                 beads.append(p)
+        if len(beads) < spec.beads:
+            raise ValueError(f"cannot place {spec.beads} beads in the medium of a {spec.shape} volume: "
+                             f"make the volume larger or ask for fewer beads")
         self.beads = np.array(beads).reshape(-1, 3)
         self.bead_sigma = 0.1
 
