@@ -89,7 +89,7 @@ def test_blockwise_equals_one_whole_volume_block(method):
 
 
 def test_resample_view_blockwise_equals_whole_volume():
-    truth = fourview(FourViewSpec(shape=(41, 48, 48), nuclei=60, beads=2, seed=8))
+    truth = fourview(FourViewSpec(shape=(41, 48, 48), nuclei=60, beads=0, seed=8))
     grid = output_grid(truth.vw00.shape, truth.voxel00)
     from isoview_dask.isotropic.geometry import index_map
     matrix, offset = index_map(truth.transform, grid.voxel_zyx, truth.voxel90)
@@ -119,7 +119,7 @@ def test_options_are_validated():
 
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
 def test_gpu_equals_cpu():
-    truth = fourview(FourViewSpec(shape=(41, 48, 48), nuclei=60, beads=2, seed=9))
+    truth = fourview(FourViewSpec(shape=(41, 48, 48), nuclei=60, beads=0, seed=9))
     grid = output_grid(truth.vw00.shape, truth.voxel00)
     kernels = view_psfs(PSFModel(fwhm_um=truth.spec.psf_fwhm_um), truth.transform, grid.voxel_um, target_fwhm_um=0.77)
     results = {}
