@@ -99,7 +99,8 @@ def test_resample_view_blockwise_equals_whole_volume():
             blockwise = resample_view(truth.vw90, truth.voxel90, grid, truth.transform, chunks=chunks).compute()
         assert np.abs(blockwise - whole).max() <= 1e-4 * np.abs(whole).max()
     window, block_offset = source_window(matrix, offset, (0, 0, 0), (8, 8, 8), truth.vw90.shape)
-    assert all(s.stop - s.start < n for s, n in zip(window, truth.vw90.shape))
+    window_voxels = np.prod([s.stop - s.start for s in window])
+    assert window_voxels < 0.5 * truth.vw90.size  # an 8^3 corner block reads a corner of the view
 
 
 def test_options_are_validated():
