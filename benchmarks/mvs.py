@@ -159,8 +159,8 @@ def run_mvs(inputs: dict[str, Any], workdir: str | os.PathLike, threads: int = 1
     dict
         ``deconvolved``, ``average`` (float32 arrays of ``out_shape``),
         ``transform`` (4x4, µm, the convention of ``inputs["initial"]``),
-        ``params_registered``, ``timings`` (per step, wall and CPU seconds,
-        from inside the child), ``child`` (the whole child process tree:
+        ``params_registered``, ``timings`` (per step, wall and CPU seconds and
+        the child's peak RSS so far, from inside the child), ``child`` (the whole child process tree:
         ``wall_s``, ``cpu_s`` (user + system), ``peak_tree_rss_mb``),
         ``report`` (the runner's JSON: versions, settings, registration quality).
     """

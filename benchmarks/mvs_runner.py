@@ -32,15 +32,16 @@ transform key. The estimated transform in our convention is therefore
 identity; to keep the output grid in VW00's frame even when it does not, both
 views are re-anchored by ``inv(A00_reg)`` before fusion.
 
-Steps, each timed (wall seconds and this process's CPU seconds, all
-threads): ``imports`` (multiview-stitcher, dask, and ITK's lazily loaded
-elastix module), ``build`` (spatial images and msims), ``prereg`` (optional
-phase-correlation pre-registration), ``register`` (elastix, VW90 onto VW00
-held fixed), ``deconvolve`` (``fusion.fuse`` with
-``fusion.multi_view_deconvolution``) and ``average`` (``fusion.fuse`` with
-its default ``weighted_average_fusion``).
+Steps, each timed (wall seconds, this process's CPU seconds over all
+threads, and its peak RSS so far): ``imports`` (multiview-stitcher, dask,
+and ITK's lazily loaded elastix module), ``build`` (spatial images and
+msims), ``prereg`` (optional phase-correlation pre-registration),
+``register`` (elastix, VW90 onto VW00 held fixed), ``deconvolve``
+(``fusion.fuse`` with ``fusion.multi_view_deconvolution``; skipped with
+``--no-deconvolve``) and ``average`` (``fusion.fuse`` with its default
+``weighted_average_fusion``; skipped with ``--no-average``).
 
-Output: ``<out>.npz`` (``deconvolved``, ``average``: float32 ``out_shape``;
+Output: ``<out>.npz`` (``deconvolved``, ``average``: float32 ``out_shape``, each when computed;
 ``transform``: the estimated 4x4 in the input's convention; ``initial``;
 ``params_registered``: the per-view world affines) and ``<out>.json``
 (timings, versions, settings, registration quality).
@@ -56,6 +57,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -69,8 +71,15 @@ VERSIONED = ("multiview-stitcher", "itk-elastix", "itk", "numpy", "scipy", "dask
              "scikit-image", "zarr")
 
 
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark so far (the kernel's ``ru_maxrss``), MB."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib * 1024 / 1e6, 1)
+
+
 class Steps:
-    """Wall and CPU seconds of named blocks (CPU: ``time.process_time``, every thread of this process)."""
+    """Wall and CPU seconds of named blocks (CPU: ``time.process_time``, every thread of this process), and
+    the process's peak RSS at each block's end (a high-water mark: it covers every block before too)."""
 
     def __init__(self):
         self.timings: dict[str, dict[str, float]] = {}
@@ -81,7 +90,7 @@ class Steps:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         yield
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        self.timings[name] = {"wall_s": round(wall, 4), "cpu_s": round(cpu, 4)}
+        self.timings[name] = {"wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "peak_rss_mb": peak_rss_mb()}
         print(f"[mvs] {name}: {wall:.2f} s wall, {cpu:.2f} CPU-s", file=sys.stderr, flush=True)
 
 
@@ -141,6 +150,8 @@ def main(argv=None) -> int:
                         help="overlap_in_pixels around each output chunk for the deconvolution "
                              "(default: the largest PSF half-width)")
     parser.add_argument("--no-average", action="store_true", help="skip the weighted-average fusion")
+    parser.add_argument("--no-deconvolve", action="store_true",
+                        help="skip the deconvolution (e.g. to measure the average's peak memory on its own)")
     args = parser.parse_args(argv)
 
     threads = max(1, int(args.threads))
@@ -250,18 +261,21 @@ def main(argv=None) -> int:
         return array.astype(np.float32, copy=False)
 
     deconv_kwargs = {"psfs": [psf00, psf90], "n_iterations": iterations, "psf_type": args.psf_type}
-    with steps("deconvolve"):
-        deconvolved = squeeze(fusion.fuse(
-            images=sims, fusion_func=fusion.multi_view_deconvolution, fusion_func_kwargs=deconv_kwargs,
-            overlap_in_pixels=halo, **fuse_kwargs))
+    deconvolved = None
+    if not args.no_deconvolve:
+        with steps("deconvolve"):
+            deconvolved = squeeze(fusion.fuse(
+                images=sims, fusion_func=fusion.multi_view_deconvolution, fusion_func_kwargs=deconv_kwargs,
+                overlap_in_pixels=halo, **fuse_kwargs))
 
     average = None
     if not args.no_average:
         with steps("average"):
             average = squeeze(fusion.fuse(images=sims, fusion_func=fusion.weighted_average_fusion, **fuse_kwargs))
 
-    arrays = {"deconvolved": deconvolved, "transform": transform, "initial": initial,
-              "params_registered": np.stack(anchored)}
+    arrays = {"transform": transform, "initial": initial, "params_registered": np.stack(anchored)}
+    if deconvolved is not None:
+        arrays["deconvolved"] = deconvolved
     if average is not None:
         arrays["average"] = average
     np.savez(args.output + ".npz", **arrays)
@@ -276,7 +290,7 @@ def main(argv=None) -> int:
             "pairwise_reg_func_kwargs": pairwise_kwargs, "groupwise_resolution_method": "global_optimization",
             "groupwise_resolution_kwargs": groupwise_kwargs, "transform_key": start_key,
             "prereg_phase_correlation": bool(args.prereg), **register_kwargs},
-        "deconvolution": {
+        "deconvolution": None if args.no_deconvolve else {
             "function": "multiview_stitcher.fusion.fuse",
             "fusion_func": "fusion.multi_view_deconvolution",
             "fusion_func_kwargs": {"n_iterations": iterations, "psf_type": args.psf_type, "psfs": "psf00, psf90"},
