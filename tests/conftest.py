@@ -66,3 +66,21 @@ def keller_root(tmp_path):
 def flat_root(tmp_path):
     """A three-timepoint, two-camera flat-layout recording without dark frames."""
     return make_flat(tmp_path / "flat")
+
+
+#: VW90's axes in VW00's terms for the isotropic tests: a proper rotation and a reflection (scan axis y)
+ISOTROPIC_ORIENTATIONS = {"rotation": "+y,-z,+x", "reflection": "+y,+z,+x"}
+
+
+@pytest.fixture(scope="session", params=[(kind, seed) for kind in sorted(ISOTROPIC_ORIENTATIONS) for seed in (0, 1, 2)],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def fourview_case(request):
+    """A rendered four-view truth (3 seeds x rotation/reflection) and its registration, made once per session."""
+    from isoview_dask.isotropic import register_views
+    from isoview_dask.synthetic.fourview import FourViewSpec, fourview
+
+    kind, seed = request.param
+    truth = fourview(FourViewSpec(orientation=ISOTROPIC_ORIENTATIONS[kind], seed=seed))
+    registration = register_views(truth.vw00, truth.voxel00, truth.vw90, truth.voxel90,
+                                  psf_fwhm_um=truth.spec.psf_fwhm_um)
+    return kind, truth, registration

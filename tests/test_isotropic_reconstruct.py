@@ -6,22 +6,16 @@ import numpy as np
 import pytest
 
 from isoview_dask.isotropic import (PSFModel, ReconstructionOptions, bead_fwhm, correlation, output_grid,
-                                    reconstruct, register_views, resample_view, view_psfs)
+                                    reconstruct, resample_view, view_psfs)
 from isoview_dask.isotropic.backend import gpu_available, resolve_device
 from isoview_dask.isotropic.resample import resample_block, source_window
 from isoview_dask.synthetic.fourview import FourViewSpec, fourview
 
-ORIENTATION_KINDS = {"rotation": "+y,-z,+x", "reflection": "+y,+z,+x"}
 
-
-@pytest.fixture(scope="module", params=[(kind, seed) for kind in sorted(ORIENTATION_KINDS) for seed in (0, 1, 2)],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def case(request):
-    """A rendered truth, its registration, and the true-motion mean (the baseline to beat)."""
-    kind, seed = request.param
-    truth = fourview(FourViewSpec(orientation=ORIENTATION_KINDS[kind], seed=seed))
-    registration = register_views(truth.vw00, truth.voxel00, truth.vw90, truth.voxel90,
-                                  psf_fwhm_um=truth.spec.psf_fwhm_um)
+@pytest.fixture
+def case(fourview_case):
+    """A rendered truth, its registration (both shared with the registration tests), and the true-motion mean."""
+    _, truth, registration = fourview_case
     grid = output_grid(truth.vw00.shape, truth.voxel00)
     with dask.config.set(scheduler="threads"):
         mean = ((resample_view(truth.vw00, truth.voxel00, grid)
