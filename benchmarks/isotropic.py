@@ -356,13 +356,14 @@ def main(argv=None) -> int:
                                {**t, "child": result["child"], "imports": result["timings"]["imports"]},
                                quality(result["volume"], truth, grid, lateral_sigma_vox) if first else None)
                 else:
-                    tag = f"seed{seed}-mvs-{task}" + (f"-{it}" if it else "")
+                    # run_mvs keeps its environment (venv-mvs) and files in the top work folder
+                    tag = f"{name}-seed{seed}-mvs-{task}" + (f"-{it}" if it else "")
                     if step == "deconvolution":
-                        result = mvs.run_mvs({**mvs_inputs, "iterations": it}, workdir, threads=th, name=tag,
+                        result = mvs.run_mvs({**mvs_inputs, "iterations": it}, args.workdir, threads=th, name=tag,
                                              no_average=True)
                         volume, t = result["deconvolved"], result["timings"]["deconvolve"]
                     else:
-                        result = mvs.run_mvs({**mvs_inputs, "iterations": 0}, workdir, threads=th, name=tag,
+                        result = mvs.run_mvs({**mvs_inputs, "iterations": 0}, args.workdir, threads=th, name=tag,
                                              no_deconvolve=True)
                         volume, t = result["average"], result["timings"]["average"]
                     mvs_versions = {k: result["report"]["versions"].get(k)
