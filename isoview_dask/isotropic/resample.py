@@ -86,11 +86,50 @@ def resample_block(source, matrix: np.ndarray, offset: np.ndarray, out_shape: Se
     ndi = ndimage_module(source)
     source = xp.asarray(source, dtype=xp.float32)
     matrix = np.asarray(matrix, float)
-    if np.allclose(matrix, np.diag(np.diag(matrix))):
-        matrix = np.diag(matrix)  # scipy's faster zoom-and-shift path
+    if order == 3 and np.allclose(matrix, np.diag(np.diag(matrix)), atol=1e-12):
+        return _separable_cubic(source, np.diag(matrix), np.asarray(offset, float), out_shape, xp, ndi)
     return ndi.affine_transform(source, xp.asarray(matrix) if xp is not np else matrix,
                                 offset=tuple(float(o) for o in offset), output_shape=tuple(int(n) for n in out_shape),
                                 order=order, mode="nearest", prefilter=order > 1, output=xp.float32)
+
+
+#: Planes of edge values added before a separable spline prefilter (its influence decays as 0.268^d).
+_EDGE_PAD = 12
+
+
+def _separable_cubic(source, scales, offsets, out_shape, xp, ndi):
+    """Cubic B-spline resampling axis by axis, for an axis-aligned map (VW00 onto the grid).
+
+    One 4-tap pass per axis that needs one instead of 64 taps per voxel: with
+    VW00 only z is resampled (y and x keep their pixels), which is several
+    times faster than :func:`scipy.ndimage.affine_transform`. Beyond the
+    source the result tends to the edge value, like ``mode="nearest"``.
+    """
+    out = source
+    for axis, (scale, offset, size) in enumerate(zip(scales, offsets, out_shape)):
+        coordinates = scale * np.arange(size) + offset
+        if scale == 1.0 and offset == round(offset) and 0 <= offset and offset + size <= out.shape[axis]:
+            out = out[(slice(None),) * axis + (slice(int(offset), int(offset) + size),)]
+            continue
+        pad = [(0, 0)] * 3
+        pad[axis] = (_EDGE_PAD, _EDGE_PAD)
+        padded = xp.pad(out, pad, mode="edge")
+        coefficients = ndi.spline_filter1d(padded, order=3, axis=axis, mode="mirror", output=xp.float32)
+        n = padded.shape[axis]
+        position = np.clip(coordinates + _EDGE_PAD, 0, n - 1)
+        base = np.floor(position).astype(int)
+        t = (position - base).astype(np.float32)
+        weights = [(1 - t) ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6, (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6,
+                   t ** 3 / 6]
+        shape = [1, 1, 1]
+        shape[axis] = size
+        result = None
+        for k, weight in enumerate(weights):
+            index = np.clip(base - 1 + k, 0, n - 1)
+            term = xp.take(coefficients, xp.asarray(index), axis=axis) * xp.asarray(weight.reshape(shape))
+            result = term if result is None else result + term
+        out = result
+    return xp.ascontiguousarray(out, dtype=xp.float32)
 
 
 def field_mask(matrix: np.ndarray, offset: np.ndarray, out_start: Sequence[int], out_shape: Sequence[int],
