@@ -130,9 +130,27 @@ def content_average(views: Sequence, weights: Sequence):
 
 
 def _tv_divergence(estimate, xp):
-    gradients = xp.gradient(estimate)
+    """``div(grad u / |grad u|)`` with forward differences for the gradient and backward ones for the divergence."""
+    gradients = []
+    for axis in range(estimate.ndim):
+        gradient = xp.zeros_like(estimate)
+        ahead = [slice(None)] * estimate.ndim
+        behind = [slice(None)] * estimate.ndim
+        ahead[axis] = slice(1, None)
+        behind[axis] = slice(None, -1)
+        gradient[tuple(behind)] = estimate[tuple(ahead)] - estimate[tuple(behind)]
+        gradients.append(gradient)
     norm = xp.sqrt(sum(g * g for g in gradients)) + 1e-6
-    return sum(xp.gradient(g / norm, axis=axis) for axis, g in enumerate(gradients))
+    divergence = xp.zeros_like(estimate)
+    for axis, gradient in enumerate(gradients):
+        unit = gradient / norm
+        ahead = [slice(None)] * estimate.ndim
+        behind = [slice(None)] * estimate.ndim
+        ahead[axis] = slice(1, None)
+        behind[axis] = slice(None, -1)
+        divergence += unit
+        divergence[tuple(ahead)] -= unit[tuple(behind)]
+    return divergence
 
 
 def richardson_lucy(views: Sequence, kernels: Sequence, weights: Sequence, iterations: int, *,

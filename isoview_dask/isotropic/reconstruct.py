@@ -60,7 +60,9 @@ class ReconstructionOptions:
         the synthetic four-view truth, 10 simultaneous iterations correlate best with the ideal image;
         sequential ones sharpen faster but amplify noise sooner.
     regularization : float
-        Total-variation weight (0: none); 0.05 measured best against noise amplification at 10 iterations.
+        Total-variation weight (0: none). Measured on the synthetic truth at 10 iterations (r with the ideal):
+        at 150 photons a nucleus peak 0.923 without, 0.944 with 0.03, 0.947 with 0.05; at 1000 photons 0.982,
+        0.978, 0.974. 0.03 is the default.
     weight_sigma_um : float
         Smoothing of the view-quality maps, µm (about a cell radius).
     block : tuple of int
@@ -74,7 +76,7 @@ class ReconstructionOptions:
     method: str = "deconvolution"
     iterations: int = 10
     update: str = "simultaneous"
-    regularization: float = 0.05
+    regularization: float = 0.03
     weight_sigma_um: float = 3.0
     block: tuple[int, int, int] = (64, 128, 128)
     halo_factor: float = 1.5
