@@ -500,3 +500,188 @@ class _ChannelFigure(_Template):
             row["ax_w"].relim()
             row["ax_w"].autoscale_view()
             row["weights_title"].set_text(values.weights_title)
+
+
+# ------------------------------------------------------------------------------------------ isotropic stage
+
+from ..config import ISOTROPIC_FIGURES  # noqa: E402  (the figures of the isotropic stage, isotropic.figures)
+
+#: Plane names of :func:`isotropic_figures`' slices and the axes each shows (rows, columns) of (Z, Y, X).
+SLICE_PLANES = {"xy": ("y", "x"), "xz": ("z", "x"), "yz": ("z", "y")}
+
+
+def isotropic_figures(stem: Path, slices: dict, voxel_um: float, centre: tuple, params: dict,
+                      beads: list | None = None, figures=ISOTROPIC_FIGURES) -> list[Path]:
+    """Write the isotropic stage's diagnostics next to ``stem`` and return their paths.
+
+    Parameters
+    ----------
+    stem : Path
+        The isotropic volume's path without suffix; figures are
+        ``<stem>.slices.png``, ``<stem>.checkerboard.png`` and ``<stem>.beads.png``.
+    slices : dict
+        ``{"vw00": {"xy": ..., "xz": ..., "yz": ...}, "vw90": {...}, "result": {...}}``: 2-D planes of
+        VW00 upsampled, VW90 mapped and the result through the output grid's voxel ``centre``, each
+        (rows, columns) as :data:`SLICE_PLANES` says. The grid is isotropic, so every plane is drawn with
+        square pixels: the true aspect.
+    voxel_um : float
+        Output voxel edge (µm), for the axes.
+    centre : tuple of int
+        The voxel (Z, Y, X) the three planes cross.
+    params : dict
+        The stage's record (for titles: orientation, confidence, method).
+    beads : list of dict, optional
+        Bead measurements (``position_um``, ``fwhm_um`` per image: ``vw00``, ``vw90``, ``result``,
+        each (z, y, x)); the bead figure is drawn when there is at least one.
+    figures : sequence of str
+        Which to draw (:data:`ISOTROPIC_FIGURES`).
+    """
+    if not _have_matplotlib():
+        return []
+    written = []
+    if "slices" in figures:
+        written.append(_isotropic_slices(stem, slices, voxel_um, centre, params))
+    if "checkerboard" in figures:
+        written.append(_isotropic_checkerboard(stem, slices, voxel_um, params))
+    if "beads" in figures and beads:
+        written.append(_isotropic_beads(stem, beads, params))
+    return written
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig, stem: Path, kind: str) -> Path:
+    """Draw ``fig`` and write it as ``<stem>.<kind>.png`` atomically (opaque RGB, fast compression)."""
+    from PIL import Image
+
+    from ..io.atomic import atomic_output
+    path = Path(f"{stem}.{kind}.png")
+    fig.canvas.draw()
+    pixels = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
+    with atomic_output(path, overwrite=True) as tmp:
+        Image.fromarray(pixels).save(tmp, format="png", compress_level=1)
+    return path
+
+
+def _extent(shape, voxel_um: float) -> tuple:
+    """imshow extent (µm) of a plane of ``shape`` output voxels."""
+    rows, columns = shape
+    return (-0.5 * voxel_um, (columns - 0.5) * voxel_um, (rows - 0.5) * voxel_um, -0.5 * voxel_um)
+
+
+def _shared_limits(*images) -> tuple[float, float]:
+    values = np.concatenate([np.ravel(np.nan_to_num(np.asarray(i, np.float32))) for i in images])
+    lo, hi = np.percentile(values, [1, 99.7]) if values.size else (0.0, 1.0)
+    return float(lo), float(max(hi, lo + 1e-9))
+
+
+def _isotropic_slices(stem: Path, slices: dict, voxel_um: float, centre, params: dict) -> Path:
+    """Orthogonal planes (xy, xz, yz; rows) of VW00 upsampled, VW90 mapped and the result (columns)."""
+    names = (("vw00", "VW00 upsampled"), ("vw90", "VW90 mapped (x scale90)"), ("result", "result"))
+    fig = _figure(12, 11)
+    axes = fig.subplots(3, 3)
+    for row, plane in enumerate(SLICE_PLANES):
+        for column, (key, label) in enumerate(names):
+            ax = axes[row, column]
+            image = display_image(slices[key][plane])
+            lo, hi = _shared_limits(slices[key][plane])
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, extent=_extent(np.shape(slices[key][plane]), voxel_um),
+                      interpolation="nearest")
+            rows_axis, columns_axis = SLICE_PLANES[plane]
+            ax.set_xlabel(f"{columns_axis} (µm)", fontsize=8)
+            ax.set_ylabel(f"{rows_axis} (µm)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            _title(ax, f"{label}: {plane}", fontsize=9)
+    z, y, x = centre
+    registration = params.get("registration") or {}
+    fig.suptitle(f"{Path(stem).name}: planes through voxel (z, y, x) = ({z}, {y}, {x}), {voxel_um:.3g} µm voxels, "
+                 f"true aspect\n{params.get('options', {}).get('method', '')}; orientation "
+                 f"{registration.get('orientation', '?')}, registration confidence "
+                 f"{registration.get('confidence', float('nan')):.3f}; transform: {params.get('transform_source')}",
+                 fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.05, top=0.91, wspace=0.3, hspace=0.35)
+    return _save_figure(fig, stem, "slices")
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
+    """Two equally shaped 2-D images interleaved in a checkerboard of about ``tiles`` squares along the longer side.
+
+    Each image is first scaled so that its 1st-99.7th percentiles span 0-1 (the two views differ in
+    brightness and blur); square (i, j) shows ``a`` where i + j is even, else ``b``. Misregistration
+    shows as structures broken at the squares' edges.
+    """
+    a = np.nan_to_num(np.asarray(a, np.float32))
+    b = np.nan_to_num(np.asarray(b, np.float32))
+    if a.shape != b.shape:
+        raise ValueError(f"checkerboard of images of different shapes {a.shape} and {b.shape}")
+
+    def scaled(image):
+        lo, hi = np.percentile(image, [1, 99.7]) if image.size else (0.0, 1.0)
+        return np.clip((image - lo) / max(hi - lo, 1e-9), 0, 1)
+
+    side = max(1, -(-max(a.shape) // max(1, int(tiles))))
+    rows = (np.arange(a.shape[0]) // side)[:, None]
+    columns = (np.arange(a.shape[1]) // side)[None, :]
+    return np.where((rows + columns) % 2 == 0, scaled(a), scaled(b))
+
+
+def _isotropic_checkerboard(stem: Path, slices: dict, voxel_um: float, params: dict) -> Path:
+    """VW00 upsampled and VW90 mapped in a checkerboard, in the three planes: the registration at a glance."""
+    fig = _figure(15, 5.4)
+    axes = fig.subplots(1, 3)
+    for ax, plane in zip(axes, SLICE_PLANES):
+        board = checkerboard(slices["vw00"][plane], slices["vw90"][plane])
+        ax.imshow(display_image(board), cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                  extent=_extent(board.shape, voxel_um))
+        rows_axis, columns_axis = SLICE_PLANES[plane]
+        ax.set_xlabel(f"{columns_axis} (µm)", fontsize=8)
+        ax.set_ylabel(f"{rows_axis} (µm)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        _title(ax, f"{plane}: VW00 | VW90 squares", fontsize=9)
+    registration = params.get("registration") or {}
+    fig.suptitle(f"{Path(stem).name}: registration checkerboard (structures continue across the squares when "
+                 f"registered)\norientation {registration.get('orientation', '?')}, fine rotation "
+                 f"{registration.get('rotation_deg', float('nan')):.2f} deg, confidence "
+                 f"{registration.get('confidence', float('nan')):.3f}", fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.84, wspace=0.25)
+    return _save_figure(fig, stem, "checkerboard")
+
+
+def _isotropic_beads(stem: Path, beads: list, params: dict) -> Path:
+    """Bead FWHM along z, y and x in VW00, VW90 and the result: per bead (points) and the median (text)."""
+    images = (("vw00", "VW00 upsampled", "tab:blue"), ("vw90", "VW90 mapped", "tab:orange"),
+              ("result", "result", "tab:green"))
+    fig = _figure(11, 4.8)
+    ax, table_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+    for offset, (key, label, colour) in zip((-0.2, 0.0, 0.2), images):
+        values = np.array([bead["fwhm_um"][key] for bead in beads], dtype=np.float64)
+        for axis in range(3):
+            column = values[:, axis]
+            column = column[np.isfinite(column)]
+            ax.plot(np.full(column.size, axis + offset), column, "o", color=colour, ms=4, alpha=0.7,
+                    label=label if axis == 0 else None)
+    ax.set_xticks([0, 1, 2], ["z", "y", "x"])
+    ax.set_ylabel("FWHM (µm)")
+    ax.set_xlabel("axis")
+    ax.legend(fontsize=8)
+    _title(ax, f"{len(beads)} bead(s): FWHM per axis", fontsize=9)
+    table_ax.axis("off")
+    rows = []
+    for key, label, _ in images:
+        values = np.array([bead["fwhm_um"][key] for bead in beads], dtype=np.float64)
+        medians = [np.nanmedian(values[:, a]) if np.isfinite(values[:, a]).any() else np.nan for a in range(3)]
+        rows.append([label] + [f"{m:.2f}" for m in medians])
+    table = table_ax.table(cellText=rows, colLabels=["median FWHM (µm)", "z", "y", "x"], loc="center",
+                           colWidths=[0.4, 0.2, 0.2, 0.2])
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1.0, 1.8)
+    fig.suptitle(f"{Path(stem).name}: beads (found in the result's max projection along z)", fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.86, wspace=0.2)
+    return _save_figure(fig, stem, "beads")
