@@ -3,11 +3,17 @@
 The correction jobs of a timepoint come first, then a planning step that,
 once they have finished, forms that timepoint's fusion jobs from the
 complete corrected views (:func:`~isoview_dask.pipeline.fuse.fusion_jobs`).
+With ``isotropic.enable``, two more steps follow per timepoint
+(:func:`~isoview_dask.pipeline.isotropic.isotropic_steps`): the isotropic
+registration, which waits for the timepoint's fusions and for the previous
+timepoint's registration (its start), and the reconstruction, which waits
+for its own registration only.
 The executor (:mod:`isoview_dask.pipeline.executor`) keeps several
 timepoints in flight, so fusions of timepoint t overlap corrections of t+1,
 t+2...; outputs, completion records and resumption are those of
 :func:`~isoview_dask.pipeline.correct.correct_dataset` followed by
-:func:`~isoview_dask.pipeline.fuse.fuse_dataset`.
+:func:`~isoview_dask.pipeline.fuse.fuse_dataset` (and
+:func:`~isoview_dask.pipeline.isotropic.isotropic_dataset`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import replace
 from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..config import ProcessingConfig
 from ..dataset import CameraView, Dataset, open_dataset
@@ -31,26 +37,44 @@ def _timepoint_fusions(out: Path, specimen: int, timepoint: int, config: Process
 
 
 def plan_timepoints(views: list[CameraView], out: Path, config: ProcessingConfig,
-                    then: Callable[[int, int], Job] | None = None) -> Iterator[Job]:
+                    then: Callable[[int, int], Job] | None = None,
+                    more: Callable[[int, int, str], Iterable[Job]] | None = None) -> Iterator[Job]:
     """Correction jobs, timepoint by timepoint, each timepoint's followed by ``then(specimen, timepoint)``.
 
     ``then`` returns a job (typically a planning step) that waits for that
-    timepoint's corrections; its ``deps`` are set here.
+    timepoint's corrections; its ``deps`` are set here. ``more(specimen,
+    timepoint, key)`` returns jobs planned right after it (``key``: the
+    ``then`` job's), which set their own dependencies.
     """
     key = lambda v: (v.specimen, v.timepoint)  # noqa: E731
     for (specimen, timepoint), group in groupby(sorted(views, key=key), key=key):
         corrections = [correction_job(view, out, config) for view in group]
         yield from corrections
         if then is not None:
-            yield replace(then(specimen, timepoint), deps=tuple(job.key for job in corrections))
+            step = replace(then(specimen, timepoint), deps=tuple(job.key for job in corrections))
+            yield step
+            if more is not None:
+                yield from more(specimen, timepoint, step.key)
 
 
 def plan_run(views: list[CameraView], out: Path, config: ProcessingConfig, *, fuse: bool = True) -> Iterator[Job]:
-    """Correction jobs per timepoint, each timepoint followed by the step that plans its fusions."""
+    """Correction jobs per timepoint, each timepoint followed by the step that plans its fusions (and, with
+    ``isotropic.enable``, the steps that plan its isotropic registration and reconstruction)."""
     def fusions(specimen: int, timepoint: int) -> Job:
         return Job(f"plan fusions of SPM{specimen:02d} TM{timepoint:06d}", "fuse",
                    expand=partial(_timepoint_fusions, out, specimen, timepoint, config))
-    return plan_timepoints(views, out, config, fusions if fuse else None)
+
+    previous: dict[int, str] = {}
+
+    def isotropic(specimen: int, timepoint: int, fusion_step: str) -> list[Job]:
+        from .isotropic import isotropic_steps
+        steps = isotropic_steps(out, out, config, specimen, timepoint, after=(fusion_step,),
+                                previous_step=previous.get(specimen))
+        previous[specimen] = steps[0].key
+        return steps
+
+    return plan_timepoints(views, out, config, fusions if fuse else None,
+                           isotropic if fuse and config.isotropic.enable else None)
 
 
 def process_dataset(source: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None, *,
@@ -72,7 +96,9 @@ def process_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
     -------
     dict of stage name -> StageSummary
         ``correct`` and, with ``fuse``, ``fuse``: as :func:`correct_dataset`
-        and :func:`fuse_dataset` report them.
+        and :func:`fuse_dataset` report them; with ``isotropic.enable`` also
+        ``isotropic_registration`` and ``isotropic`` (as
+        :func:`~isoview_dask.pipeline.isotropic.isotropic_dataset`).
     """
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     dataset = source if isinstance(source, Dataset) else open_dataset(
@@ -80,13 +106,21 @@ def process_dataset(source: str | Path | Dataset, out: str | Path, config: Proce
     out = Path(out)
     views = selected_views(dataset, config)
     summaries = {"correct": StageSummary("correct")}
+    isotropic = fuse and config.isotropic.enable
     if fuse:
         summaries["fuse"] = StageSummary("fuse")
+    if isotropic:
+        from .isotropic import REGISTRATION_STAGE, STAGE
+        summaries.update({REGISTRATION_STAGE: StageSummary(REGISTRATION_STAGE), STAGE: StageSummary(STAGE)})
     # the bar's total: a correction per view and, about, a fusion per two views (the plan tells the rest)
     run_jobs(plan_run(views, out, config, fuse=fuse), summaries, progress=progress, label="run",
-             total=len(views) + (len(views) // 2 if fuse else 0), rate_stages=("correct",))
+             total=len(views) + (len(views) // 2 if fuse else 0) + (len(views) // 2 if isotropic else 0),
+             rate_stages=("correct",))
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("correct", out, summaries["correct"], config=config, source=dataset)
     if fuse:
         record_run("fuse", out, summaries["fuse"], config=config, source=out)
+    if isotropic:
+        record_run("isotropic", out, {name: summaries[name] for name in (REGISTRATION_STAGE, STAGE)},
+                   config=config, source=out, arguments={"smooth": False})
     return summaries

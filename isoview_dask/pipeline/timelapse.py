@@ -701,30 +701,50 @@ def process_timelapse(raw: str | Path | Dataset, out: str | Path, config: Proces
     :func:`estimate_timepoints` and :func:`smooth_and_fuse` run one after the
     other.
 
-    Returns the summaries by stage: ``correct``, ``estimate``, ``smooth``, ``fuse``.
+    With ``isotropic.enable``, the isotropic registrations follow each
+    timepoint's fusions (each starting from the previous timepoint's
+    transform), their transforms are smoothed over time with the same
+    temporal options (:func:`~isoview_dask.pipeline.isotropic.smooth_registrations`:
+    rloess, or ``fusion.static``) into a lookup table, and every timepoint is
+    reconstructed with its smoothed transform.
+
+    Returns the summaries by stage: ``correct``, ``estimate``, ``smooth``, ``fuse`` (and
+    ``isotropic_registration``, ``isotropic_smooth``, ``isotropic``).
     """
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     dataset = raw if isinstance(raw, Dataset) else open_dataset(raw, allow_truncated=config.input.allow_truncated)
     out = Path(out)
-    jobs = {name: StageSummary(name) for name in ("correct", "estimate", "fuse")}
+    isotropic = config.isotropic.enable
+    names = ("correct", "estimate", "fuse") + (("isotropic_registration", "isotropic") if isotropic else ())
+    jobs = {name: StageSummary(name) for name in names}
     smoothed = StageSummary("smooth")
+    iso_smoothed = StageSummary("isotropic_smooth") if isotropic else None
     views = selected_views(dataset, config)
     # the bar's total: a correction per view and, about, an estimate and a fusion per two views
-    run_jobs(plan_timelapse(views, out, config, smoothed), jobs, progress=progress, label="timelapse",
-             total=len(views) + 2 * (len(views) // 2), rate_stages=("correct",))
+    run_jobs(plan_timelapse(views, out, config, smoothed, iso_smoothed), jobs, progress=progress,
+             label="timelapse", total=len(views) + (4 if isotropic else 2) * (len(views) // 2),
+             rate_stages=("correct",))
     summaries = {"correct": jobs["correct"], "estimate": jobs["estimate"], "smooth": smoothed, "fuse": jobs["fuse"]}
+    if isotropic:
+        summaries.update({"isotropic_registration": jobs["isotropic_registration"],
+                          "isotropic_smooth": iso_smoothed, "isotropic": jobs["isotropic"]})
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("timelapse", out, summaries, config=config, source=raw)
     return summaries
 
 
-def plan_timelapse(views, out: Path, config: ProcessingConfig, lut_summary: StageSummary) -> Iterator[Job]:
+def plan_timelapse(views, out: Path, config: ProcessingConfig, lut_summary: StageSummary,
+                   isotropic_summary: StageSummary | None = None) -> Iterator[Job]:
     """The jobs of a two-pass time-lapse run, in order.
 
     Each timepoint's corrections, then a step planning its pair estimates
     (:func:`estimation_jobs`); after the last timepoint, a step that waits for
     every estimate, smooths the series (:func:`smooth_estimates`, filling
-    ``lut_summary``) and plans every fusion with the smoothed values.
+    ``lut_summary``) and plans every fusion with the smoothed values. With
+    ``isotropic_summary`` (``isotropic.enable``), that step also plans each
+    timepoint's isotropic registration (after its fusions and the previous
+    timepoint's registration) and a last step that smooths the isotropic
+    transforms (filling ``isotropic_summary``) and plans every reconstruction.
     """
     steps: list[str] = []
 
@@ -736,16 +756,35 @@ def plan_timelapse(views, out: Path, config: ProcessingConfig, lut_summary: Stag
 
     yield from plan_timepoints(views, out, config, estimates)
     yield Job("smooth the estimates and plan the fusions", "fuse", deps=tuple(steps),
-              expand=partial(_smoothed_fusions, out, config, lut_summary))
+              expand=partial(_smoothed_fusions, out, config, lut_summary, isotropic_summary))
 
 
 def _timepoint_estimates(out: Path, specimen: int, timepoint: int, config: ProcessingConfig) -> list[Job]:
     return list(estimation_jobs(find_corrected(out, specimen=specimen, timepoint=timepoint), out, config))
 
 
-def _smoothed_fusions(out: Path, config: ProcessingConfig, lut_summary: StageSummary) -> list[Job]:
+def _smoothed_fusions(out: Path, config: ProcessingConfig, lut_summary: StageSummary,
+                      isotropic_summary: StageSummary | None = None) -> list[Job]:
     fixed = smooth_estimates(out, config, lut_summary)
-    return list(fusion_jobs(find_corrected(out), out, config, fixed))
+    jobs = list(fusion_jobs(find_corrected(out), out, config, fixed))
+    if isotropic_summary is None:
+        return jobs
+    # each timepoint's isotropic registration waits for that timepoint's fusions and the registration before it
+    from .common import timepoint_dir
+    from .isotropic import isotropic_steps, smoothing_step
+    timepoints = sorted({(int(p.parent.parent.name[3:]), int(p.parent.name[2:]))
+                         for p in (Path(job.key) for job in jobs)})
+    previous: dict[int, str] = {}
+    registrations = []
+    for specimen, timepoint in timepoints:
+        folder = timepoint_dir(out, specimen, timepoint)
+        after = tuple(job.key for job in jobs if Path(job.key).parent == folder)
+        step = isotropic_steps(out, out, config, specimen, timepoint, after=after,
+                               previous_step=previous.get(specimen), reconstruct=False)[0]
+        previous[specimen] = step.key
+        registrations.append(step)
+    return jobs + registrations + [smoothing_step(out, out, config, isotropic_summary,
+                                                  deps=tuple(step.key for step in registrations))]
 
 
 # ------------------------------------------------------------------------------------------ the table
