@@ -4,7 +4,8 @@ Every stage function (:func:`~isoview_dask.pipeline.convert_dataset`,
 :func:`~isoview_dask.pipeline.correct_dataset`, :func:`~isoview_dask.pipeline.fuse_dataset`,
 :func:`~isoview_dask.pipeline.timelapse.estimate_timepoints`,
 :func:`~isoview_dask.pipeline.timelapse.smooth_and_fuse`,
-:func:`~isoview_dask.pipeline.timelapse.process_timelapse`) ends by calling
+:func:`~isoview_dask.pipeline.timelapse.process_timelapse`,
+:func:`~isoview_dask.pipeline.isotropic.isotropic_dataset`) ends by calling
 :func:`record_run`, which adds one record to the output root::
 
     <out>/isoview-runs/<started>-<stage>-<id>.json   the full record (one file per run)
@@ -22,7 +23,11 @@ under an advisory lock, so concurrent runs into the same root never
 interleave or truncate each other's records.
 
 Stage functions never call one another (``process_timelapse`` plans its
-correction, estimates and fusion itself), so one call leaves one record. The
+correction, estimates, fusion and isotropic reconstruction itself), so one
+call leaves one record; ``process_dataset`` leaves one per stage it ran
+(``correct``, ``fuse``, ``isotropic``), and a rerun of a fusion record whose
+configuration enables the isotropic stage runs it after the fusion (two
+records). The
 command line is known when :func:`isoview_dask.cli.main` runs the stage
 inside :func:`command_line`. A resumed run that finds every
 output complete (nothing written, nothing failed) leaves no record and does
@@ -218,6 +223,15 @@ def _corrected_inputs(corrected, config, estimates_root=None) -> list[dict]:
     return _record_inputs(records)
 
 
+def _fused_inputs(fused, config) -> list[dict]:
+    """The fused-volume records an isotropic stage read (those of the selected timepoints)."""
+    from .pipeline.isotropic import find_fused
+    sel = config.input
+    records = [(view.record_path, view.record) for (s, t, _, _), view in sorted(find_fused(fused).items())
+               if (sel.specimens is None or s in sel.specimens) and (sel.timepoints is None or t in sel.timepoints)]
+    return _record_inputs(records)
+
+
 def _summaries(summary) -> dict:
     if hasattr(summary, "to_dict"):
         return summary.to_dict()
@@ -242,7 +256,7 @@ def record_run(stage: str, out, summary, *, config=None, source=None, arguments:
 
     Parameters
     ----------
-    stage : {'convert', 'correct', 'fuse', 'estimate', 'smooth_and_fuse', 'timelapse'}
+    stage : {'convert', 'correct', 'fuse', 'estimate', 'smooth_and_fuse', 'timelapse', 'isotropic'}
     out : path
         The output root the stage wrote to.
     summary : StageSummary, or a table / tuple of them
@@ -287,8 +301,12 @@ def _write_record(stage, out, summary, config, source, arguments, fixed_paramete
     from .dataset import Dataset
     finished = time.time()
     summaries = _summaries(summary)
-    seconds = float(summaries.get("seconds", 0.0)) if "seconds" in summaries else \
-        sum(float(s.get("seconds", 0.0)) for s in summaries.values() if isinstance(s, dict))
+    if "seconds" in summaries:
+        seconds = float(summaries.get("seconds", 0.0))
+    else:
+        parts = [float(s.get("seconds", 0.0)) for s in summaries.values() if isinstance(s, dict)]
+        # the stages of one plan each report the plan's whole time: count it once
+        seconds = parts[0] if parts and len(set(parts)) == 1 else sum(parts)
     out = Path(out).resolve()
     source_path = Path(source.root if isinstance(source, Dataset) else source).resolve() if source is not None \
         else None
@@ -304,6 +322,8 @@ def _write_record(stage, out, summary, config, source, arguments, fixed_paramete
     if stage in ("convert", "correct", "timelapse"):
         allow = bool(config.input.allow_truncated) if config is not None else False
         inputs = _raw_inputs(source, selection, allow)
+    elif stage == "isotropic":
+        inputs = _fused_inputs(source_path, config)
     else:
         inputs = _corrected_inputs(source_path, config, estimates_root=out if stage == "smooth_and_fuse" else None)
     reproducible, why = True, None
@@ -416,7 +436,8 @@ STAGE_CALLS = {"convert": "isoview_dask.pipeline.common.convert_dataset",
                "fuse": "isoview_dask.pipeline.fuse.fuse_dataset",
                "estimate": "isoview_dask.pipeline.timelapse.estimate_timepoints",
                "smooth_and_fuse": "isoview_dask.pipeline.timelapse.smooth_and_fuse",
-               "timelapse": "isoview_dask.pipeline.timelapse.process_timelapse"}
+               "timelapse": "isoview_dask.pipeline.timelapse.process_timelapse",
+               "isotropic": "isoview_dask.pipeline.isotropic.isotropic_dataset"}
 
 
 @dataclass
@@ -543,8 +564,13 @@ def _call_stage(stage, src, target, config, args, overwrite, progress, same_fold
         return {"convert": convert_dataset(src, target, progress=progress, **options)}
     if stage == "correct":
         return {"correct": correct_dataset(src, target, config, progress=progress)}
+    if stage == "isotropic":
+        return _isotropic(src, target, config, progress, smooth=bool(args.get("smooth")))
+    # a fusion rerun with isotropic.enable goes on to the isotropic stage, on what it fused (as 'run' does)
+    isotropic = config is not None and config.isotropic.enable
     if stage == "fuse":
-        return {"fuse": fuse_dataset(src, target, config, progress=progress)}
+        summaries = {"fuse": fuse_dataset(src, target, config, progress=progress)}
+        return {**summaries, **(_isotropic(target, target, config, progress) if isotropic else {})}
     if stage == "estimate":
         return {"estimate": estimate_timepoints(src, target, config, progress=progress)}
     if stage == "smooth_and_fuse":
@@ -552,5 +578,10 @@ def _call_stage(stage, src, target, config, args, overwrite, progress, same_fold
         if not same_folder:  # pass 2 reads pass 1's estimates from its output folder: make them there first
             summaries["estimate"] = estimate_timepoints(src, target, config, progress=progress)
         summaries["smooth"], summaries["fuse"] = smooth_and_fuse(src, target, config, progress=progress)
-        return summaries
+        return {**summaries, **(_isotropic(target, target, config, progress, smooth=True) if isotropic else {})}
     return dict(process_timelapse(src, target, config, progress=progress))
+
+
+def _isotropic(fused, out, config, progress, smooth: bool = False) -> dict:
+    from .pipeline.isotropic import isotropic_dataset
+    return dict(isotropic_dataset(fused, out, config, smooth=smooth, progress=progress))
