@@ -17,6 +17,12 @@ goes to ((k - cz) dz, (y - cy) p, (x - cx) p), the 90 degree view (c = the volum
 pixel size, dz the plane spacing, µm). These are the axes of :mod:`isoview_dask.synthetic`
 (``CONVENTIONS['camera_0']``, ``['camera_2']``); the registration of each view is written as two affine
 transforms: ``calibration`` (the voxel size in pixel units) and ``IsoView geometry`` (the rest).
+
+Where the isotropic stage registered a timepoint's orthogonal view (VW90) onto VW00 (its
+``<stem>.isotropic.json``), that view's registration gains a third, outermost transform, ``isotropic
+registration``: the correction from VW90's nominal place to the estimated one. Composed, VW90's voxel
+goes through the inverse of the estimated VW00 -> VW90 transform into VW00's frame and on through VW00's
+geometry, so BigStitcher starts from the registered views.
 """
 
 from __future__ import annotations
@@ -100,15 +106,67 @@ def _to_xyz(A: np.ndarray) -> np.ndarray:
     return P @ A @ P
 
 
-def registration_transforms(view: ExportedView, world_unit_um: float) -> list[tuple[str, np.ndarray]]:
-    """(name, 3 x 4 affine on (x, y, z, 1)) of a view's registration, outermost first (SpimData order)."""
+@dataclass(frozen=True)
+class IsotropicRegistration:
+    """VW90's registration onto VW00 estimated by the isotropic stage (from its ``<stem>.isotropic.json``).
+
+    ``transform`` maps a point of VW00's frame (µm, (z, y, x), its voxel (k, i, j) at
+    (k, i, j) * voxel) to the point of VW90's frame that shows the same specimen point.
+    """
+
+    vw00: tuple  # (cameras, channels)
+    vw90: tuple
+    vw00_shape_zyx: tuple[int, int, int]
+    vw00_voxel_zyx: tuple[float, float, float]
+    transform: np.ndarray
+    record: Path
+
+
+def isotropic_registrations(out: str | Path) -> dict[tuple, IsotropicRegistration]:
+    """The VW90 registrations of the isotropic stage under ``out``, keyed by (specimen, timepoint, VW90's
+    cameras, VW90's channels), from every complete ``<stem>.isotropic.json``."""
+    from .pipeline.common import scan_records
+    found = {}
+    for (s, t, _, _), (path, record) in scan_records(out, "isotropic.json").items():
+        try:
+            views = record["views"]
+            key90 = (tuple(int(c) for c in views["vw90"]["cameras"]), tuple(int(c) for c in views["vw90"]["channels"]))
+            key00 = (tuple(int(c) for c in views["vw00"]["cameras"]), tuple(int(c) for c in views["vw00"]["channels"]))
+            found[(int(s), int(t)) + key90] = IsotropicRegistration(
+                key00, key90, tuple(int(v) for v in views["vw00"]["shape_zyx"]),
+                tuple(float(v) for v in views["vw00"]["voxel_size_um_zyx"]),
+                np.asarray(record["transform_vw00_to_vw90_um"], dtype=float), path)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: not an isotropic record this export can read (%s); ignoring it", path, exc)
+    return found
+
+
+def registration_transforms(view: ExportedView, world_unit_um: float,
+                            isotropic: IsotropicRegistration | None = None) -> list[tuple[str, np.ndarray]]:
+    """(name, 3 x 4 affine on (x, y, z, 1)) of a view's registration, outermost first (SpimData order).
+
+    With ``isotropic`` (the view is that reconstruction's VW90), a first transform carries VW90 from its
+    nominal place to where the isotropic stage registered it: the composed model maps VW90's voxels
+    through the inverse of the estimated VW00 -> VW90 transform into VW00's frame, then VW00's own
+    geometry to the world.
+    """
     dz, py, px = view.voxel_size_zyx
     calibration = np.diag([px / world_unit_um, py / world_unit_um, dz / world_unit_um, 1.0])
     model = _to_xyz(view_to_specimen(view.reference_camera, view.shape_zyx, view.voxel_size_zyx))
     model[:3] /= world_unit_um
     geometry = model @ np.linalg.inv(calibration)
-    return [("IsoView geometry (orthogonal views: 90 degrees about y)", geometry[:3]),
-            ("calibration", calibration[:3])]
+    transforms = [("IsoView geometry (orthogonal views: 90 degrees about y)", geometry[:3]),
+                  ("calibration", calibration[:3])]
+    if isotropic is None:
+        return transforms
+    # VW90 voxel -> VW90 µm -> VW00 µm (inverse registration) -> VW00 voxel -> world (VW00's geometry)
+    to_um90 = np.diag([*view.voxel_size_zyx, 1.0])
+    to_voxel00 = np.diag([*(1.0 / np.asarray(isotropic.vw00_voxel_zyx)), 1.0])
+    world00 = view_to_specimen(isotropic.vw00[0][0], isotropic.vw00_shape_zyx, isotropic.vw00_voxel_zyx)
+    estimated = _to_xyz(world00 @ to_voxel00 @ np.linalg.inv(isotropic.transform) @ to_um90)
+    estimated[:3] /= world_unit_um
+    correction = estimated @ np.linalg.inv(model)
+    return [("isotropic registration: VW90 onto VW00 (isoview-dask isotropic)", correction[:3])] + transforms
 
 
 def _zarr_grid(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
@@ -222,10 +280,12 @@ def bigstitcher_xml(out: str | Path, *, corrected: bool = False, base: str | Pat
             if (t, number) not in present:
                 ET.SubElement(missing, "MissingView", timepoint=str(t), setup=str(number))
     registrations = ET.SubElement(root, "ViewRegistrations")
+    isotropic = isotropic_registrations(out)
     for view in views:
         element = ET.SubElement(registrations, "ViewRegistration", timepoint=str(view.timepoint),
                                 setup=str(setups[view.setup_key]))
-        for name, affine in registration_transforms(view, world_unit):
+        estimated = isotropic.get((view.specimen, view.timepoint, view.cameras, view.channels))
+        for name, affine in registration_transforms(view, world_unit, estimated):
             transform = ET.SubElement(element, "ViewTransform", type="affine")
             _text(transform, "Name", name)
             _text(transform, "affine", _numbers(affine))
