@@ -396,7 +396,7 @@ class IsotropicConfig(Section):
     iterations: int = opt(10, "Richardson-Lucy iterations", lo=0, hi=1000)
     update: str = opt("simultaneous", "Richardson-Lucy update: both views at once (weighted), or one after the "
                       "other (faster sharpening, noise amplified sooner)", choices=("simultaneous", "sequential"))
-    regularization: float = opt(0.05, "total-variation regularisation weight of the deconvolution (0: none)",
+    regularization: float = opt(0.03, "total-variation regularisation weight of the deconvolution (0: none)",
                                 lo=0.0, hi=1.0)
     voxel_um: float | None = opt(None, "edge of the cubic output voxel, µm; not set: VW00's lateral pixel",
                                  lo=0.0)
