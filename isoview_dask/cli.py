@@ -3,6 +3,7 @@
 Subcommands: ``info`` (what is in a recording), ``synth`` (a synthetic
 recording with ground truth), ``convert`` (raw -> sharded zarr/KLB/TIFF),
 ``timelapse`` / ``run --two-pass`` (fusion with time-smoothed parameters),
+``isotropic`` (the four-view isotropic reconstruction of fused views),
 ``params`` (the parameter table) and ``demo`` (all of it on a generated
 dataset, on a local cluster). Errors the
 user can fix (bad paths, bad files, existing outputs) are printed as one
@@ -132,8 +133,9 @@ def _add_zarr_options(p: argparse.ArgumentParser) -> None:
 SELECTION = ("specimens", "timepoints", "cameras", "channels")
 #: Configuration sections whose flags each processing command takes.
 STAGE_SECTIONS = {"correct": ("input", "correction", "output"), "fuse": ("input", "fusion", "output"),
-                  "run": ("input", "correction", "fusion", "output"),
-                  "timelapse": ("input", "correction", "fusion", "output")}
+                  "run": ("input", "correction", "fusion", "output", "isotropic"),
+                  "timelapse": ("input", "correction", "fusion", "output", "isotropic"),
+                  "isotropic": ("input", "output", "isotropic")}
 
 
 def _metavar(f, hint) -> str:
@@ -246,6 +248,8 @@ def _stage_parser(sub, name: str, help: str, description: str, *, full: bool = F
     from .config import TEMPORAL_FIELDS
     # fuse: no two-pass options, and it writes no corrected volumes
     skip = {f"fusion_{n}" for n in TEMPORAL_FIELDS} | {"output_store_corrected"} if name == "fuse" else set()
+    if name == "isotropic":  # it is the isotropic stage, on fused volumes
+        skip = {"output_store_corrected", "isotropic_enable"}
     _add_config_flags(p, STAGE_SECTIONS[name], full, skip=skip)
     return p
 
@@ -330,6 +334,19 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
                   "timepoint; pass 2 smooths them over time (rloess or static, --fusion-* options), writes lookup "
                   "tables and plots to OUT/SPM##/ and fuses every timepoint with the smoothed values. Every step "
                   "resumes.", full=full)
+
+    # -- isotropic: the four-view reconstruction of fused views (isoview_dask.pipeline.isotropic) --
+    p = _stage_parser(sub, "isotropic", "register the orthogonal fused views and reconstruct an isotropic volume",
+                      "After 'fuse': for every timepoint with both fused views (VW00 = cameras 0+1, VW90 = 2+3 by "
+                      "default, --isotropic-views), register VW90 onto VW00 in 3-D (starting from the previous "
+                      "timepoint's transform) and deconvolve both into one isotropic volume: "
+                      "<stem>.isotropic.zarr, its JSON, <stem>.isotropicRegistration.json and diagnostic PNGs "
+                      "under OUT/SPM##/TM######/. Complete outputs are skipped on a rerun.",
+                      source=("fused", "output root of the fusion stage"),
+                      out_help="where isotropic volumes go (default: beside the fused ones)", full=full)
+    p.add_argument("--smooth", action="store_true",
+                   help="smooth the transforms over time first (as 'timelapse'; --config [fusion] "
+                        "smoothing_window, static) and reconstruct with them; lookup table in OUT/SPM##/")
 
     p = sub.add_parser("params", help="print every estimated and used parameter as one table",
                        description="One row per timepoint, camera pair and channel: registration, intensity, "
@@ -612,6 +629,25 @@ def cmd_timelapse(args) -> int:
     return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 
+def cmd_isotropic(args) -> int:
+    from .errors import InputNotFoundError
+    from .pipeline.isotropic import MissingFusedViewError, find_fused, isotropic_dataset
+    config = _config_from_args(args)
+    if not Path(args.fused).is_dir():
+        raise InputNotFoundError(f"{args.fused}: no such folder (the output root of 'fuse')")
+    if not find_fused(args.fused):
+        raise MissingFusedViewError(f"{args.fused}: no complete fused volumes (*.fusedStack.json with their .zarr); "
+                                    "run 'isoview-dask fuse' (or 'run') first")
+    cluster = _cluster(args)
+    if args.out:
+        _check_writable(Path(args.out))
+    with cluster:
+        summaries = isotropic_dataset(args.fused, args.out, config, smooth=args.smooth)
+    for summary in summaries.values():
+        print(summary.report())
+    return 1 if any(summary.failed for summary in summaries.values()) else 0
+
+
 def cmd_params(args) -> int:
     from .pipeline.timelapse import format_table, parameter_table
     rows = parameter_table(args.out)
@@ -692,7 +728,8 @@ def cmd_rerun(args) -> int:
 
 COMMANDS = {"info": cmd_info, "synth": cmd_synth, "convert": cmd_convert, "correct": cmd_correct,
             "fuse": cmd_fuse, "run": cmd_run, "init": cmd_init, "demo": cmd_demo,
-            "timelapse": cmd_timelapse, "params": cmd_params, "bigstitcher": cmd_bigstitcher}
+            "timelapse": cmd_timelapse, "params": cmd_params, "bigstitcher": cmd_bigstitcher,
+            "isotropic": cmd_isotropic}
 COMMANDS["bench"] = cmd_bench  # bench
 COMMANDS["rerun"] = cmd_rerun  # rerun
 
