@@ -25,7 +25,7 @@ alike (ours: this script with ``child``; theirs: ``mvs_runner.py``), under
 ``--threads`` threads (dask's thread pool and every BLAS/OpenMP/ITK pool).
 Inside the child each step is timed (wall, CPU seconds of all threads) and
 the child's peak RSS is read from the kernel's high-water mark
-(``ru_maxrss``) at the step's end, so it also covers what ran before it in
+(``VmHWM``) at the step's end, so it also covers what ran before it in
 that child: imports and input (both tools), and, for multiview-stitcher's
 deconvolution and average, its registration. Within each repeat the tools
 alternate; the tables show medians over repeats (and seeds).
@@ -75,7 +75,21 @@ QUICK = {"shape": "56,56,56", "beads": 4, "iterations": "5", "threads": "1", "mv
 
 
 def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark so far (``ru_maxrss``), MB."""
+    """This process's resident-memory high-water mark so far, MB.
+
+    Read from ``VmHWM`` in ``/proc/self/status``, which starts afresh at
+    ``exec``. (``ru_maxrss`` does not: a child started by ``subprocess``
+    inherits the high-water mark of the process that forked it, so a small
+    child of a large parent would report the parent's peak.) Elsewhere than
+    Linux, ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)
 
 
@@ -475,10 +489,10 @@ def _finish(args, name, _common, rows, recon, registration, per_seed, repeats, v
         f"Synthetic specimen {'x'.join(map(str, shape))} (FourViewSpec, seed(s) {seed_text}): VW00 and VW90 "
         f"{'x'.join(map(str, per_seed[0]['vw00_shape']))} each, {input_mb:.2f} MB as float32 together (the MB of "
         f"MB/s); output grid {'x'.join(map(str, per_seed[0]['grid']['shape']))} ({voxels / 1e6:.3f} Mvoxel).",
-        "wall s / CPU-s: the step alone, inside its child process (median of the repeats); peak RSS: the child's "
-        "kernel high-water mark at the step's end (it includes imports and input; for multiview-stitcher's "
-        "deconvolution and average also its registration); above imports: that peak less the high-water mark "
-        "right after the imports. MB/s per core = MB / wall s / threads. Last column: multiview-stitcher's "
+        "wall s / CPU-s: the step alone, inside its child process (median of the repeats); peak RSS: the "
+        "child's kernel high-water mark (VmHWM) at the step's end (it includes imports and input; for "
+        "multiview-stitcher's deconvolution and average also its registration); above imports: that peak "
+        "less the high-water mark right after the imports. MB/s per core = MB / wall s / threads. Last column: multiview-stitcher's "
         "wall (CPU) seconds over ours at the same iterations, its thread count against ours.",
         "Bead FWHM: voxels (1 voxel = the lateral pixel), median over the beads; max/min: largest over smallest "
         "of the three. r: Pearson correlation with the ideal image over the whole volume.",

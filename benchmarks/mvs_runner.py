@@ -72,9 +72,22 @@ VERSIONED = ("multiview-stitcher", "itk-elastix", "itk", "numpy", "scipy", "dask
 
 
 def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark so far (the kernel's ``ru_maxrss``), MB."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kib * 1024 / 1e6, 1)
+    """This process's resident-memory high-water mark so far, MB.
+
+    Read from ``VmHWM`` in ``/proc/self/status``, which starts afresh at
+    ``exec``. (``ru_maxrss`` does not: a child started by ``subprocess``
+    inherits the high-water mark of the process that forked it, so a small
+    child of a large parent would report the parent's peak.) Elsewhere than
+    Linux, ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)
 
 
 class Steps:
