@@ -184,6 +184,21 @@ def test_uint16_output_records_scale_and_clipping(recording, tmp_path):
     assert 1000 < stored.max() <= 65535
 
 
+def test_gpu_without_a_gpu_fails_that_output_clearly(recording, tmp_path):
+    from isoview_dask.isotropic.backend import gpu_available
+    if gpu_available():
+        pytest.skip("a GPU is here")
+    truth, out, _ = recording
+    other = tmp_path / "gpu"
+    stem_path(other, 0, REGISTRATION_KIND, "json").parent.mkdir(parents=True)
+    shutil.copy(stem_path(out, 0, REGISTRATION_KIND, "json"), stem_path(other, 0, REGISTRATION_KIND, "json"))
+    summaries = isotropic_dataset(out, other, progress=False, input_timepoints=[0], isotropic_device="gpu",
+                                  **ISOTROPIC)
+    (why,) = summaries["isotropic"].failed.values()
+    assert why.startswith("isotropic.device = 'gpu' but CuPy")
+    assert not stem_path(other, 0).exists() and not stem_path(other, 0, fmt="json").exists()
+
+
 def test_untrusted_registration_falls_back(recording, tmp_path, caplog):
     truth, out, _ = recording
     config = ProcessingConfig.from_flags(isotropic_min_confidence=0.9999, isotropic_orientation="+x,+y,+z")

@@ -726,8 +726,13 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
     from ..isotropic.reconstruct import block_halo
     from ..io.zarr import CodecSpec, prepare_zarr
 
+    from ..isotropic.backend import resolve_device
     ic, oc = config.isotropic, config.output
     t0 = time.perf_counter()
+    try:
+        device = resolve_device(ic.device)
+    except RuntimeError as exc:  # a GPU asked for where there is none: this output fails, with the reason
+        raise IsoviewError(str(exc)) from None
     transform = np.asarray(transform, float)
     vw00, vw90 = target.vw00.open(), target.vw90.open()
     voxel00, voxel90 = target.vw00.voxel_size_um, target.vw90.voxel_size_um
@@ -756,7 +761,7 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
         value_scale, peak = _uint16_scale(vw00, vw90, scale90, ic.method)
         scaled = result * np.float32(value_scale)
         clipped = (scaled > 65535.0).sum()
-        written = da_round_clip(scaled)
+        written = _to_uint16(scaled)
     else:
         clipped, written = None, result
     fmt = oc.format
@@ -820,6 +825,7 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
         "block_zyx": list(block), "halo_zyx": list(halo),
         "output_chunks_zyx": list(inner) if inner else None, "output_shard_zyx": list(unit) if unit else None,
         "task_memory_bytes": int(task_memory(block, grid, halo, sources)), "task_memory_budget_bytes": int(budget),
+        "device": device,
         "dtype": ic.dtype,
         "uint16_scale": value_scale if ic.dtype == "uint16" else None,
         "uint16_meaning": "value = stored / uint16_scale" if ic.dtype == "uint16" else None,
@@ -877,7 +883,7 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
     return params
 
 
-def da_round_clip(scaled):
+def _to_uint16(scaled):
     """A float dask array rounded and clipped to uint16 (lazy)."""
     import dask.array as da
     return da.clip(da.round(scaled), 0, 65535).astype(np.uint16)
