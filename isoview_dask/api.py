@@ -93,7 +93,10 @@ def process_dataset(config=None, input=None, out=None, *, fusion: bool = False, 
     Returns
     -------
     dict of stage name -> StageSummary
-        ``correct``, and ``fuse`` (``estimate``, ``smooth``, ``fuse`` with ``two_pass``).
+        ``correct``, and ``fuse`` (``estimate``, ``smooth``, ``fuse`` with ``two_pass``); with fusion and
+        ``isotropic_enable=True`` also ``isotropic_registration`` and ``isotropic`` (and
+        ``isotropic_smooth`` with ``two_pass``): the isotropic reconstruction of every timepoint
+        (:func:`isoview_dask.pipeline.isotropic.isotropic_dataset` runs it alone on fused outputs).
     """
     cfg = load_config(config, **flags)
     input = input if input is not None else cfg.input_dir

@@ -11,11 +11,12 @@ from .common import (StageSummary, convert_dataset, output_path, timepoint_dir, 
 from .correct import correct_dataset, correct_view
 from .fuse import (ChannelFusedView, estimate_channels, estimate_pair, find_corrected, fuse_channels,
                    fuse_dataset, fuse_pair)
+from .isotropic import isotropic_dataset
 from .run import process_dataset
 from .timelapse import estimate_timepoints, parameter_table, process_timelapse, smooth_and_fuse
 
 __all__ = ["ChannelFusedView", "StageSummary", "convert_dataset", "correct_dataset", "correct_view",
            "estimate_channels", "estimate_pair", "estimate_timepoints", "find_corrected", "fuse_channels",
-           "fuse_dataset", "fuse_pair", "output_path", "parameter_table",
+           "fuse_dataset", "fuse_pair", "isotropic_dataset", "output_path", "parameter_table",
            "process_dataset", "process_timelapse", "smooth_and_fuse",
            "timepoint_dir", "volume_stem", "write_json"]
