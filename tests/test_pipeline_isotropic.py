@@ -66,7 +66,8 @@ def test_run_writes_isotropic_volume_record_and_figures(recording):
         assert registration["registration"]["orientation"] == orientation_name(truth_transform[:3, :3]) == "+x,+y,+z"
         points = np.stack(np.meshgrid(*[np.linspace(4, 20, 5)] * 3, indexing="ij"), -1).reshape(-1, 3)
         error = displacement_rms(np.array(record["transform_vw00_to_vw90_um"]), truth_transform, points)
-        print(f"TM{t}: transform error {error:.3f} µm rms, confidence {registration['registration']['confidence']:.3f}")
+        confidence = registration["registration"]["confidence"]
+        print(f"TM{t}: transform error {error:.3f} µm rms, confidence {confidence:.3f}")
         assert error < truth.voxel_size_um[1]
         assert registration["transform_source"] == record["transform_source"] == "registered"
         assert registration["initial_from_timepoint"] == (None if t == 0 else 0)  # t=1 starts from t=0
