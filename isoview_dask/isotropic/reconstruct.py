@@ -12,7 +12,8 @@ shards by the caller). Each block becomes one task that
    iteration (or the content-weighted average) on the extended block;
 4. returns the block's core.
 
-The halo is the PSFs' half-size times ``halo_factor`` (at least the weight
+Views at least twice as fine as the output grid are first reduced by block
+means (:func:`prebinned`). The halo is the PSFs' half-size times ``halo_factor`` (at least the weight
 smoothing's reach), widened so that every extended block is an FFT-friendly
 size. Iterating inside a block is an approximation at its border, which the
 halo keeps small (tested against one whole-volume block). Memory per task is
@@ -36,13 +37,13 @@ from .geometry import IsotropicGrid, index_map
 from .psf import kernel_halo
 from .resample import SPLINE_MARGIN, field_mask, resample_block, source_window
 
-__all__ = ["METHODS", "ReconstructionOptions", "block_halo", "reconstruct", "reconstruct_block",
-           "task_memory_bytes"]
+__all__ = ["ARRAYS_PER_TASK", "METHODS", "ReconstructionOptions", "block_halo", "prebinned", "reconstruct",
+           "reconstruct_block", "task_memory_bytes"]
 
 #: Reconstruction methods.
 METHODS = ("deconvolution", "average")
 #: float32 block-sized arrays a task holds at its peak (views, fields, weights, estimate, FFT buffers).
-_ARRAYS_PER_TASK = 14
+ARRAYS_PER_TASK = 14
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,62 @@ def _extended(start: int, size: int, halo: int) -> tuple[int, int]:
     return start - before, size_ext
 
 
-def task_memory_bytes(options: ReconstructionOptions, kernels: Sequence[np.ndarray], voxel_um: float) -> int:
-    """An estimate of one task's peak memory, bytes (for admission and worker-memory checks)."""
-    halo = block_halo(kernels, voxel_um, options)
-    shape = [_extended(0, b, h)[1] for b, h in zip(options.block, halo)]
-    return int(np.prod(shape)) * 4 * _ARRAYS_PER_TASK
+def task_memory_bytes(block: Sequence[int], grid: IsotropicGrid, halo: Sequence[int], sources) -> int:
+    """Peak memory (bytes) of one reconstruction task of core ``block``.
+
+    It counts :data:`ARRAYS_PER_TASK` float32 arrays of the extended block and
+    the source windows the task reads (each as read, as float32 and as spline
+    coefficients), measured for the block at the centre of the grid.
+
+    Parameters
+    ----------
+    block : sequence of 3 int
+        Core block shape (Z, Y, X), output voxels.
+    grid : IsotropicGrid
+    halo : sequence of 3 int
+        The block's halo (:func:`block_halo`).
+    sources : sequence of tuple
+        Per view ``(matrix, offset, shape, itemsize)``: its output-index -> view-index map, its shape and its
+        bytes per voxel.
+    """
+    extended = [_extended(0, min(b, n), h)[1] for b, n, h in zip(block, grid.shape, halo)]
+    start = [max(0, n // 2 - b // 2) - (e - min(b, n)) // 2 for b, n, e in zip(block, grid.shape, extended)]
+    total = ARRAYS_PER_TASK * 4 * int(np.prod(extended))
+    for matrix, offset, shape, itemsize in sources:
+        window, _ = source_window(matrix, offset, start, extended, shape, margin=SPLINE_MARGIN)
+        total += int(np.prod([w.stop - w.start for w in window])) * (int(itemsize) + 8)
+    return total
+
+
+def prebinned(view, voxel_zyx_um: Sequence[float], transform: np.ndarray, voxel_um: float):
+    """A view reduced by block means where the output grid is at least twice as coarse as it (anti-aliasing).
+
+    Resampling a fine view onto a coarse grid by splines alone would alias
+    and would read (and spline-filter) far more source than the output needs.
+    Integer block means along each axis where ``voxel_um / voxel >= 2`` come
+    first (a dask reduction, chunk-aligned), and the transform is shifted so
+    that binned voxel 0 sits at its block's centre.
+
+    Returns
+    -------
+    view : dask.array.Array
+    voxel_zyx_um : tuple of float
+    transform : numpy.ndarray
+        4 x 4 map output frame -> the binned view's frame.
+    """
+    voxel = np.asarray(voxel_zyx_um, float)
+    factors = np.maximum(np.floor(voxel_um / voxel + 1e-6).astype(int), 1)
+    if np.all(factors == 1):
+        return view, tuple(voxel), np.asarray(transform, float)
+    usable = tuple(int((n // f) * f) for n, f in zip(view.shape, factors))
+    trimmed = view[tuple(slice(0, u) for u in usable)]
+    chunks = tuple(max(int(f), (int(c) // int(f)) * int(f)) for c, f in zip(trimmed.chunksize, factors))
+    binned = da.coarsen(np.mean, trimmed.rechunk(chunks).astype(np.float32),
+                        {axis: int(f) for axis, f in enumerate(factors)}).astype(np.float32)
+    first = (factors - 1) / 2 * voxel
+    shifted = np.eye(4)
+    shifted[:3, 3] = -first
+    return binned, tuple(voxel * factors), shifted @ np.asarray(transform, float)
 
 
 def reconstruct_block(source00, source90, *, map00, map90, shape00, shape90, ext_start, ext_shape, core,
@@ -197,7 +249,9 @@ def reconstruct(vw00, voxel00: Sequence[float], vw90, voxel90: Sequence[float], 
     vw90 = vw90 if isinstance(vw90, da.Array) else da.from_array(np.asarray(vw90), chunks=vw90.shape)
     kernels = tuple(np.asarray(k, np.float32) for k in kernels)
     halo = block_halo(kernels, grid.voxel_um, options)
-    maps = [index_map(np.eye(4), grid.voxel_zyx, voxel00), index_map(transform, grid.voxel_zyx, voxel90)]
+    vw00, voxel00, transform00 = prebinned(vw00, voxel00, np.eye(4), grid.voxel_um)
+    vw90, voxel90, transform = prebinned(vw90, voxel90, transform, grid.voxel_um)
+    maps = [index_map(transform00, grid.voxel_zyx, voxel00), index_map(transform, grid.voxel_zyx, voxel90)]
     starts = [range(0, n, b) for n, b in zip(grid.shape, block)]
     blocks = np.empty([len(s) for s in starts], dtype=object)
     kernels_delayed = dask.delayed(kernels, pure=True)

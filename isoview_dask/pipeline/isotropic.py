@@ -90,8 +90,6 @@ BLOCK_VOXELS = 64 * 128 * 128
 #: Memory budget of one reconstruction task (bytes) without a cluster; on a cluster at most a quarter of a
 #: worker thread's share of its memory limit.
 TASK_MEMORY_BYTES = 1 << 30
-#: float32 block-sized arrays a reconstruction task holds at its peak (see isoview_dask.isotropic.reconstruct).
-_ARRAYS_PER_TASK = 14
 #: Bead measurements: at most this many beads, profiles of this half-length (output voxels).
 MAX_BEADS = 20
 BEAD_HALF_WIDTH = 12
@@ -525,25 +523,6 @@ def _block_candidates(unit: int | None, size: int) -> list[int]:
     return sorted({-(-size // k) for k in range(1, size + 1)}, reverse=True)
 
 
-def task_memory(block, grid, halo, sources) -> int:
-    """Peak memory (bytes) of one reconstruction task of core ``block``: its block-sized float32 arrays and
-    the source windows it reads (each as read, as float32 and as spline coefficients).
-
-    ``sources`` lists, per view, ``(matrix, offset, shape, itemsize)``: its output-index -> view-index map.
-    The windows are measured for the block at the centre of the grid.
-    """
-    import scipy.fft
-
-    from ..isotropic.resample import SPLINE_MARGIN, source_window
-    ext = [scipy.fft.next_fast_len(min(b, n) + 2 * h, real=True) for b, n, h in zip(block, grid.shape, halo)]
-    start = [max(0, n // 2 - b // 2) - (e - min(b, n)) // 2 for b, n, e in zip(block, grid.shape, ext)]
-    total = _ARRAYS_PER_TASK * 4 * int(np.prod(ext))
-    for matrix, offset, shape, itemsize in sources:
-        window, _ = source_window(matrix, offset, start, ext, shape, margin=SPLINE_MARGIN)
-        total += int(np.prod([w.stop - w.start for w in window])) * (itemsize + 8)
-    return total
-
-
 def choose_block(grid, shard, halo, sources, budget: int, requested=None,
                  max_voxels: int = BLOCK_VOXELS) -> tuple[int, int, int]:
     """The reconstruction block (output voxels, Z, Y, X): aligned with the output's shards and within budget.
@@ -557,7 +536,7 @@ def choose_block(grid, shard, halo, sources, budget: int, requested=None,
     halo : (Z, Y, X)
         The block's halo (voxels).
     sources : list
-        See :func:`task_memory`.
+        See :func:`~isoview_dask.isotropic.reconstruct.task_memory_bytes`.
     budget : int
         Bytes one task may take.
     requested : (Z, Y, X), optional
@@ -568,10 +547,13 @@ def choose_block(grid, shard, halo, sources, budget: int, requested=None,
     Notes
     -----
     Starting from the whole shard, the largest axis is cut to its next smaller allowed size until the
-    task's memory (:func:`task_memory`: block arrays and source windows) fits ``budget`` and the core has
+    task's memory (:func:`~isoview_dask.isotropic.reconstruct.task_memory_bytes`: block arrays and source
+    windows) fits ``budget`` and the core has
     at most ``max_voxels``. The windows count: on a coarse output grid a small block reads a large part
     of the views.
     """
+    from ..isotropic.reconstruct import task_memory_bytes
+
     units = list(shard) if shard else [None] * 3
     candidates = [_block_candidates(u, n) for u, n in zip(units, grid.shape)]
     if requested is not None:
@@ -585,7 +567,7 @@ def choose_block(grid, shard, halo, sources, budget: int, requested=None,
     while True:
         block = current()
         clipped = [min(b, n) for b, n in zip(block, grid.shape)]
-        if int(np.prod(clipped)) <= max_voxels and task_memory(block, grid, halo, sources) <= budget:
+        if int(np.prod(clipped)) <= max_voxels and task_memory_bytes(block, grid, halo, sources) <= budget:
             return tuple(int(b) for b in block)
         shrinkable = [a for a in range(3) if index[a] + 1 < len(candidates[a])]
         if not shrinkable:
@@ -723,7 +705,7 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
     from ..io import open_volume, write_volume
     from ..isotropic import (ReconstructionOptions, output_grid, reconstruct, view_psfs)
     from ..isotropic.geometry import index_map
-    from ..isotropic.reconstruct import block_halo
+    from ..isotropic.reconstruct import block_halo, prebinned, task_memory_bytes
     from ..io.zarr import CodecSpec, prepare_zarr
 
     from ..isotropic.backend import resolve_device
@@ -747,8 +729,11 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
                                     halo_factor=ic.halo_factor, device=ic.device)
     halo = block_halo(kernels, grid.voxel_um, options)
     inner, unit = _output_unit(grid, config)
-    sources = [(*index_map(np.eye(4), grid.voxel_zyx, voxel00), vw00.shape, vw00.dtype.itemsize),
-               (*index_map(transform, grid.voxel_zyx, voxel90), vw90.shape, vw90.dtype.itemsize)]
+    sources = []
+    for view, voxel, view_transform in ((vw00, voxel00, np.eye(4)), (vw90, voxel90, transform)):
+        binned, binned_voxel, binned_transform = prebinned(view, voxel, view_transform, grid.voxel_um)
+        sources.append((*index_map(binned_transform, grid.voxel_zyx, binned_voxel), binned.shape,
+                        binned.dtype.itemsize))
     budget = _task_budget()
     block = choose_block(grid, unit, halo, sources, budget, requested=ic.block)
     if min(block) >= 8:
@@ -824,7 +809,7 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
         "options": options.to_dict(),
         "block_zyx": list(block), "halo_zyx": list(halo),
         "output_chunks_zyx": list(inner) if inner else None, "output_shard_zyx": list(unit) if unit else None,
-        "task_memory_bytes": int(task_memory(block, grid, halo, sources)), "task_memory_budget_bytes": int(budget),
+        "task_memory_bytes": int(task_memory_bytes(block, grid, halo, sources)), "task_memory_budget_bytes": int(budget),
         "device": device,
         "dtype": ic.dtype,
         "uint16_scale": value_scale if ic.dtype == "uint16" else None,
