@@ -44,7 +44,8 @@ over the specimen.
 Results: ``<results>/isotropic.json`` and ``isotropic.md``
 (``isotropic-quick.*`` with ``--quick``).
 
-    python benchmarks/isotropic.py                       # 96^3, iterations 5,10,20, ours at 1 and 2 threads
+    python benchmarks/isotropic.py                       # 96^3, ours at 5,10,20 iterations and 1, 2 threads,
+                                                         # mvs at 10 and 1 thread: ~10 minutes on 2 cores
     python benchmarks/isotropic.py --iterations 10 --threads 1 --repeats 1
     python benchmarks/isotropic.py --quick --no-mvs      # a smoke run of our side (seconds)
 """
@@ -492,8 +493,8 @@ def _finish(args, name, _common, rows, recon, registration, per_seed, repeats, v
         "wall s / CPU-s: the step alone, inside its child process (median of the repeats); peak RSS: the "
         "child's kernel high-water mark (VmHWM) at the step's end (it includes imports and input; for "
         "multiview-stitcher's deconvolution and average also its registration); above imports: that peak "
-        "less the high-water mark right after the imports. MB/s per core = MB / wall s / threads. Last column: multiview-stitcher's "
-        "wall (CPU) seconds over ours at the same iterations, its thread count against ours.",
+        "less the high-water mark right after the imports. MB/s per core = MB / wall s / threads. Last column: "
+        "multiview-stitcher's wall (CPU) seconds over ours at the same iterations, its thread count against ours.",
         "Bead FWHM: voxels (1 voxel = the lateral pixel), median over the beads; max/min: largest over smallest "
         "of the three. r: Pearson correlation with the ideal image over the whole volume.",
         "Ours deconvolves to the lateral resolution (kernels = the part of each PSF beyond the lateral blur); "
