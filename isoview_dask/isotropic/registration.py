@@ -19,8 +19,8 @@ Estimate small, apply big: every step works on reduced copies of the views
    resampled there and each blurred with the *other* view's PSF so that both
    carry the same total blur.
 3. **Fine fit.** Gauss-Newton least squares of the intensity difference
-   between the two cross-blurred images over the voxels where both have
-   signal (rigid: 3 rotation + 3 translation parameters about the overlap's
+   between the two cross-blurred, high-passed images (shading broader than
+   :data:`HIGHPASS_UM` removed) over the voxels where both have signal (rigid: 3 rotation + 3 translation parameters about the overlap's
    centre; affine: 12), with an intensity gain and offset solved alongside.
    VW90 is resampled through the current transform at every step.
 4. **Confidence**: the correlation coefficient of the two cross-blurred images
@@ -55,6 +55,12 @@ __all__ = ["COARSE_SIZE", "FITS", "ViewRegistration", "coarse_isotropic", "regis
 COARSE_SIZE = 64
 #: Largest registration-level size along any axis (bounds the fine fit's memory and time).
 FINE_SIZE = 192
+#: Shading broader than this (Gaussian sigma, µm) is removed before the translation and the fine fit. The two
+#: views differ smoothly (each dims and blurs with depth along its own detection and illumination axes, body
+#: edges look different along the two axial directions), and that difference biases an intensity fit: on the
+#: on-disk synthetic recording's ideal camera volumes the rotation error is 3.0 degrees without it, 0.6 with
+#: 3 µm, 0.01 with 1 µm; on the in-memory four-view truth 1 and 2 µm both stay below 0.075 degrees.
+HIGHPASS_UM = 1.0
 #: Fine-fit models.
 FITS = ("rigid", "affine", "translation")
 
@@ -231,8 +237,10 @@ def _blur(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 class _Level:
     """Both views at the registration level: VW00 resampled and cross-blurred, VW90 ready to resample."""
 
-    def __init__(self, vw00, voxel00, vw90, voxel90, grid: IsotropicGrid, psf_fwhm_um, voxel_um: float):
+    def __init__(self, vw00, voxel00, vw90, voxel90, grid: IsotropicGrid, psf_fwhm_um, voxel_um: float,
+                 highpass_um: float | None = None):
         self.grid = grid
+        self.highpass_um = highpass_um
         self.voxel_um = voxel_um
         self.fixed = coarse_isotropic(vw00, voxel00, voxel_um)
         self.fixed_shape = self.fixed.shape
@@ -255,10 +263,21 @@ class _Level:
 
     def cross_blur(self, transform):
         kernel90 = gaussian_kernel(warped_covariance(self.covariance_view, transform), self.voxel_um)
-        self.fixed_blurred = _blur(self.fixed, kernel90)
+        self.fixed_smooth = _blur(self.fixed, kernel90)
+        self.fixed_blurred = self._highpass(self.fixed_smooth)
+        self.signal = self.fixed_smooth > np.percentile(self.fixed_smooth, 50)
 
-    def moving(self, transform) -> tuple[np.ndarray, np.ndarray]:
-        """VW90 resampled onto the level through ``transform`` and blurred with VW00's PSF; and its field."""
+    def _highpass(self, image: np.ndarray) -> np.ndarray:
+        """Remove shading broader than ``highpass_um`` (at least 2 voxels of the level, which on a coarse level
+        keeps the structures it can still resolve)."""
+        if not self.highpass_um:
+            return image
+        sigma = max(self.highpass_um / self.voxel_um, 2.0)
+        return (image - ndimage.gaussian_filter(image, sigma, mode="nearest")).astype(np.float32)
+
+    def moving(self, transform, highpass: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """VW90 resampled onto the level through ``transform`` and blurred with VW00's PSF (high-passed unless
+        ``highpass`` is false); and its field."""
         # level index r -> physical s00 = r * voxel -> s90 -> reduced VW90 index (s90 - first) / source_voxel
         matrix = np.diag(1 / self.source_voxel) @ transform[:3, :3] * self.voxel_um
         offset = (transform[:3, 3] - self.source_first) / self.source_voxel
@@ -267,7 +286,8 @@ class _Level:
         coordinates = np.indices(self.fixed_shape, dtype=np.float32).reshape(3, -1)
         source = matrix @ coordinates + offset[:, None]
         inside = np.all((source >= -0.5) & (source <= np.array(self.source.shape)[:, None] - 0.5), axis=0)
-        return _blur(image, self.kernel00), inside.reshape(self.fixed_shape)
+        blurred = _blur(image, self.kernel00)
+        return (self._highpass(blurred) if highpass else blurred), inside.reshape(self.fixed_shape)
 
 
 def _ncc(a, b, mask) -> float:
@@ -295,7 +315,7 @@ def _gauss_newton(level: _Level, transform: np.ndarray, fit: str, max_iterations
     """Intensity least squares of fixed ~ a * moving(T o U(p)) + b over the overlap; U rigid/affine about the centre."""
     coordinates = np.indices(level.fixed_shape, dtype=np.float64).reshape(3, -1).T * level.voxel_um
     fixed = level.fixed_blurred.ravel().astype(np.float64)
-    signal = fixed > np.percentile(fixed, 50)
+    signal = level.signal.ravel()
     iterations = 0
     for iterations in range(1, max_iterations + 1):
         moving, inside = level.moving(transform)
@@ -333,8 +353,7 @@ def _gauss_newton(level: _Level, transform: np.ndarray, fit: str, max_iterations
         if reach < tolerance_um:
             break
     moving, inside = level.moving(transform)
-    mask = inside & (level.fixed_blurred > np.percentile(level.fixed_blurred, 50))
-    return transform, iterations, _ncc(level.fixed_blurred, moving, mask)
+    return transform, iterations, _ncc(level.fixed_blurred, moving, inside & level.signal)
 
 
 def _rotation_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -343,8 +362,8 @@ def _rotation_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
 
 
 def _intensity_scale(level: _Level, transform: np.ndarray) -> float:
-    moving, inside = level.moving(transform)
-    fixed = level.fixed_blurred
+    moving, inside = level.moving(transform, highpass=False)
+    fixed = level.fixed_smooth
     mask = inside & (fixed > np.percentile(fixed, 75))
     denominator = float(moving[mask].sum())
     return float(fixed[mask].sum() / denominator) if denominator > 0 else 1.0
@@ -353,7 +372,7 @@ def _intensity_scale(level: _Level, transform: np.ndarray) -> float:
 def register_views(vw00, voxel00: Sequence[float], vw90, voxel90: Sequence[float], *,
                    psf_fwhm_um: Sequence[float] = (0.77, 3.35), orientation: str | None = None,
                    initial: np.ndarray | None = None, fit: str = "rigid", voxel_um: float | None = None,
-                   min_confidence: float = 0.5) -> ViewRegistration:
+                   min_confidence: float = 0.5, highpass_um: float | None = HIGHPASS_UM) -> ViewRegistration:
     """Register VW90 onto VW00.
 
     Parameters
@@ -375,6 +394,8 @@ def register_views(vw00, voxel00: Sequence[float], vw90, voxel90: Sequence[float
         (at most :data:`FINE_SIZE` voxels along any axis).
     min_confidence : float
         Fits whose correlation falls below this are rejected (see ``fallback``).
+    highpass_um : float, optional
+        Sigma (µm) of the shading removed before the fine steps (None or 0: none).
 
     Returns
     -------
@@ -405,7 +426,7 @@ def register_views(vw00, voxel00: Sequence[float], vw90, voxel90: Sequence[float
     if voxel_um is None:
         voxel_um = max(lateral, float(extent00.max()) / FINE_SIZE)
     grid = IsotropicGrid(shape=tuple(int(e // voxel_um) + 1 for e in extent00), voxel_um=voxel_um)
-    level = _Level(vw00, voxel00, vw90, voxel90, grid, psf_fwhm_um, voxel_um)
+    level = _Level(vw00, voxel00, vw90, voxel90, grid, psf_fwhm_um, voxel_um, highpass_um)
     level.cross_blur(transform)
     coarse_transform = transform
     for _ in range(2):
@@ -415,8 +436,7 @@ def register_views(vw00, voxel00: Sequence[float], vw90, voxel90: Sequence[float
     fallback = None
     if fit == "translation":
         moving, inside = level.moving(transform)
-        confidence = _ncc(level.fixed_blurred, moving, inside & (level.fixed_blurred >
-                                                                  np.percentile(level.fixed_blurred, 50)))
+        confidence = _ncc(level.fixed_blurred, moving, inside & level.signal)
     else:
         fitted, iterations, confidence = _gauss_newton(level, transform, fit)
         level.cross_blur(fitted)
