@@ -406,7 +406,9 @@ class IsotropicConfig(Section):
                                                   "from a light-sheet thickness attribute), else 0.77, 3.35",
                                                   lo=0.0)
     psf: str | None = opt(None, "a measured PSF (TIFF volume, Z, Y, X, in a view's own frame, e.g. a bead "
-                          "image) instead of the Gaussian; needs psf_voxel_um")
+                          "image) instead of the Gaussian, with psf_voxel_um; or 'beads': the Gaussian's FWHM "
+                          "measured on the beads both fused views show (the XML or default values where fewer "
+                          "than 5 are found)")
     psf_voxel_um: tuple[float, float, float] | None = opt(None, "voxel size (z, y, x) of the psf TIFF, µm",
                                                           lo=0.0)
     target_fwhm_um: float | None = opt(None, "Gaussian PSFs: deconvolve down to this isotropic FWHM (µm) only; "
@@ -453,7 +455,7 @@ class IsotropicConfig(Section):
                               "(lateral, axial)")
         if self.psf_voxel_um is not None and min(self.psf_voxel_um) <= 0:
             raise ConfigError(f"isotropic.psf_voxel_um: {list(self.psf_voxel_um)} must be three sizes above 0 µm")
-        if self.psf is not None and self.psf_voxel_um is None:
+        if self.psf is not None and self.psf != "beads" and self.psf_voxel_um is None:
             raise ConfigError("isotropic.psf_voxel_um: needed with isotropic.psf (the voxel size, z, y, x in µm, "
                               "of the PSF volume)")
         if self.orientation is not None:

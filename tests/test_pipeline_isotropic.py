@@ -479,3 +479,22 @@ def test_command_line(recording, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--isotropic-method" in capsys.readouterr().out
+
+
+def test_psf_measured_on_the_beads_of_the_isotropic_preset(tmp_path):
+    """``isotropic.psf = beads`` on the preset with beads: the recorded PSF is the truth's, within 10 %, and
+    the reconstruction reuses the registration's measurement."""
+    truth = generate_dataset(tmp_path / "syn", preset="isotropic", timepoints=1)
+    out = tmp_path / "out"
+    summaries = process_dataset(truth.raw_dir, out, progress=False, isotropic_psf="beads",
+                                isotropic_figures=[], **ISOTROPIC)
+    assert len(summaries["isotropic"].written) == 1
+    registration = json.loads(output_path(out, 0, 0, CAMERAS, CHANNELS, REGISTRATION_KIND, "json").read_text())
+    record = json.loads(output_path(out, 0, 0, CAMERAS, CHANNELS, KIND, "json").read_text())
+    assert registration["psf_source"].startswith("beads") and "VW00" in registration["psf_source"]
+    lateral, axial = registration["psf_fwhm_um"]
+    spec = truth.spec
+    bead = 2.3548 * 0.1
+    assert lateral == pytest.approx(np.hypot(2.3548 * spec.psf_sigma_px * spec.pixel_size_um, bead), rel=0.1)
+    assert axial == pytest.approx(np.hypot(spec.axial_psf_fwhm_um, bead), rel=0.1)
+    assert record["psf"]["fwhm_um"] == pytest.approx([lateral, axial])

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import OptimizeWarning, curve_fit
 
-__all__ = ["bead_fwhm", "correlation", "find_beads"]
+__all__ = ["bead_fwhm", "correlation", "find_beads", "profile_fwhm"]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -29,7 +29,7 @@ def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) ->
     return float(a @ b / np.sqrt((a @ a) * (b @ b)))
 
 
-def _profile_fwhm(profile: np.ndarray) -> float:
+def profile_fwhm(profile: np.ndarray) -> float:
     """FWHM (samples) of a 1-D peak at the profile's centre: a Gaussian-plus-offset fit."""
     x = np.arange(len(profile), dtype=float) - len(profile) // 2
     offset0 = float(np.min(profile))
@@ -89,7 +89,7 @@ def bead_fwhm(volume: np.ndarray, positions_voxels: np.ndarray, half_width: int 
                 continue
             index = list(peak)
             index[axis] = slice(a, b)
-            out[n, axis] = _profile_fwhm(volume[tuple(index)])
+            out[n, axis] = profile_fwhm(volume[tuple(index)])
     return out
 
 

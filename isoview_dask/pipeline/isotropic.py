@@ -305,7 +305,11 @@ def psf_from_metadata(view: FusedView) -> tuple[tuple[float, float] | None, str]
     na = _objective_na(metadata.attributes.get("detection_objective"))
     if not wavelength or not na:
         return None, "default"
-    lateral = LATERAL_FWHM_PER_WAVELENGTH_NA * wavelength / 1000.0 / na
+    diffraction = LATERAL_FWHM_PER_WAVELENGTH_NA * wavelength / 1000.0 / na
+    # an image sampled at pixel p shows no spot narrower than about 2 p: the diffraction limit alone would ask
+    # the deconvolution for detail the camera never recorded
+    sampling = 2.0 * min(view.voxel_size_um[1:])
+    lateral = max(diffraction, sampling)
     axial, axial_source = DEFAULT_PSF_FWHM_UM[1], "default"
     for name in SHEET_ATTRIBUTES:
         value = metadata.attributes.get(name)
@@ -315,8 +319,8 @@ def psf_from_metadata(view: FusedView) -> tuple[tuple[float, float] | None, str]
                 break
         except ValueError:
             continue
-    return (lateral, axial), (f"xml {metadata.path}: lateral {LATERAL_FWHM_PER_WAVELENGTH_NA} x {wavelength:g} nm / "
-                              f"NA {na:g}; axial {axial_source}")
+    return (lateral, axial), (f"xml {metadata.path}: lateral max({LATERAL_FWHM_PER_WAVELENGTH_NA} x "
+                              f"{wavelength:g} nm / NA {na:g}, 2 pixels = {sampling:g} µm); axial {axial_source}")
 
 
 def psf_settings(config: ProcessingConfig, target: IsotropicTarget):
@@ -336,9 +340,36 @@ def psf_settings(config: ProcessingConfig, target: IsotropicTarget):
         fwhm, source = psf_from_metadata(target.vw00)
         if fwhm is None:
             fwhm, source = DEFAULT_PSF_FWHM_UM, f"default {DEFAULT_PSF_FWHM_UM} (no NA and wavelength in the XML)"
-    if ic.psf is not None:
+    if ic.psf == "beads":
+        measured = psf_from_beads(target)
+        if measured is not None:
+            return PSFModel(fwhm_um=measured[0], source=measured[1]), measured[0], measured[1]
+        log.warning("isotropic %s: fewer than 5 beads found for the PSF; using %s", target.label, source)
+        source = f"{source} (too few beads for isotropic.psf = beads)"
+    elif ic.psf is not None:
         return load_psf(ic.psf, ic.psf_voxel_um), fwhm, f"measured PSF {ic.psf}"
     return PSFModel(fwhm_um=fwhm, source=source), fwhm, source
+
+
+def psf_from_beads(target: IsotropicTarget) -> tuple[tuple[float, float], str] | None:
+    """The Gaussian FWHM (lateral, axial; µm) measured on the beads of both fused views, and its description.
+
+    Each view gives its own estimate (:func:`isoview_dask.isotropic.beads.estimate_psf_fwhm`); they are
+    averaged weighted by their bead counts. None when neither view shows enough beads.
+    """
+    from ..isotropic.beads import estimate_psf_fwhm
+    estimates = []
+    for name, view in (("VW00", target.vw00), ("VW90", target.vw90)):
+        estimate = estimate_psf_fwhm(view.open(), view.voxel_size_um)
+        if estimate is not None:
+            estimates.append((name, estimate))
+    if not estimates:
+        return None
+    weights = np.array([e.beads for _, e in estimates], float)
+    fwhm = tuple(float(v) for v in np.average([e.fwhm_um for _, e in estimates], axis=0, weights=weights))
+    parts = "; ".join(f"{name}: {e.fwhm_um[0]:.3f} / {e.fwhm_um[1]:.3f} µm from {e.beads} beads"
+                      for name, e in estimates)
+    return fwhm, f"beads ({parts})"
 
 
 # ------------------------------------------------------------------------------------------ registration
@@ -719,7 +750,13 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
     vw00, vw90 = target.vw00.open(), target.vw90.open()
     voxel00, voxel90 = target.vw00.voxel_size_um, target.vw90.voxel_size_um
     grid = output_grid(vw00.shape, voxel00, ic.voxel_um)
-    model, fwhm, psf_source = psf_settings(config, target)
+    if ic.psf == "beads" and registration.get("psf_fwhm_um"):
+        # measured once, by the registration (a pass over both views): reused, not measured again
+        from ..isotropic import PSFModel
+        fwhm, psf_source = tuple(registration["psf_fwhm_um"]), registration.get("psf_source", "beads")
+        model = PSFModel(fwhm_um=fwhm, source=psf_source)
+    else:
+        model, fwhm, psf_source = psf_settings(config, target)
     target_fwhm = None
     if model.volume is None:
         target_fwhm = fwhm[0] if ic.target_fwhm_um is None else (ic.target_fwhm_um or None)
