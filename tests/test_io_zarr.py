@@ -206,3 +206,60 @@ def test_stored_blocks_keep_slabs_behind_a_flip_or_cast_small(tmp_path, monkeypa
         read.clear()
         np.testing.assert_array_equal(lazy.compute(), expected)
         assert sum(read) == 8 * plane_bytes  # the inner chunk's 8 planes (shard-deep blocks: 32)
+
+
+def _omero(path):
+    return json.loads((path / "zarr.json").read_text())["attributes"]["ome"]["omero"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int16, np.float32])
+def test_omero_window_from_the_write_matches_the_data_percentiles(tmp_path, dtype):
+    """The window is taken while writing (no second read) and equals numpy's percentiles of the written
+    voxels: exactly for 8/16-bit integers; for floats (a sample of each block) the fraction of voxels
+    below each end is within 0.05 percentage points of the percentile asked for."""
+    from isoview_dask.io.zarr import WINDOW_PERCENTILES
+    rng = np.random.default_rng(7)
+    volume = rng.poisson(4, (24, 80, 96)).astype(np.float64)
+    volume[6:20, 20:60, 30:70] += rng.gamma(2.0, 300.0, (14, 40, 40))
+    volume = np.clip(volume - (50 if dtype == np.int16 else 0), np.iinfo(dtype).min if dtype != np.float32 else -1e9,
+                     np.iinfo(dtype).max if dtype != np.float32 else 1e9).astype(dtype)
+    path = write_zarr(da.from_array(volume, chunks=(8, 40, 48)), tmp_path / "v.zarr", chunks=(8, 16, 16),
+                      shards=(8, 32, 32), name="SPM00_TM000000_CM02_CHN01", pyramid_levels=1)
+    channel = _omero(path)["channels"][0]
+    assert (channel["label"], channel["color"]) == ("CM02 corrected", "00FFFF")
+    window = channel["window"]
+    assert (window["min"], window["max"]) == (float(volume.min()), float(volume.max()))
+    assert window["min"] <= window["start"] < window["end"] <= window["max"]
+    written = open_zarr(path).compute()
+    if dtype != np.float32:
+        np.testing.assert_array_equal([window["start"], window["end"]], np.percentile(written, WINDOW_PERCENTILES))
+    else:
+        for value, percentile in zip((window["start"], window["end"]), WINDOW_PERCENTILES):
+            assert 100 * np.mean(written < value) - 0.05 <= percentile <= 100 * np.mean(written <= value) + 0.05
+    # the first plane is background only: a window from it would stop below 20
+    assert window["end"] > 10 * float(volume[0].max())
+
+
+def test_omero_label_and_colour_given_and_validated(tmp_path, volume):
+    ome_models = pytest.importorskip("ome_zarr_models.v05")
+    from ome_zarr_models.common.omero import Omero
+    path = write_zarr(volume, tmp_path / "v.zarr", label="VW00 fused CM00+CM01", color="FF8000",
+                      voxel_size_zyx=(2.0, 0.4, 0.4))
+    ome_models.Image.from_zarr(zarr.open_group(path, mode="r"))
+    omero = Omero.model_validate(_omero(path))
+    assert (omero.channels[0].label, omero.channels[0].color) == ("VW00 fused CM00+CM01", "FF8000")
+
+
+@pytest.mark.parametrize("name, label", [("SPM00_TM000003_CM00_CM01_CHN00.fusedStack", "fused CM00+CM01"),
+                                         ("SPM00_TM000000_CM00_CM01_CM02_CM03_CHN00_CHN01.isotropic",
+                                          "isotropic CM00+CM01+CM02+CM03"),
+                                         ("SPM01_TM000000_CM03_CHN00", "CM03 corrected"),
+                                         ("anything", "anything")])
+def test_default_channel_labels_from_the_output_name(name, label):
+    from isoview_dask.io.zarr import default_channel
+    assert default_channel(name)[0] == label
+
+
+def test_flat_volume_gets_a_usable_window(tmp_path):
+    path = write_zarr(np.full((4, 8, 8), 7, np.uint16), tmp_path / "v.zarr")
+    assert _omero(path)["channels"][0]["window"] == {"min": 7.0, "max": 7.0, "start": 7.0, "end": 8.0}

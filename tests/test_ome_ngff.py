@@ -46,3 +46,27 @@ def test_pyramid_levels_carry_their_translation(outputs):
         factor = np.array(scale["scale"]) / base
         np.testing.assert_allclose(translation["translation"], base * (factor - 1) / 2)
         assert (factor[1:] > 1).all()
+
+
+def test_every_image_carries_an_omero_channel_with_a_window_inside_its_data(outputs):
+    """The display window written with each image lies within its voxels' range, at its percentiles."""
+    from ome_zarr_models.common.omero import Omero
+
+    from isoview_dask.io.zarr import WINDOW_PERCENTILES, open_zarr
+    labels = {}
+    for path in outputs:
+        ome = zarr.open_group(path, mode="r").attrs["ome"]
+        if "image-label" in ome:
+            assert "omero" not in ome
+            continue
+        channel = Omero.model_validate(ome["omero"]).channels[0]
+        stage = "converted" if "converted" in path.parts else "out"
+        labels[stage, path.name.split("_CHN")[0].split("_", 2)[2] + "." + path.name.split(".", 1)[1]] = channel.label
+        data = open_zarr(path).compute()
+        window = channel.window
+        assert (window.min, window.max) == (data.min(), data.max())
+        assert window.min <= window.start < window.end <= window.max
+        np.testing.assert_array_equal([window.start, window.end], np.percentile(data, WINDOW_PERCENTILES))
+    assert labels["out", "CM01.zarr"] == "CM01 corrected"
+    assert labels["out", "CM00_CM01.fusedStack.zarr"] == "VW00 fused CM00+CM01"
+    assert labels["converted", "CM00.zarr"] == "CM00 raw"

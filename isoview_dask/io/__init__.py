@@ -83,17 +83,22 @@ def open_volume(path: str | os.PathLike, *, frame_shape: Sequence[int] | None = 
 def write_volume(array, path: str | os.PathLike, *, voxel_size_zyx: Sequence[float] | None = None,
                  overwrite: bool = False, codec: str | None = None, level: int | None = None,
                  chunks: Sequence[int] | None = None, shards: Sequence[int] | None = None,
-                 pyramid_levels: int = 0) -> Path:
+                 pyramid_levels: int = 0, name: str | None = None, label: str | None = None,
+                 color: str | None = None) -> Path:
     """Write a (Z, Y, X) volume in the format named by the path's suffix, atomically.
 
     ``codec``/``level``/``chunks``/``shards``/``pyramid_levels`` apply to zarr;
-    ``codec`` may be ``bzip2``, ``zlib`` or ``none`` for KLB.
+    ``codec`` may be ``bzip2``, ``zlib`` or ``none`` for KLB. So do ``name``
+    (the multiscale's name, default the file stem), ``label`` and ``color``
+    (the ``omero`` channel, whose display window zarr computes while writing;
+    see :func:`~isoview_dask.io.zarr.write_zarr`).
     """
     fmt = volume_format(path)
     if fmt == "zarr":
         from .zarr import write_zarr
         return write_zarr(array, path, codec=codec or "blosc-zstd", level=level, chunks=chunks, shards=shards,
-                          voxel_size_zyx=voxel_size_zyx, pyramid_levels=pyramid_levels, overwrite=overwrite)
+                          voxel_size_zyx=voxel_size_zyx, pyramid_levels=pyramid_levels, overwrite=overwrite,
+                          name=Path(path).stem if name is None else name, label=label, color=color)
     if fmt == "klb":
         from .klb import write_klb
         return write_klb(array, path, voxel_size_zyx=voxel_size_zyx or (1.0, 1.0, 1.0),

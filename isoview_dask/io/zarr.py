@@ -7,12 +7,17 @@ small inner chunks) and compressed with a codec chosen by name and level
 (:class:`CodecSpec`). Before writing, the dask array is rechunked so that one
 dask chunk is exactly one shard: no two tasks ever write into one shard.
 Writes go to a hidden temporary directory renamed when complete.
+
+Every image also gets an OME-NGFF ``omero`` block (channel label, colour and
+display window). The window comes from a histogram that the write tasks take
+of the blocks they store: no second pass over the data.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,6 +65,162 @@ def ome_multiscales(voxel_size_zyx: Sequence[float] | None, level_factors: Seque
             transforms.append({"type": "translation", "translation": [b * (f - 1) / 2 for b, f in zip(base, factors)]})
         datasets.append({"path": str(i), "coordinateTransformations": transforms})
     return {"version": OME_VERSION, "multiscales": [{"name": name, "axes": axes, "datasets": datasets}]}
+
+
+#: Percentiles (low, high) of the written voxels that make an image's display window.
+WINDOW_PERCENTILES = (0.1, 99.9)
+
+#: Per-block sample size for data whose histogram is not kept exactly (floats, wide integers); a merged
+#: sample over this many values is thinned to this many equally weighted quantiles.
+_SAMPLE_PER_BLOCK = 65536
+
+#: Colours (RRGGBB) of the channels of :func:`default_channel`.
+CAMERA_COLORS = ("00FF00", "FF00FF", "00FFFF", "FFFF00")
+FUSED_COLORS = ("00FF00", "FF00FF")
+
+
+def default_channel(name: str) -> tuple[str, str]:
+    """A channel label and colour (RRGGBB) for an output named by its file stem.
+
+    Parameters
+    ----------
+    name : str
+        The stem the pipeline names an output by, e.g.
+        ``SPM00_TM000000_CM01_CHN00`` (corrected camera: ``"CM01 corrected"``),
+        ``..._CM00_CM01_CHN00.fusedStack`` (``"fused CM00+CM01"``) or
+        ``..._CM00_CM01_CM02_CM03_CHN00.isotropic`` (``"isotropic CM00+CM01+CM02+CM03"``).
+        Anything else is its own label.
+
+    Returns
+    -------
+    label, color : str
+    """
+    import re
+    stem, _, kind = name.partition(".")
+    cameras = [int(c) for c in re.findall(r"(?:^|_)CM(\d+)", stem)]
+    names = "+".join(f"CM{c:02d}" for c in cameras)
+    if not cameras:
+        return name or "image", "FFFFFF"
+    if kind == "":
+        return f"{names} corrected", CAMERA_COLORS[cameras[0] % len(CAMERA_COLORS)]
+    if kind == "fusedStack":
+        return f"fused {names}", CAMERA_COLORS[cameras[0] % len(CAMERA_COLORS)]
+    if kind.startswith("isotropic"):
+        return f"isotropic {names}", "FFFFFF"
+    if kind == "segmentationMask":
+        return f"{names} segmentation mask", "FFFFFF"
+    return f"{names} {kind}", "FFFFFF"
+
+
+class _BlockSummary:
+    """Bytes written and a histogram of one or more stored blocks (values, counts), with the exact extrema.
+
+    ``exact`` is False when the histogram is a weighted sample (float or wide integer data).
+    """
+
+    __slots__ = ("nbytes", "values", "counts", "low", "high", "exact")
+
+    def __init__(self, nbytes, values, counts, low, high, exact):
+        self.nbytes, self.values, self.counts, self.low, self.high, self.exact = nbytes, values, counts, low, high, exact
+
+    @classmethod
+    def of(cls, block: np.ndarray, seed: int) -> "_BlockSummary":
+        flat = block.reshape(-1)
+        if flat.size == 0:
+            return cls(block.nbytes, np.empty(0), np.empty(0, np.float64), None, None, True)
+        low, high = flat.min(), flat.max()
+        if flat.dtype.kind in "ub" and flat.dtype.itemsize <= 2:
+            counts = np.bincount(flat.astype(np.intp, copy=False) if flat.dtype.kind == "b" else flat)
+            values = np.flatnonzero(counts)
+            return cls(block.nbytes, values.astype(np.float64), counts[values].astype(np.float64),
+                       float(low), float(high), True)
+        if flat.dtype.kind == "i" and flat.dtype.itemsize <= 2:
+            counts = np.bincount((flat.astype(np.int32) - int(low)))
+            values = np.flatnonzero(counts)
+            return cls(block.nbytes, values.astype(np.float64) + float(low), counts[values].astype(np.float64),
+                       float(low), float(high), True)
+        finite = np.isfinite(low) and np.isfinite(high)
+        if flat.size > _SAMPLE_PER_BLOCK:
+            picks = np.random.default_rng(seed).integers(0, flat.size, _SAMPLE_PER_BLOCK)
+            sample = flat[picks]
+        else:
+            sample = flat
+        sample = sample.astype(np.float64)
+        if not finite:
+            sample = sample[np.isfinite(sample)]
+            kept = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
+            low, high = (kept.min(), kept.max()) if kept.size else (None, None)
+        values, counts = np.unique(sample, return_counts=True)
+        weight = flat.size / max(sample.size, 1)
+        return cls(block.nbytes, values, counts * weight, None if low is None else float(low),
+                   None if high is None else float(high), flat.size <= _SAMPLE_PER_BLOCK)
+
+    @classmethod
+    def merge(cls, parts: list["_BlockSummary"]) -> "_BlockSummary":
+        values = np.concatenate([p.values for p in parts])
+        counts = np.concatenate([p.counts for p in parts])
+        if values.size:
+            values, inverse = np.unique(values, return_inverse=True)
+            counts = np.bincount(inverse.reshape(-1), weights=counts, minlength=values.size)
+        if values.size > _SAMPLE_PER_BLOCK and not all(p.exact for p in parts):
+            # keep a sampled histogram small however many blocks it covers: its quantiles, equally weighted
+            total = counts.sum()
+            at = (np.arange(_SAMPLE_PER_BLOCK) + 0.5) * (total / _SAMPLE_PER_BLOCK)
+            values, thinned = np.unique(values[np.searchsorted(np.cumsum(counts), at)], return_counts=True)
+            counts = thinned * (total / _SAMPLE_PER_BLOCK)
+        lows = [p.low for p in parts if p.low is not None]
+        highs = [p.high for p in parts if p.high is not None]
+        return cls(sum(p.nbytes for p in parts), values, counts, min(lows) if lows else None,
+                   max(highs) if highs else None, all(p.exact for p in parts))
+
+    def percentiles(self, qs: Sequence[float]) -> list[float]:
+        """Percentiles (0-100) by linear interpolation between ranks, as :func:`numpy.percentile` (exact for
+        the 8- and 16-bit integer histograms)."""
+        total = float(self.counts.sum())
+        cumulative = np.cumsum(self.counts)
+        out = []
+        for q in qs:
+            rank = q / 100.0 * (total - 1)
+            below, above = np.floor(rank), np.ceil(rank)
+            at = self.values[np.minimum(np.searchsorted(cumulative, [below + 1, above + 1], side="left"),
+                                        self.values.size - 1)]
+            out.append(float(at[0] + (at[1] - at[0]) * (rank - below)))
+        return out
+
+    def window(self) -> dict | None:
+        """The omero ``window`` (start/end at :data:`WINDOW_PERCENTILES`, min/max the data's extrema)."""
+        if self.low is None or not self.values.size:
+            return None
+        start, end = self.percentiles(WINDOW_PERCENTILES)
+        start, end = max(start, self.low), min(end, self.high)
+        if end <= start:  # a flat image or one dominated by a single value: show its whole range
+            start, end = self.low, self.high if self.high > self.low else self.low + 1.0
+        return {"min": self.low, "max": self.high, "start": start, "end": end}
+
+
+def omero_block(label: str, color: str, window: dict | None) -> dict:
+    """The OME-NGFF ``omero`` metadata of a one-channel image.
+
+    Parameters
+    ----------
+    label : str
+        Channel name shown by viewers.
+    color : str
+        ``RRGGBB`` hexadecimal colour.
+    window : dict or None
+        ``{"min", "max", "start", "end"}``; None (an empty image) gives 0-1.
+    """
+    window = window or {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
+    return {"channels": [{"label": label, "color": color, "active": True, "coefficient": 1.0,
+                          "family": "linear", "inverted": False, "window": window}],
+            "rdefs": {"model": "color"}}
+
+
+def image_window(path: str | os.PathLike) -> dict | None:
+    """The display window recorded in an image's ``omero`` block, or None."""
+    node = zarr.open_group(str(path), mode="r")
+    channels = ((node.attrs.get("ome") or {}).get("omero") or {}).get("channels") or []
+    return dict(channels[0]["window"]) if channels else None
 
 
 def pyramid_factors(voxel_size_zyx: Sequence[float] | None, levels: int) -> list[tuple[int, int, int]]:
@@ -122,11 +283,16 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
                  level: int | None = None, shuffle: str | None = None,
                  chunks: Sequence[int] | None = None, shards: Sequence[int] | None = None,
                  voxel_size_zyx: Sequence[float] | None = None, pyramid_levels: int = 0,
-                 overwrite: bool = False, attributes: dict | None = None, name: str = "") -> PendingZarrWrite:
+                 overwrite: bool = False, attributes: dict | None = None, name: str = "",
+                 label: str | None = None, color: str | None = None,
+                 image_label: dict | None = None) -> PendingZarrWrite:
     """Create the zarr group under a temporary name and build the lazy write graph.
 
     Parameters are those of :func:`write_zarr`. Nothing is computed; the
     returned object's ``delayed`` writes every shard, ``commit()`` publishes.
+    The tasks that store level 0 also take a histogram of it; the task that
+    sums their byte counts writes the ``omero`` block (display window at
+    :data:`WINDOW_PERCENTILES`) into the group before ``commit()``.
     """
     spec = CodecSpec.parse(codec, level, shuffle)
     final = Path(path)
@@ -137,6 +303,13 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
     factors = pyramid_factors(voxel_size_zyx, pyramid_levels)
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     attrs = {"ome": ome_multiscales(voxel_size_zyx, factors, name)}
+    if image_label is not None:  # a label image: no display window, the labels' colours instead
+        attrs["ome"]["image-label"] = image_label
+        channel = None
+    else:
+        default_label, default_color = default_channel(name)
+        channel = (label or default_label, color or default_color)
+        attrs["ome"]["omero"] = omero_block(*channel, None)  # the window follows from the write
     attrs["isoview_dask"] = {"codec": spec.to_dict(), **(attributes or {})}
     group.attrs.update(attrs)
     stores = []
@@ -154,35 +327,84 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
             compressors=spec.zarr_compressors(np.dtype(level_arr.dtype).itemsize),
             dimension_names=("z", "y", "x"), fill_value=0, config={"write_empty_chunks": True})
         aligned = level_arr.rechunk(write_chunks(inner, shard, level_arr.shape, np.dtype(level_arr.dtype).itemsize))
-        stores.append(_store_blocks(aligned, target))
+        stores.append(_store_blocks(aligned, target, (str(tmp), *channel) if index == 0 and channel else None))
         level_arr = aligned
     total = stores[0] if len(stores) == 1 else da.stack(stores).sum()
     return PendingZarrWrite(final, tmp, total, overwrite)
 
 
-def _store_blocks(source: da.Array, target) -> da.Array:
+def _store_blocks(source: da.Array, target, omero: tuple[str, str, str] | None = None) -> da.Array:
     """Write every block of ``source`` into ``target`` (one task per block, no lock: the
-    blocks are whole shards or chunks); a 0-d dask array of the bytes written."""
+    blocks are whole shards or chunks); a 0-d dask array of the bytes written.
+
+    ``omero``: (group path, label, colour). Each task then also returns a
+    histogram of its block (:class:`_BlockSummary`); the histograms are summed
+    with the byte counts, and the final task writes the group's ``omero``
+    block with the display window from them.
+    """
     from dask.base import tokenize
-    written = source.map_blocks(_write_block, target=target, dtype=np.int64,
+    token = tokenize(source.name, str(target.store), target.path, omero)
+    if omero is None:
+        written = source.map_blocks(_write_block, target=target, dtype=np.int64,
+                                    chunks=tuple((1,) * len(c) for c in source.chunks),
+                                    meta=np.empty((0,) * source.ndim, np.int64), name=f"store-shard-{token}")
+        # (named so that the write tasks, fused with the first stage of the sum, say "store")
+        return da.reduction(written, np.sum, np.sum, dtype=np.int64, name="store-bytes")
+    written = source.map_blocks(_write_block, target=target, summarise=True, dtype=object,
                                 chunks=tuple((1,) * len(c) for c in source.chunks),
-                                meta=np.empty((0,) * source.ndim, np.int64),
-                                name=f"store-shard-{tokenize(source.name, str(target.store), target.path)}")
-    # (named so that the write tasks, fused with the first stage of the sum, say "store")
-    return da.reduction(written, np.sum, np.sum, dtype=np.int64, name="store-bytes")
+                                meta=np.empty((0,) * source.ndim, object), name=f"store-shard-{token}")
+    return da.reduction(written, _keep_summaries, partial(_write_omero, omero=omero), combine=_merge_summaries,
+                        concatenate=False, dtype=np.int64, meta=np.empty((), np.int64), name="store-bytes")
 
 
-def _write_block(block: np.ndarray, target=None, block_info=None) -> np.ndarray:
+def _write_block(block: np.ndarray, target=None, summarise: bool = False, block_info=None) -> np.ndarray:
     region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
     target[region] = block
-    return np.full((1,) * block.ndim, block.nbytes, dtype=np.int64)
+    if not summarise:
+        return np.full((1,) * block.ndim, block.nbytes, dtype=np.int64)
+    out = np.empty((1,) * block.ndim, dtype=object)
+    out.flat[0] = _BlockSummary.of(np.asarray(block), seed=sum(s.start for s in region))
+    return out
+
+
+def _summaries(nested) -> list:
+    """The :class:`_BlockSummary` objects of a nested list of object arrays."""
+    if isinstance(nested, (list, tuple)):
+        return [s for item in nested for s in _summaries(item)]
+    return [s for s in np.asarray(nested, dtype=object).reshape(-1)]
+
+
+def _keep_summaries(x, axis=None, keepdims=True):
+    merged = np.empty((1,) * x.ndim, dtype=object)
+    merged.flat[0] = _BlockSummary.merge(_summaries(x))
+    return merged
+
+
+def _merge_summaries(nested, axis=None, keepdims=True):
+    leaf = nested
+    while isinstance(leaf, (list, tuple)):
+        leaf = leaf[0]
+    merged = np.empty((1,) * np.ndim(leaf), dtype=object)
+    merged.flat[0] = _BlockSummary.merge(_summaries(nested))
+    return merged
+
+
+def _write_omero(nested, axis=None, keepdims=False, omero=None) -> np.ndarray:
+    """Final step of a summarised write: the ``omero`` block into the group, and the bytes written."""
+    summary = _BlockSummary.merge(_summaries(nested))
+    group_path, label, color = omero
+    group = zarr.open_group(group_path, mode="r+")
+    ome = dict(group.attrs.get("ome") or {})
+    ome["omero"] = omero_block(label, color, summary.window())
+    group.attrs["ome"] = ome
+    return np.asarray(summary.nbytes, dtype=np.int64)
 
 
 def write_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "blosc-zstd", level: int | None = None,
                shuffle: str | None = None, chunks: Sequence[int] | None = None,
                shards: Sequence[int] | None = None, voxel_size_zyx: Sequence[float] | None = None,
                pyramid_levels: int = 0, overwrite: bool = False, attributes: dict | None = None,
-               name: str = "") -> Path:
+               name: str = "", label: str | None = None, color: str | None = None) -> Path:
     """Write a (Z, Y, X) volume as a sharded OME-NGFF 0.5 zarr v3 group, atomically.
 
     Parameters
@@ -207,6 +429,13 @@ def write_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "blos
         Replace an existing output.
     attributes : dict, optional
         Extra JSON attributes stored under ``isoview_dask`` in the group.
+    name : str
+        The multiscale's name; also gives the default channel label and
+        colour (:func:`default_channel`).
+    label, color : str, optional
+        The ``omero`` channel label and ``RRGGBB`` colour. Its display window
+        (percentiles :data:`WINDOW_PERCENTILES` of the written voxels) is
+        computed while writing.
 
     Returns
     -------
@@ -215,7 +444,7 @@ def write_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "blos
     """
     pending = prepare_zarr(array, path, codec=codec, level=level, shuffle=shuffle, chunks=chunks, shards=shards,
                            voxel_size_zyx=voxel_size_zyx, pyramid_levels=pyramid_levels, overwrite=overwrite,
-                           attributes=attributes, name=name)
+                           attributes=attributes, name=name, label=label, color=color)
     try:
         pending.delayed.compute()
     except BaseException:

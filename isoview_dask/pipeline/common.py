@@ -160,7 +160,7 @@ def convert_dataset(source: str | Path | Dataset, out: str | Path, *, fmt: str =
         if fmt == "zarr":
             pending.append(prepare_zarr(volume, target, codec=spec, chunks=chunks, shards=shards,
                                         voxel_size_zyx=view.voxel_size_um, pyramid_levels=pyramid_levels,
-                                        overwrite=overwrite, name=target.stem,
+                                        overwrite=overwrite, name=target.stem, label=f"CM{view.camera:02d} raw",
                                         attributes={"source": str(view.path), "view": view.to_dict()}))
         else:
             write_volume(volume, target, voxel_size_zyx=view.voxel_size_um, overwrite=overwrite,

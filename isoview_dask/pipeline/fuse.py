@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -716,7 +716,8 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     extra = ({"reference_xy": reference.max(axis=0), "moving_xy": moving_f.max(axis=0)}
              if draw and "registration" in fc.figures else {})
     images = _write_fused(fused, target, ref.voxel_size_um, oc, extra, progress,
-                          f"{_label(ref, mov)}: fusing and writing")
+                          f"{_label(ref, mov)}: fusing and writing",
+                          channel_label=fused_channel_label(config, (ref.camera, mov.camera)))
     if extra:  # the overlay shows the moving projection moved as its planes were
         images["aligned_xy"] = apply_inplane_transform_numpy(images["moving_xy"], estimate.offset_yx,
                                                              estimate.rotation_deg, order=1, cval=0.0)
@@ -786,13 +787,32 @@ def _draw(function, *args) -> list[Path]:
     return list(compute(dask.delayed(function, pure=False)(*args), progress=False)[0])
 
 
-def _write_fused(fused, target: Path, voxel_size_um, oc, extra: dict, progress: bool, label: str) -> dict:
-    """Write a fused volume as sharded zarr (atomically) and return its xy/xz max projections and ``extra``."""
+def fused_channel_label(config: ProcessingConfig, cameras: Sequence[int]) -> str:
+    """The viewer label of a pair-fused volume, e.g. ``"VW00 fused CM00+CM01"``.
+
+    The pair is VW00 or VW90 as the isotropic stage takes them
+    (``isotropic.views``, else the first two of ``fusion.camera_pairs``);
+    another pair is ``"fused CM02+CM03"``.
+    """
+    names = "+".join(f"CM{c:02d}" for c in cameras)
+    views = config.isotropic.views if config.isotropic.views is not None else config.fusion.camera_pairs[:2]
+    for role, pair in zip(("VW00", "VW90"), views):
+        if sorted(pair) == sorted(cameras):
+            return f"{role} fused {names}"
+    return f"fused {names}"
+
+
+def _write_fused(fused, target: Path, voxel_size_um, oc, extra: dict, progress: bool, label: str,
+                 channel_label: str | None = None) -> dict:
+    """Write a fused volume as sharded zarr (atomically) and return its xy/xz max projections and ``extra``.
+
+    ``channel_label``: the viewer label of its ``omero`` channel (default from the file name).
+    """
     from ..cluster import compute
 
     pending = prepare_zarr(fused, target, codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
                            shards=oc.shards or (), voxel_size_zyx=voxel_size_um, overwrite=True,
-                           pyramid_levels=oc.pyramid_levels, name=target.stem)
+                           pyramid_levels=oc.pyramid_levels, name=target.stem, label=channel_label)
     small = {"fused_xy": fused.max(axis=0), "fused_xz": fused.max(axis=1), **extra}
     keys = list(small)
     try:
@@ -850,7 +870,8 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
     t1 = time.perf_counter()
     images = _write_fused(fused, target, view.voxel_size_um, oc, {}, progress,
                  f"TM{view.timepoint:06d} CM{view.camera:02d} CHN{view.channels[0]:02d}+CHN{view.channels[1]:02d}: "
-                 "fusing and writing")
+                 "fusing and writing",
+                 channel_label=f"CM{view.camera:02d} fused " + "+".join(f"CHN{c:02d}" for c in view.channels))
     timings = {**_channel_timings(view), "blend_write_s": time.perf_counter() - t1,
                "total_s": time.perf_counter() - t0}
     outputs = [target]
