@@ -211,7 +211,7 @@ def _search_orientation(coarse00, coarse90, voxel_um, candidates) -> tuple[str, 
     for name in candidates:
         matrix = orientation_matrix(name)
         turned, f = _turn(coarse90, matrix)
-        shape = tuple(max(a, b) * 2 for a, b in zip(coarse00.shape, turned.shape))
+        shape = tuple(max(a, b) for a, b in zip(coarse00.shape, turned.shape))  # masked NCC pads itself
         reference, reference_mask = _pad_to(coarse00, shape)
         moving, moving_mask = _pad_to(turned, shape)
         shift = phase_cross_correlation(reference, moving, reference_mask=reference_mask, moving_mask=moving_mask,
