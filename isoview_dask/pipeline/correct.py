@@ -422,8 +422,11 @@ def correction_job(view: CameraView, out: str | Path, config: ProcessingConfig) 
     """
     record_path = correction_record_path(view, out)
 
+    def complete() -> bool:
+        return bool(view.ok and not config.output.overwrite and completed(record_path, _fingerprint(view, config)))
+
     def run() -> JobResult:
-        if view.ok and not config.output.overwrite and completed(record_path, _fingerprint(view, config)):
+        if complete():
             log.info("complete, skipping: %s", record_path)
             return JobResult("skipped", str(record_path))
         try:
@@ -434,7 +437,7 @@ def correction_job(view: CameraView, out: str | Path, config: ProcessingConfig) 
             return JobResult("failed", str(view.path), message=str(exc))
         return JobResult("written", str(record_path), input_bytes=record["input_bytes"])
 
-    return Job(str(record_path), "correct", run, nbytes=int(view.nbytes or 0))
+    return Job(str(record_path), "correct", run, nbytes=int(view.nbytes or 0), complete=complete)
 
 
 def correction_jobs(views: Iterable[CameraView], out: str | Path, config: ProcessingConfig) -> Iterator[Job]:

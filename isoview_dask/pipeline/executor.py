@@ -137,6 +137,12 @@ class Job:
         step counts as finished, for jobs that wait for its key, once every
         job it planned has finished (and those that they planned): a later
         step can wait for a whole stage without knowing its jobs.
+    complete : callable, optional
+        ``complete() -> bool``: a cheap check (completion records only, no
+        volume read) that the job's output is complete and up to date, so
+        that ``run`` would only skip it. :func:`first_pending` uses it to
+        tell, before any cluster starts, whether a run has anything to do;
+        a job without it counts as having work.
     """
 
     key: str
@@ -145,6 +151,38 @@ class Job:
     nbytes: int = 0
     deps: tuple[str, ...] = ()
     expand: Callable[[], Iterable["Job"]] | None = None
+    complete: Callable[[], bool] | None = None
+
+
+def first_pending(jobs: Iterable[Job]) -> Job | None:
+    """The first job of a plan that has work to do, or None when every output is complete.
+
+    Walks the plan in order, expanding each planning step at once (valid
+    when everything before it is complete, which is all this walk has seen
+    when it reaches the step), and stops at the first job whose
+    :attr:`Job.complete` is missing or says False. Nothing is computed and
+    no cluster is needed: a rerun over a complete output folder can skip
+    starting one.
+
+    Parameters
+    ----------
+    jobs : iterable of Job
+        A plan, as :func:`run_jobs` takes it.
+
+    Returns
+    -------
+    Job or None
+        The first job with work (a planning step's job, if that is where it
+        is), or None if every job would be skipped.
+    """
+    for job in jobs:
+        if job.expand is not None:
+            pending = first_pending(job.expand())
+            if pending is not None:
+                return pending
+        elif job.complete is None or not job.complete():
+            return job
+    return None
 
 
 @dataclass

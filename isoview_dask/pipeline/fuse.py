@@ -1016,8 +1016,11 @@ def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig
     ``work`` returns the parameters record; a failure becomes the job's
     result, never an exception, so the others go on.
     """
+    def complete() -> bool:
+        return not config.output.overwrite and completed(target.with_suffix(".json"), expected_fingerprint)
+
     def run() -> JobResult:
-        if not config.output.overwrite and completed(target.with_suffix(".json"), expected_fingerprint):
+        if complete():
             return JobResult("skipped", str(target))
         try:
             params = job_work(nbytes, work, label=f"fusion {target.name}")
@@ -1027,7 +1030,7 @@ def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig
         rejected = params.get("registration_rejected")
         return JobResult("written", str(target), input_bytes=params["input_bytes"],
                          warning=f"registration rejected: {rejected}" if rejected else "")
-    return Job(str(target), "fuse", run, nbytes=nbytes)
+    return Job(str(target), "fuse", run, nbytes=nbytes, complete=complete)
 
 
 def single_channel_groups(views, config: ProcessingConfig) -> list[tuple[int, int, int]]:

@@ -28,7 +28,7 @@ from ..config import ProcessingConfig
 from ..dataset import CameraView, Dataset, open_dataset
 from .common import StageSummary
 from .correct import correction_job, selected_views
-from .executor import Job, run_jobs
+from .executor import Job, first_pending, run_jobs
 from .fuse import find_corrected, fusion_jobs
 
 
@@ -75,6 +75,38 @@ def plan_run(views: list[CameraView], out: Path, config: ProcessingConfig, *, fu
 
     return plan_timepoints(views, out, config, fusions if fuse else None,
                            isotropic if fuse and config.isotropic.enable else None)
+
+
+def has_work(source: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None, *,
+             fuse: bool = True) -> bool:
+    """Whether :func:`process_dataset` would write or fail anything, judged from completion records only.
+
+    Plans the run and checks each job's completion record (corrections,
+    then each timepoint's fusions) without computing anything, stopping at
+    the first output that is missing, out of date or has no cheap check (the
+    isotropic steps). The command line uses it to start no cluster for a
+    rerun over a complete output folder.
+
+    Parameters
+    ----------
+    source : path or Dataset
+        Raw recording.
+    out : path
+        Output root.
+    config : ProcessingConfig, optional
+        The run's options.
+    fuse : bool
+        Whether the run fuses too.
+
+    Returns
+    -------
+    bool
+        False when every job of the run would be skipped as complete.
+    """
+    config = config or ProcessingConfig()
+    dataset = source if isinstance(source, Dataset) else open_dataset(
+        source, allow_truncated=config.input.allow_truncated)
+    return first_pending(plan_run(selected_views(dataset, config), Path(out), config, fuse=fuse)) is not None
 
 
 def process_dataset(source: str | Path | Dataset, out: str | Path, config: ProcessingConfig | None = None, *,
