@@ -268,7 +268,8 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(prog="isoview-dask", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"isoview-dask {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output: every skipped output listed, INFO log (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="describe a raw recording", description="List the volumes of a recording.")
@@ -570,7 +571,7 @@ def cmd_convert(args) -> int:
             specimens=parse_index_list(args.specimens), timepoints=parse_index_list(args.timepoints),
             cameras=parse_index_list(args.cameras), channels=parse_index_list(args.channels),
             overwrite=args.overwrite, skip_existing=args.skip_existing)
-    print(summary.report())
+    print(summary.report(verbose=args.verbose > 0))
     return 1 if summary.failed else 0
 
 
@@ -581,7 +582,7 @@ def cmd_correct(args) -> int:
     with cluster:  # a local cluster's start imports the pipeline while its workers start
         from .pipeline import correct_dataset
         summary = correct_dataset(dataset, args.out, config)
-    print(summary.report())
+    print(summary.report(verbose=args.verbose > 0))
     return 1 if summary.failed else 0
 
 
@@ -598,21 +599,39 @@ def cmd_fuse(args) -> int:
         _check_writable(Path(args.out))
     with cluster:
         summary = fuse_dataset(args.corrected, args.out, config)
-    print(summary.report())
+    print(summary.report(verbose=args.verbose > 0))
     return 1 if summary.failed else 0
+
+
+def _nothing_to_do(dataset, out, config) -> bool:
+    """True when every output of a ``run`` is already complete (no cluster is then started).
+
+    An output folder without a single correction record has work for sure: the cluster then starts
+    at once, and the pipeline is imported while its workers start. Otherwise the run is planned here
+    from its completion records (:func:`isoview_dask.pipeline.run.has_work`), which takes well under
+    a second.
+    """
+    if next(Path(out).glob("SPM*/TM*/*.correction.json"), None) is None:
+        return False
+    from .pipeline.run import has_work
+    return not has_work(dataset, out, config)
 
 
 def cmd_run(args) -> int:
     if getattr(args, "two_pass", False):
         return cmd_timelapse(args)
+    import contextlib
     config = _config_from_args(args)
     cluster = _cluster(args)  # its options are checked first, then the input; then it starts
     dataset = _checked_source(args, config)
+    if _nothing_to_do(dataset, args.out, config):
+        log.info("every output under %s is complete: no cluster started", args.out)
+        cluster = contextlib.nullcontext()
     with cluster:  # a local cluster's start imports the pipeline while its workers start
         from .pipeline import process_dataset
         summaries = process_dataset(dataset, args.out, config)
     for summary in summaries.values():
-        print(summary.report())
+        print(summary.report(verbose=args.verbose > 0))
     return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 
@@ -625,7 +644,7 @@ def cmd_timelapse(args) -> int:
         from .pipeline.timelapse import process_timelapse
         summaries = process_timelapse(dataset, args.out, config)
     for summary in summaries.values():
-        print(summary.report())
+        print(summary.report(verbose=args.verbose > 0))
     return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 
@@ -644,7 +663,7 @@ def cmd_isotropic(args) -> int:
     with cluster:
         summaries = isotropic_dataset(args.fused, args.out, config, smooth=args.smooth)
     for summary in summaries.values():
-        print(summary.report())
+        print(summary.report(verbose=args.verbose > 0))
     return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 
@@ -692,14 +711,14 @@ def cmd_demo(args) -> int:
     with _cluster(args):
         print("3. converting every camera view to sharded zarr (blosc-zstd)")
         converted = convert_dataset(dataset, root / "converted", overwrite=args.overwrite, pyramid_levels=1)
-        print(converted.report())
+        print(converted.report(verbose=args.verbose > 0))
         print("4. correcting every view: dead pixels, dark frame, segmentation, projections")
         config = ProcessingConfig(output={"overwrite": args.overwrite})
         corrected = correct_dataset(dataset, root / "corrected", config)
-        print(corrected.report())
+        print(corrected.report(verbose=args.verbose > 0))
         print("5. fusing the opposing camera pairs 0+1 and 2+3: registration, intensity matching, blending")
         fused = fuse_dataset(root / "corrected", root / "corrected", config)
-        print(fused.report())
+        print(fused.report(verbose=args.verbose > 0))
     print(f"\nDone. Raw data: {truth.raw_dir}\nGround truth: {data / 'truth'}\n"
           f"Converted: {root / 'converted'}\nCorrected and fused: {root / 'corrected'}")
     return 1 if (converted.failed or corrected.failed or fused.failed) else 0

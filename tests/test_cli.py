@@ -178,3 +178,64 @@ def test_readme_python_snippet_runs_as_a_script(tmp_path):
     done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "cm1.zarr" / "zarr.json").is_file() and "dashboard" in done.stderr.lower()
+
+
+# ------------------------------------------------------------------------------------------ reruns
+
+def _outputs(root):
+    """Every file under an output root with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def complete_run(recording, tmp_path_factory):
+    """A complete ``run`` of the one-timepoint recording (no cluster, no figures)."""
+    out = tmp_path_factory.mktemp("complete") / "out"
+    assert main(["run", str(recording.raw_dir), "--out", str(out), "--no-cluster",
+                 "--fusion-diagnostics", "false"]) == 0
+    return out
+
+
+def test_a_rerun_of_complete_outputs_starts_no_cluster(recording, complete_run, capsys, no_cluster_start):
+    import isoview_dask.pipeline  # noqa: F401  (imports are start-up, not the rerun's time)
+    capsys.readouterr()
+    before = _outputs(complete_run)
+    start = time.perf_counter()
+    assert main(["run", str(recording.raw_dir), "--out", str(complete_run), "--fusion-diagnostics", "false"]) == 0
+    seconds = time.perf_counter() - start
+    assert _outputs(complete_run) == before
+    assert seconds < 1.0, seconds
+    out = capsys.readouterr().out
+    assert "correct: 0 written, 4 skipped (complete), 0 failed" in out
+    assert "fuse: 0 written, 2 skipped (complete), 0 failed" in out
+
+
+def test_a_rerun_with_work_left_starts_the_cluster(recording, complete_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import isoview_dask.cluster as cluster
+    out = tmp_path / "out"
+    shutil.copytree(complete_run, out)
+    next(out.glob("SPM*/TM*/*.fusedStack.json")).unlink()  # one fusion left to do
+
+    class Started(Exception):
+        pass
+
+    def start(*args, **kwargs):
+        raise Started
+    monkeypatch.setattr(cluster, "start_client", start)
+    with pytest.raises(Started):
+        main(["run", str(recording.raw_dir), "--out", str(out), "--fusion-diagnostics", "false"])
+
+
+def test_skipped_outputs_are_one_line_per_stage_and_listed_with_v(recording, complete_run, capsys):
+    argv = ["run", str(recording.raw_dir), "--out", str(complete_run), "--no-cluster", "--fusion-diagnostics",
+            "false"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("correct: ") and lines[1].startswith("fuse: "), lines
+    assert main(["-v"] + argv) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  skipped ")]
+    assert len(listed) == 6 and all(line.endswith("(complete)") for line in listed), listed

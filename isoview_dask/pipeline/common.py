@@ -79,12 +79,27 @@ class StageSummary:
     def mb_per_s(self) -> float:
         return self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
-    def report(self) -> str:
-        lines = [f"{self.stage}: {len(self.written)} written, {len(self.skipped)} skipped, "
+    def report(self, verbose: bool = False) -> str:
+        """The stage's outcome as text: one summary line, then the outputs written, failed and warned about.
+
+        Parameters
+        ----------
+        verbose : bool
+            Also list every skipped output, one per line (the command line's
+            ``-v``); by default the summary line only counts them, so that a
+            rerun over 1000 complete outputs prints one line per stage.
+
+        Returns
+        -------
+        str
+        """
+        why = " (complete)" if self.skipped and self.stage != "convert" else ""
+        lines = [f"{self.stage}: {len(self.written)} written, {len(self.skipped)} skipped{why}, "
                  f"{len(self.failed)} failed; {self.input_bytes / 1e6:.1f} MB of input in {self.seconds:.1f} s "
                  f"({self.mb_per_s:.1f} MB/s)"]
         lines += [f"  wrote   {p}" for p in self.written]
-        lines += [f"  skipped {p} (exists)" for p in self.skipped]
+        if verbose:
+            lines += [f"  skipped {p} ({'exists' if self.stage == 'convert' else 'complete'})" for p in self.skipped]
         lines += [f"  FAILED  {p}: {why}" for p, why in self.failed.items()]
         lines += [f"  WARNING {p}: {why}" for p, why in self.warnings.items()]
         return "\n".join(lines)
