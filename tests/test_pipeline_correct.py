@@ -228,3 +228,21 @@ def test_default_shards_grow_on_small_frames_and_hold_the_same_values(tmp_path):
             np.testing.assert_array_equal(grown[...], small[...])
         shard_files = [p for p in (_path(outputs["default"], camera) / "0" / "c").rglob("*") if p.is_file()]
         assert len(shard_files) == 1
+
+
+def test_projection_tiffs_carry_their_pixel_size_in_micrometres(synth, corrected):
+    """ImageJ resolution tags and unit give each projection its µm per pixel: xz has the z step down
+    its rows and the x pixel across, yz the z step and the y pixel."""
+    record = json.loads(_path(corrected, 1, "correction", "json").read_text())
+    dz, dy, dx = record["voxel_size_um_zyx"]
+    assert dz > 1.5 * dx  # an anisotropic volume: a projection without tags looks squashed
+    expected = {"xy": (dy, dx), "xz": (dz, dx), "yz": (dz, dy)}
+    for kind, (row, column) in expected.items():
+        for suffix in ("Projection", "ProjectionRaw"):
+            with tifffile.TiffFile(_path(corrected, 1, kind + suffix, "tif")) as tif:
+                assert tif.is_imagej and tif.imagej_metadata["unit"] == "um"
+                page = tif.pages[0]
+                x_per_um = page.tags["XResolution"].value
+                y_per_um = page.tags["YResolution"].value
+                assert x_per_um[1] / x_per_um[0] == pytest.approx(column, rel=1e-6)
+                assert y_per_um[1] / y_per_um[0] == pytest.approx(row, rel=1e-6)

@@ -111,7 +111,8 @@ def _planes(arr: da.Array) -> Iterator[np.ndarray]:
 
 
 def write_tiff(array, path: str | os.PathLike, *, voxel_size_zyx: Sequence[float] | None = None,
-               overwrite: bool = False, compression: str | None = None, bigtiff: bool | None = None) -> Path:
+               overwrite: bool = False, compression: str | None = None, bigtiff: bool | None = None,
+               pixel_size_um: Sequence[float] | None = None) -> Path:
     """Write a 2-D (Y, X) or 3-D (Z, Y, X) array as TIFF, atomically.
 
     Parameters
@@ -126,6 +127,12 @@ def write_tiff(array, path: str | os.PathLike, *, voxel_size_zyx: Sequence[float
         tifffile compression name (e.g. ``"zlib"``); default uncompressed.
     bigtiff : bool, optional
         Force BigTIFF; default automatic for data over ~4 GB.
+    pixel_size_um : (row, column) in µm, optional
+        Of a 2-D image (a projection: xz has the z step down its rows and
+        the x pixel across): written as an ImageJ TIFF whose resolution tags
+        and ``unit=um`` give Fiji, napari and others its physical aspect.
+        Taken only for the types ImageJ reads (uint8, uint16, float32);
+        others keep the resolution tags alone.
     """
     arr = da.asarray(array) if not isinstance(array, np.ndarray) else array
     if arr.ndim not in (2, 3):
@@ -133,7 +140,17 @@ def write_tiff(array, path: str | os.PathLike, *, voxel_size_zyx: Sequence[float
     nbytes = int(np.prod(arr.shape)) * np.dtype(arr.dtype).itemsize
     big = bigtiff if bigtiff is not None else nbytes >= BIGTIFF_THRESHOLD
     kwargs = {}
-    if voxel_size_zyx is not None:
+    imagej = False
+    if pixel_size_um is not None:
+        if arr.ndim != 2:
+            raise ValueError(f"{path}: pixel_size_um is for 2-D images; give a volume voxel_size_zyx")
+        rows, columns = (float(v) for v in pixel_size_um)
+        kwargs["resolution"] = (1.0 / columns, 1.0 / rows)
+        imagej = np.dtype(arr.dtype) in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+        kwargs["metadata"] = {"axes": "YX", "unit": "um"}
+        if not imagej:
+            kwargs["resolutionunit"] = "MICROMETER"
+    elif voxel_size_zyx is not None:
         dz, dy, dx = (float(v) for v in voxel_size_zyx)
         kwargs["resolution"] = (1.0 / dx, 1.0 / dy)
         kwargs["resolutionunit"] = "MICROMETER" if hasattr(tifffile, "RESUNIT") else None
@@ -143,7 +160,7 @@ def write_tiff(array, path: str | os.PathLike, *, voxel_size_zyx: Sequence[float
     if kwargs.get("resolutionunit") is None:
         kwargs.pop("resolutionunit", None)
     with atomic_output(path, overwrite) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=big) as writer:
+        with tifffile.TiffWriter(tmp, bigtiff=big, imagej=imagej) as writer:
             if isinstance(arr, np.ndarray) or arr.ndim == 2:
                 writer.write(np.asarray(arr), compression=compression, **kwargs)
             else:

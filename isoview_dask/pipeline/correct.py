@@ -297,7 +297,8 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
             outputs.append(write_volume(mask, name("segmentationMask", oc.format),
                                         voxel_size_zyx=voxel, overwrite=overwrite))
     for kind in [k for k in keys if "Projection" in k]:
-        outputs.append(write_tiff(np.asarray(small[kind]), name(kind, "tif"), overwrite=overwrite))
+        outputs.append(write_tiff(np.asarray(small[kind]), name(kind, "tif"), overwrite=overwrite,
+                                  pixel_size_um=projection_pixel_size(kind[:2], voxel)))
     if cc.segment:
         outputs.append(write_tiff(np.asarray(small["xy_mask"]), name("xyMask", "tif"), overwrite=overwrite))
         outputs.append(write_tiff(np.asarray(small["xz_mask"]), name("xzMask", "tif"), overwrite=overwrite))
@@ -312,6 +313,27 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     record["fingerprint"] = _fingerprint(view, config)
     write_json(name("correction", "json"), record)
     return record
+
+
+def projection_pixel_size(kind: str, voxel_size_zyx) -> tuple[float, float] | None:
+    """The (row, column) pixel size in µm of a max projection of a (Z, Y, X) volume.
+
+    Parameters
+    ----------
+    kind : {'xy', 'xz', 'yz'}
+        The projection (:data:`PROJECTION_AXES`): xy is (Y, X), xz is (Z, X)
+        (z step down, x pixel across), yz is (Z, Y).
+    voxel_size_zyx : (z, y, x) in µm, or None
+
+    Returns
+    -------
+    (float, float) or None
+        None where the voxel size is unknown.
+    """
+    if voxel_size_zyx is None:
+        return None
+    kept = [v for axis, v in enumerate(voxel_size_zyx) if axis != PROJECTION_AXES[kind]]
+    return float(kept[0]), float(kept[1])
 
 
 def oriented_raw(view: CameraView, orientation: dict, chunks=None) -> da.Array:
