@@ -62,7 +62,8 @@ def _add_cluster_options(p: argparse.ArgumentParser, full: bool = True) -> None:
                    help="memory limit per local worker, e.g. 4GiB (default auto: the machine's share)")
     g.add_argument("--no-cluster", action="store_true", help="run on dask's threaded scheduler in this process")
     g.add_argument("--dashboard-address", metavar="[HOST]:PORT",
-                   help="where the dashboard is served (local default: a free port; batch default :8787)")
+                   help="where the dashboard is served (local default: a free port on 127.0.0.1, this machine "
+                        "only; batch default :8787)")
     g.add_argument("--retries", type=int, metavar="N", help="retries of a failing task (default 2)")
     g.add_argument("--malloc-trim", action="store_true",
                    help="keep distributed's MALLOC_TRIM_THRESHOLD_=65536 in the workers (memory back to the OS "

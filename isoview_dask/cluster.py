@@ -187,8 +187,9 @@ class ClusterSpec:
     job_options : dict
         Any other keyword argument of the dask-jobqueue cluster class.
     dashboard_address : str, optional
-        Where the scheduler serves the dashboard (local default ``":0"``, a
-        free port; batch default from the config, dask-jobqueue's ``":8787"``).
+        Where the scheduler serves the dashboard (local default: a free port
+        on the loopback address ``127.0.0.1``, see :func:`local_dashboard`;
+        batch default from the config, dask-jobqueue's ``":8787"``).
     retries : int, optional
         Retries of a failing task (default :data:`DEFAULT_RETRIES`).
     malloc_trim : bool
@@ -273,6 +274,48 @@ class ClusterSpec:
 
     def replace(self, **changes) -> "ClusterSpec":
         return dataclasses.replace(self, **changes)
+
+
+#: dask config key of the hosts whose pages may open the dashboard's websockets (distributed's default "*").
+_WEBSOCKET_ORIGINS_KEY = "distributed.scheduler.dashboard.bokeh-application.allow_websocket_origin"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def local_dashboard(address: str | None) -> tuple[str, dict]:
+    """Where a local cluster serves its dashboard, and the dask config that goes with it.
+
+    By default (``address`` None) the dashboard listens on the loopback
+    address only, on a free port chosen here, and only pages served from that
+    address and port may open its websockets: nothing outside this machine
+    reaches it, and bokeh has no wildcard origin to warn about ("Host
+    wildcard '*' will allow connections..."). An address on a loopback host
+    (``127.0.0.1:8787``, ``localhost:8787``) is treated the same way; any
+    other (``:8787``, ``0.0.0.0:8787``, a host name) is used as given, with
+    distributed's own origin setting.
+
+    Parameters
+    ----------
+    address : str or None
+        ``--dashboard-address``.
+
+    Returns
+    -------
+    address : str
+        The address to give ``LocalCluster``.
+    config : dict
+        dask config to set while the cluster starts (empty for an address
+        used as given).
+    """
+    if address is None:
+        import socket
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{probe.getsockname()[1]}"
+    host, _, port = address.rpartition(":")
+    if host not in _LOOPBACK_HOSTS or not port.isdigit() or int(port) == 0:
+        return address, {}
+    origins = [f"{name}:{port}" for name in _LOOPBACK_HOSTS]
+    return address, {_WEBSOCKET_ORIGINS_KEY: origins}
 
 
 def _spec(spec: ClusterSpec | None, kwargs: dict) -> ClusterSpec:
@@ -421,6 +464,7 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
     from distributed import Client, LocalCluster
 
     detail = ""
+    link = None
     if spec.scheduler:
         client = Client(spec.scheduler)  # client.cluster is None: nothing of ours to close
     elif spec.batch:
@@ -438,13 +482,13 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
         if n_workers is None:
             n_workers = cores if spec.processes else 1
         threads = spec.threads_per_worker or max(1, cores // n_workers)
-        with dask.config.set(worker_environ_config(spec)), _workers_ignore_sigint():
+        dashboard, dashboard_config = local_dashboard(spec.dashboard_address)
+        with dask.config.set({**worker_environ_config(spec), **dashboard_config}), _workers_ignore_sigint():
             # The scheduler first, then the workers in the cluster's own event loop: they start and
             # import what jobs need (isoview_dask.preload) while this process imports the same.
             cluster = LocalCluster(n_workers=0, threads_per_worker=threads, memory_limit=spec.memory_limit,
                                    processes=spec.processes, preload=[WORKER_PRELOAD],
-                                   dashboard_address=":0" if spec.dashboard_address is None
-                                   else spec.dashboard_address)
+                                   dashboard_address=dashboard)
             try:
                 cluster.scale(n_workers)
                 from .preload import import_modules
@@ -455,7 +499,11 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
                 cluster.close()
                 raise
         detail = f"local: {n_workers} worker(s) x {threads} thread(s)"
-    lines = [f"Dask dashboard: {client.dashboard_link}"] + ([f"Dask cluster: {detail}"] if detail else [])
+        if dashboard_config:  # the link names the host it listens on (in-process workers: not this IP)
+            from urllib.parse import urlsplit, urlunsplit
+            parts = urlsplit(client.dashboard_link)
+            link = urlunsplit(parts._replace(netloc=f"{dashboard.rpartition(':')[0]}:{parts.port}"))
+    lines = [f"Dask dashboard: {link or client.dashboard_link}"] + ([f"Dask cluster: {detail}"] if detail else [])
     for line in lines:
         log.info(line)
         if not quiet:
