@@ -481,6 +481,29 @@ def _finished(out) -> str:
     return f"{len(records)} complete output record(s) under {out} are kept; "
 
 
+#: Failure reasons named when every job of a stage failed.
+FIRST_FAILURES = 3
+
+
+def _all_failed(args, summaries) -> bool:
+    """Name the first reasons and the count, on stderr, for each stage whose every job failed.
+
+    A stage that wrote or skipped nothing and failed everything usually fails for one cause (stacks that
+    disagree with their XML, a wrong dark frame): the reason belongs on the last lines, not only in
+    the log above the progress bar. Returns True when some stage failed entirely.
+    """
+    any_failed = False
+    for summary in summaries:
+        if not summary.failed or summary.written or summary.skipped:
+            continue
+        any_failed = True
+        print(f"isoview-dask {args.command}: error: every {summary.stage} job failed ({len(summary.failed)} "
+              f"failure(s)); the first:", file=sys.stderr)
+        for name, why in list(summary.failed.items())[:FIRST_FAILURES]:
+            print(f"  {why if why.startswith(name) else f'{name}: {why}'}", file=sys.stderr)
+    return any_failed
+
+
 def cmd_info(args) -> int:
     from .dataset import open_dataset
     ds = open_dataset(args.path, allow_truncated=args.allow_truncated)
@@ -584,6 +607,7 @@ def cmd_correct(args) -> int:
         from .pipeline import correct_dataset
         summary = correct_dataset(dataset, args.out, config)
     print(summary.report(verbose=args.verbose > 0))
+    _all_failed(args, [summary])
     return 1 if summary.failed else 0
 
 
@@ -601,6 +625,7 @@ def cmd_fuse(args) -> int:
     with cluster:
         summary = fuse_dataset(args.corrected, args.out, config)
     print(summary.report(verbose=args.verbose > 0))
+    _all_failed(args, [summary])
     return 1 if summary.failed else 0
 
 
@@ -633,6 +658,7 @@ def cmd_run(args) -> int:
         summaries = process_dataset(dataset, args.out, config)
     for summary in summaries.values():
         print(summary.report(verbose=args.verbose > 0))
+    _all_failed(args, summaries.values())
     return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 
@@ -646,6 +672,7 @@ def cmd_timelapse(args) -> int:
         summaries = process_timelapse(dataset, args.out, config)
     for summary in summaries.values():
         print(summary.report(verbose=args.verbose > 0))
+    _all_failed(args, summaries.values())
     return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 
@@ -665,6 +692,7 @@ def cmd_isotropic(args) -> int:
         summaries = isotropic_dataset(args.fused, args.out, config, smooth=args.smooth)
     for summary in summaries.values():
         print(summary.report(verbose=args.verbose > 0))
+    _all_failed(args, summaries.values())
     return 1 if any(summary.failed for summary in summaries.values()) else 0
 
 

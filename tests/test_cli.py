@@ -239,3 +239,20 @@ def test_skipped_outputs_are_one_line_per_stage_and_listed_with_v(recording, com
     assert main(["-v"] + argv) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  skipped ")]
     assert len(listed) == 6 and all(line.endswith("(complete)") for line in listed), listed
+
+
+def test_a_stage_whose_every_job_fails_ends_with_the_reason_and_the_count(recording, tmp_path, capsys):
+    """Every stack shorter than its XML says: the run exits non-zero and its last lines name the stack
+    problem and how many failed (not a missing folder of the stage that had nothing to work on)."""
+    import shutil
+    raw = tmp_path / "raw"
+    shutil.copytree(recording.raw_dir, raw)
+    stacks = sorted(raw.rglob("*.stack"))
+    for stack in stacks:
+        with open(stack, "r+b") as f:
+            f.truncate(stack.stat().st_size - 1000)
+    code = main(["run", str(raw), "--out", str(tmp_path / "out"), "--no-cluster"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert f"every correct job failed ({len(stacks)} failure(s))" in err, err
+    assert "not a whole number of" in err and "does not exist" not in err, err

@@ -33,6 +33,8 @@ from .fuse import find_corrected, fusion_jobs
 
 
 def _timepoint_fusions(out: Path, specimen: int, timepoint: int, config: ProcessingConfig) -> list[Job]:
+    if not out.is_dir():  # every correction so far failed before writing anything: nothing to fuse
+        return []
     return list(fusion_jobs(find_corrected(out, specimen=specimen, timepoint=timepoint), out, config))
 
 
