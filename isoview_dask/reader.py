@@ -31,7 +31,7 @@ import dask.array as da
 import numpy as np
 
 from .errors import InputNotFoundError, IsoviewError
-from .pipeline.common import output_path
+from .pipeline.common import mask_of_image, output_path
 
 __all__ = ["IsoviewArray", "TimepointArray", "View"]
 
@@ -294,7 +294,7 @@ class IsoviewArray:
         if self.kind != "corrected":
             raise IsoviewError("fused volumes have no mask of their own; open the corrected recording "
                                "(kind='corrected') for the cameras' masks")
-        path = self.path(t, view, "segmentationMask", "zarr")
+        path = mask_of_image(self.path(t, view))  # the label image of the volume, or the older separate store
         if not path.exists():
             raise InputNotFoundError(f"{path}: no segmentation mask (corrected without segmentation?)")
         from .io.zarr import open_zarr
@@ -394,8 +394,10 @@ class TimepointArray:
         from .io import open_volume
         if label_type not in LABEL_KINDS:
             raise ValueError(f"label_type must be one of {sorted(LABEL_KINDS)}, got {label_type!r}")
-        path = self.folder / f"{self._stem(camera, timepoint)}.{LABEL_KINDS[label_type]}"
-        path = path.with_suffix(path.suffix + (".zarr" if label_type in ("segmentation", "mask") else ".tif"))
+        if label_type in ("segmentation", "mask"):  # the label image of the volume, or the older separate store
+            path = mask_of_image(self.folder / f"{self._stem(camera, timepoint)}.zarr")
+        else:
+            path = self.folder / f"{self._stem(camera, timepoint)}.{LABEL_KINDS[label_type]}.tif"
         if not path.exists():
             raise InputNotFoundError(f"{path}: not written (was the correction run with masks?)")
         values = np.asarray(open_volume(path))

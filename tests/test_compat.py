@@ -9,7 +9,7 @@ import pytest
 from isoview_dask import IsoviewArray, ProcessingConfig, fuse, process_dataset
 from isoview_dask.config import ConfigError
 from isoview_dask.io import open_volume
-from isoview_dask.pipeline import correct_dataset, output_path
+from isoview_dask.pipeline import correct_dataset, output_path, segmentation_mask_path
 from isoview_dask.synthetic import generate_dataset
 
 
@@ -82,8 +82,8 @@ def test_original_reader_on_a_timepoint_folder(corrected):
     np.testing.assert_array_equal(arr[5, "CM01_CHN00"], camera1[5])
     mask = arr.get_labels(timepoint=0, camera=1, label_type="segmentation")
     assert mask.dtype == bool and mask.shape == (Z, Y, X) and mask.any()
-    np.testing.assert_array_equal(mask, open_volume(output_path(root / "corrected", 0, 0, 1, 0,
-                                                                 "segmentationMask")).compute().astype(bool))
+    np.testing.assert_array_equal(mask, open_volume(segmentation_mask_path(root / "corrected", 0, 0, 1, 0))
+                                  .compute().astype(bool))
     projection = arr.get_projection(timepoint=0, camera=1, proj_type="xy")
     np.testing.assert_array_equal(projection, camera1.max(axis=0))
     assert arr.get_projection(camera=2, proj_type="xz").shape == (Z, X)

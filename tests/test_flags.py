@@ -23,7 +23,7 @@ from isoview_dask.config import ProcessingConfig, matlab_table
 from isoview_dask.correct import coordinate_masks
 from isoview_dask.fuse import blend_numpy, transition_plane_map
 from isoview_dask.io import open_volume
-from isoview_dask.pipeline import correct_dataset, fuse_dataset, output_path
+from isoview_dask.pipeline import correct_dataset, fuse_dataset, output_path, segmentation_mask_path
 from isoview_dask.pipeline.timelapse import (estimate_timepoints, load_estimates, lookup_table_path,
                                              smooth_and_fuse, smooth_parameters)
 from isoview_dask.synthetic import generate_dataset
@@ -167,8 +167,8 @@ def test_precise_gauss_changes_the_mask_slightly(four, tmp_path):
     the overlap stays near perfect, the corrected volume itself is untouched."""
     truth, out, _ = four
     correct_dataset(truth.raw_dir, tmp_path, progress=False, input_cameras=[0], correction_precise_gauss=False)
-    precise = open_volume(output_path(out, 0, 0, 0, 0, "segmentationMask")).compute().astype(bool)
-    fast = open_volume(output_path(tmp_path, 0, 0, 0, 0, "segmentationMask")).compute().astype(bool)
+    precise = open_volume(segmentation_mask_path(out, 0, 0, 0, 0)).compute().astype(bool)
+    fast = open_volume(segmentation_mask_path(tmp_path, 0, 0, 0, 0)).compute().astype(bool)
     changed = int((precise != fast).sum())
     dice = 2 * (precise & fast).sum() / (precise.sum() + fast.sum())
     assert 0 < changed < 0.01 * precise.sum() and dice > 0.99
@@ -304,8 +304,8 @@ def test_view_orientation_flags(four, tmp_path, flags, transform):
     truth, out, default = four
     changed = tmp_path / "out"
     shutil.copytree(out, changed)
-    for kind in ("", "segmentationMask"):
-        _rewrite(output_path(changed, 0, 0, 1, 0, kind), transform)
+    for path in (output_path(changed, 0, 0, 1, 0), segmentation_mask_path(changed, 0, 0, 1, 0)):
+        _rewrite(path, transform)
     xy_mask = output_path(changed, 0, 0, 1, 0, "xyMask", "tif")  # the depth map fusion reads, in step
     tifffile.imwrite(xy_mask, np.ascontiguousarray(transform(tifffile.imread(xy_mask)[None])[0]))
     unfixed = fuse(None, changed, apply_fusion=False, **PAIR01)[KEY].parameters
@@ -417,9 +417,9 @@ def test_mask_min_object_size(four, tmp_path):
         assert not mask[:, :6, :6].any()
         mask[3:5, :6, :6] = 1  # mean depth 3.5 planes
         return mask
-    _rewrite(output_path(specked, 0, 0, 0, 0, "segmentationMask"), add_speck)
+    _rewrite(segmentation_mask_path(specked, 0, 0, 0, 0), add_speck)
     # the depth map the correction saved (and fusion reads) follows the edited mask, as it would have
-    edited = open_volume(output_path(specked, 0, 0, 0, 0, "segmentationMask")).astype(bool)
+    edited = open_volume(segmentation_mask_path(specked, 0, 0, 0, 0)).astype(bool)
     tifffile.imwrite(output_path(specked, 0, 0, 0, 0, "xyMask", "tif"), coordinate_masks(edited)[0].compute())
     plain = dict(fusion_mask_fusion_mode="reference", fusion_median_filter_range=1,
                  fusion_transition_smoothing_px=0, fusion_mask_padding=0)
@@ -427,7 +427,7 @@ def test_mask_min_object_size(four, tmp_path):
     dropped = _estimate(specked, fusion_mask_min_object_size=0.01, **plain)
     np.testing.assert_allclose(kept[:6, :6], 3.5)
     assert np.all(dropped[:6, :6] > 5)
-    body = np.isfinite(np.asarray(coordinate_masks(open_volume(output_path(out, 0, 0, 0, 0, "segmentationMask"))
+    body = np.isfinite(np.asarray(coordinate_masks(open_volume(segmentation_mask_path(out, 0, 0, 0, 0))
                                                    .astype(bool))[0].compute()))
     np.testing.assert_array_equal(kept[body], dropped[body])  # the specimen's own values are untouched
 

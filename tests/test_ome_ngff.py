@@ -24,12 +24,41 @@ def outputs(tmp_path_factory):
 
 def test_every_zarr_output_validates_as_an_ome_ngff_0_5_image(outputs):
     kinds = {p.name.split(".", 1)[1] for p in outputs}
-    assert {"zarr", "segmentationMask.zarr", "fusedStack.zarr"} <= kinds
+    assert {"zarr", "fusedStack.zarr"} <= kinds
+    assert "segmentationMask.zarr" not in kinds  # masks are label images of their camera volume now
     for path in outputs:
         image = ome_models.Image.from_zarr(zarr.open_group(path, mode="r"))  # raises when invalid
         multiscale = image.attributes.ome.multiscales[0]
         assert [axis.name for axis in multiscale.axes] == ["z", "y", "x"]
         assert all(axis.unit == "micrometer" for axis in multiscale.axes)
+
+
+def test_segmentation_masks_are_ome_ngff_labels_of_their_camera_volume(outputs):
+    """``<stem>.zarr/labels/segmentationMask``: listed by the ``labels`` group, ``image-label`` metadata
+    pointing back at the image, same grid and scale as the image, 0/1 values; valid for ome-zarr-models
+    (as part of the image, labels included, and alone)."""
+    from isoview_dask.io import open_volume
+    corrected = [p for p in outputs if p.name.count(".") == 1 and "converted" not in p.parts]
+    assert len(corrected) == 4
+    for path in corrected:
+        image = ome_models.Image.from_zarr(zarr.open_group(path, mode="r"))
+        assert image.labels is not None and image.labels.attributes.ome.labels == ["segmentationMask"]
+        label = ome_models.ImageLabel.from_zarr(zarr.open_group(path / "labels" / "segmentationMask", mode="r"))
+        meta = label.ome_attributes.image_label
+        assert meta.source.image == "../../" and [c.label_value for c in meta.colors] == [1]
+        scale = [t.scale for t in label.ome_attributes.multiscales[0].datasets[0].coordinateTransformations][0]
+        assert scale == image.attributes.ome.multiscales[0].datasets[0].coordinateTransformations[0].scale
+        mask = open_volume(path / "labels" / "segmentationMask").compute()
+        assert mask.shape == open_volume(path).shape and set(np.unique(mask)) == {0, 1}
+        assert not (path.parent / path.name.replace(".zarr", ".segmentationMask.zarr")).exists()
+
+
+def test_ome_zarr_py_finds_the_labels(outputs):
+    reader_module = pytest.importorskip("ome_zarr.reader", reason="ome-zarr-py is not installed")
+    from ome_zarr.io import parse_url
+    path = next(p for p in outputs if p.name.endswith("CM00_CHN00.zarr") and "converted" not in p.parts)
+    nodes = list(reader_module.Reader(parse_url(str(path)))())
+    assert any(reader_module.Label in [type(s) for s in node.specs] for node in nodes)
 
 
 def test_pyramid_levels_carry_their_translation(outputs):

@@ -11,7 +11,7 @@ from isoview_dask.config import ProcessingConfig
 from isoview_dask.dataset import open_dataset
 from isoview_dask.errors import IsoviewError
 from isoview_dask.io import open_volume
-from isoview_dask.pipeline import correct_dataset, output_path
+from isoview_dask.pipeline import correct_dataset, output_path, segmentation_mask_path
 from isoview_dask.synthetic import generate_dataset
 
 SHAPE = (32, 128, 128)
@@ -34,6 +34,8 @@ def corrected(synth, tmp_path_factory):
 
 
 def _path(out, camera, kind="", fmt="zarr"):
+    if kind == "segmentationMask":  # the label image of the zarr volume, a separate file in other formats
+        return segmentation_mask_path(out, 0, 0, camera, 0 if camera < 2 else 1, fmt)
     return output_path(out, 0, 0, camera, 0 if camera < 2 else 1, kind, fmt)
 
 
@@ -246,3 +248,33 @@ def test_projection_tiffs_carry_their_pixel_size_in_micrometres(synth, corrected
                 y_per_um = page.tags["YResolution"].value
                 assert x_per_um[1] / x_per_um[0] == pytest.approx(column, rel=1e-6)
                 assert y_per_um[1] / y_per_um[0] == pytest.approx(row, rel=1e-6)
+
+
+def test_masks_of_the_older_layout_still_read(synth, corrected, tmp_path):
+    """Outputs of earlier versions keep the mask beside the volume (``<stem>.segmentationMask.zarr``, no
+    ``labels`` group): the path helpers, both readers and the fusion's view find it there."""
+    import shutil
+
+    from isoview_dask.pipeline.fuse import find_corrected
+    from isoview_dask.reader import IsoviewArray
+    old = tmp_path / "old"
+    shutil.copytree(corrected, old)
+    expected = open_volume(_path(corrected, 1, "segmentationMask")).compute()
+    image = _path(old, 1)
+    separate = image.with_name(image.name.replace(".zarr", ".segmentationMask.zarr"))
+    shutil.move(image / "labels" / "segmentationMask", separate)
+    shutil.rmtree(image / "labels")
+    record_path = _path(old, 1, "correction", "json")
+    record = json.loads(record_path.read_text())
+    record["outputs"] = [o.replace(f"{image.name}/labels/segmentationMask", separate.name) for o in record["outputs"]]
+    record_path.write_text(json.dumps(record))
+    assert _path(old, 1, "segmentationMask") == separate
+    view = find_corrected(old)[(0, 0, 1, 0)]
+    assert view.path("segmentationMask") == separate
+    np.testing.assert_array_equal(view.open_arrays()[1].compute(), expected.astype(bool))
+    np.testing.assert_array_equal(IsoviewArray(old, kind="corrected").mask(0, "CM01_CHN00").compute(),
+                                  expected.astype(bool))
+    np.testing.assert_array_equal(IsoviewArray(old / "SPM00" / "TM000000").get_labels(camera=1),
+                                  expected.astype(bool))
+    # the current layout reads the same
+    assert find_corrected(corrected)[(0, 0, 1, 0)].path("segmentationMask").parent.name == "labels"

@@ -8,7 +8,7 @@ from dask.optimization import cull
 
 from isoview_dask.errors import IsoviewError
 from isoview_dask.io import open_volume
-from isoview_dask.pipeline import correct_dataset, fuse_dataset, output_path
+from isoview_dask.pipeline import correct_dataset, fuse_dataset, output_path, segmentation_mask_path
 from isoview_dask.reader import IsoviewArray
 from isoview_dask.synthetic import generate_dataset
 
@@ -83,7 +83,7 @@ def test_fused_slices_equal_the_files_and_accessors(processed):
     mask = corrected.mask(2, 0)
     assert mask.dtype == bool and mask.shape == truth.shape
     np.testing.assert_array_equal(mask.compute(),
-                                  open_volume(output_path(out, 0, 2, 0, 0, "segmentationMask")).compute() > 0)
+                                  open_volume(segmentation_mask_path(out, 0, 2, 0, 0)).compute() > 0)
     with pytest.raises(IsoviewError):
         rec.mask(0, 0)
     with pytest.raises(IsoviewError):

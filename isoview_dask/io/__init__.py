@@ -24,8 +24,14 @@ class UnknownFormatError(IsoviewError, ValueError):
 
 
 def volume_format(path: str | os.PathLike) -> str:
-    """The format name of a volume path from its suffix."""
+    """The format name of a volume path from its suffix.
+
+    A path without one inside a ``.zarr`` store (a label image,
+    ``<image>.zarr/labels/<name>``) is zarr.
+    """
     suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix and any(parent.suffix.lower() == ".zarr" for parent in Path(path).parents):
+        return "zarr"
     fmt = {"tiff": "tif"}.get(suffix, suffix)
     if fmt not in FORMATS:
         raise UnknownFormatError(f"{path}: unknown volume format {suffix!r}; expected one of {', '.join(FORMATS)}")

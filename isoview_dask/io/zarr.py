@@ -121,7 +121,8 @@ class _BlockSummary:
     __slots__ = ("nbytes", "values", "counts", "low", "high", "exact")
 
     def __init__(self, nbytes, values, counts, low, high, exact):
-        self.nbytes, self.values, self.counts, self.low, self.high, self.exact = nbytes, values, counts, low, high, exact
+        self.nbytes, self.values, self.counts = nbytes, values, counts
+        self.low, self.high, self.exact = low, high, exact
 
     @classmethod
     def of(cls, block: np.ndarray, seed: int) -> "_BlockSummary":
@@ -331,6 +332,51 @@ def prepare_zarr(array, path: str | os.PathLike, *, codec: str | CodecSpec = "bl
         level_arr = aligned
     total = stores[0] if len(stores) == 1 else da.stack(stores).sum()
     return PendingZarrWrite(final, tmp, total, overwrite)
+
+
+#: The group of an OME-NGFF image that holds its label images.
+LABELS_GROUP = "labels"
+
+
+def prepare_label(array, image: PendingZarrWrite, label_name: str, *,
+                  colors: dict[int, Sequence[int]] | None = None, **options) -> PendingZarrWrite:
+    """Add a label image (e.g. a segmentation mask) to an image being written: ``<image>/labels/<name>``.
+
+    The label image is an OME-NGFF 0.5 multiscale group with ``image-label``
+    metadata (its colours and its source image ``../../``), listed in the
+    ``labels`` group of the image, so that viewers (napari-ome-zarr, ome-zarr-py)
+    show it as labels over the image. It is written inside the image's
+    temporary directory: commit it before the image, and the image's
+    ``commit()`` publishes both at once.
+
+    Parameters
+    ----------
+    array : numpy or dask array, (Z, Y, X), integer
+        The labels (0 is background).
+    image : PendingZarrWrite
+        The image being written (:func:`prepare_zarr`), not yet committed.
+    label_name : str
+        The label image's name in the ``labels`` group.
+    colors : {label value: (r, g, b, a)}, optional
+        Display colours, 0-255 each; default label 1 opaque yellow.
+    **options
+        Passed to :func:`prepare_zarr` (codec, chunks, voxel size, ...).
+
+    Returns
+    -------
+    PendingZarrWrite
+        Its ``final`` lies inside ``image.tmp``; after both commits the label
+        image is at ``image.final / "labels" / label_name``.
+    """
+    labels = image.tmp / LABELS_GROUP
+    group = zarr.open_group(str(labels), mode="a", zarr_format=3)
+    listed = list(((group.attrs.get("ome") or {}).get("labels")) or [])
+    group.attrs["ome"] = {"version": OME_VERSION, "labels": listed + [label_name] * (label_name not in listed)}
+    colors = colors if colors is not None else {1: (255, 255, 0, 255)}
+    image_label = {"colors": [{"label-value": int(v), "rgba": [int(c) for c in rgba]} for v, rgba in colors.items()],
+                   "source": {"image": "../../"}}
+    return prepare_zarr(array, labels / label_name, name=label_name, image_label=image_label,
+                        **{**options, "overwrite": False})
 
 
 def _store_blocks(source: da.Array, target, omero: tuple[str, str, str] | None = None) -> da.Array:

@@ -63,6 +63,41 @@ def output_path(out: str | Path, specimen: int, timepoint: int, cameras: int | S
     return timepoint_dir(out, specimen, timepoint) / f"{name}{SUFFIX.get(fmt, '.' + fmt)}"
 
 
+#: The kind (and label name) of a corrected volume's segmentation mask.
+MASK_KIND = "segmentationMask"
+
+
+def segmentation_mask_path(out: str | Path, specimen: int, timepoint: int, camera: int, channel: int,
+                           fmt: str = "zarr") -> Path:
+    """Where the segmentation mask of a corrected camera volume is.
+
+    A zarr correction that stores its volume writes the mask as an OME-NGFF
+    label image of it, ``<stem>.zarr/labels/segmentationMask``. Outputs of
+    earlier versions, corrections that do not store their volume
+    (``output.store_corrected = false``) and KLB/TIFF outputs have the mask
+    beside the volume instead: ``<stem>.segmentationMask.<fmt>``. This
+    returns the label image where it exists, else the separate file (which
+    may not exist either).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    return mask_of_image(output_path(out, specimen, timepoint, camera, channel, "", fmt))
+
+
+def mask_of_image(image: str | Path) -> Path:
+    """The segmentation mask of the corrected volume ``image`` (``<stem>.<fmt>``), in either layout
+    (see :func:`segmentation_mask_path`): ``<image>/labels/segmentationMask`` where that exists, else
+    ``<stem>.segmentationMask.<fmt>`` beside it."""
+    from ..io.zarr import LABELS_GROUP
+    image = Path(image)
+    label = image / LABELS_GROUP / MASK_KIND
+    if image.suffix == ".zarr" and label.is_dir():
+        return label
+    return image.with_name(f"{image.name[:-len(image.suffix)]}.{MASK_KIND}{image.suffix}")
+
+
 @dataclass
 class StageSummary:
     """What a stage did: volumes written, skipped and failed, bytes and time."""

@@ -33,10 +33,11 @@ from ..errors import IsoviewError
 from ..io import write_volume
 from ..io.chunking import fit_chunks, write_chunks
 from ..io.tiff import write_tiff
-from ..io.zarr import CodecSpec, prepare_zarr
+from ..io.atomic import remove_path
+from ..io.zarr import CodecSpec, prepare_label, prepare_zarr
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
-from .common import (StageSummary, completed, file_fingerprint, fingerprint, output_path, relative_outputs,
-                     write_json)
+from .common import (MASK_KIND, StageSummary, completed, file_fingerprint, fingerprint, output_path,
+                     relative_outputs, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +274,20 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     zarr_options = dict(codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
                         shards=oc.shards or (), voxel_size_zyx=voxel, overwrite=overwrite,
                         pyramid_levels=oc.pyramid_levels)
+    mask_options = {**zarr_options, "pyramid_levels": 0}
+    label_of = None  # the image whose label image the mask is (zarr with the volume stored)
     if oc.format == "zarr":
         if oc.store_corrected:
-            pending.append(prepare_zarr(corrected, name("", "zarr"), name=name("", "zarr").stem, **zarr_options))
-        if cc.segment:
-            pending.append(prepare_zarr(mask, name("segmentationMask", "zarr"),
-                                        name="segmentationMask", **{**zarr_options, "pyramid_levels": 0}))
+            label_of = prepare_zarr(corrected, name("", "zarr"), name=name("", "zarr").stem, **zarr_options)
+        if cc.segment and label_of is not None:  # first: committed inside the image before the image
+            # as many levels as the image (viewers and validators pair them); a level's mean of 0/1 voxels,
+            # rounded, is their majority
+            pending.append(prepare_label(mask, label_of, MASK_KIND, **zarr_options))
+        elif cc.segment:  # no image to hold it: a separate store, as before
+            pending.append(prepare_zarr(mask, name(MASK_KIND, "zarr"), name=MASK_KIND,
+                                        label=f"CM{view.camera:02d} segmentation mask", **mask_options))
+        if label_of is not None:
+            pending.append(label_of)
     keys = list(lazy)
     try:
         results = compute(*[p.delayed for p in pending], *[lazy[k] for k in keys], progress=progress,
@@ -289,7 +298,12 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
         raise
     small = dict(zip(keys, results[len(pending):]))
     for p in pending:
-        outputs.append(p.commit())
+        committed = p.commit()
+        if label_of is not None and p is not label_of:  # a label image: where it is once the image is
+            committed = label_of.final / committed.relative_to(label_of.tmp)
+        outputs.append(committed)
+    if label_of is not None and cc.segment and name(MASK_KIND, "zarr").exists():
+        remove_path(name(MASK_KIND, "zarr"))  # a separate mask of an earlier version: the label image replaces it
     if oc.format != "zarr":
         if oc.store_corrected:
             outputs.append(write_volume(corrected, name("", oc.format), voxel_size_zyx=voxel, overwrite=overwrite))

@@ -55,8 +55,8 @@ from ..fuse.transforms import inverse_transform
 from ..io import open_volume
 from ..io.zarr import STORED, CodecSpec, prepare_zarr
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
-from .common import (StageSummary, completed, fingerprint, output_path, relative_outputs, scan_records,
-                     write_json)
+from .common import (MASK_KIND, StageSummary, completed, fingerprint, output_path, relative_outputs,
+                     scan_records, segmentation_mask_path, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ class CorrectedView:
         return self.record_path.parents[2]
 
     def path(self, kind: str = "", fmt: str | None = None) -> Path:
+        """Path of this view's output ``kind`` (``""``: the corrected volume); the segmentation mask
+        (``"segmentationMask"``) is found in either layout (:func:`~.common.segmentation_mask_path`)."""
         fmt = fmt or self.record.get("output_format", "zarr")
+        if kind == MASK_KIND:
+            return segmentation_mask_path(self.root, self.specimen, self.timepoint, self.camera, self.channel, fmt)
         return output_path(self.root, self.specimen, self.timepoint, self.camera, self.channel, kind, fmt)
 
     @property
@@ -126,7 +130,7 @@ class CorrectedView:
         """
         if not self.record.get("segmented", True):
             raise MissingInputError(f"{self.record_path}: was corrected without segmentation; fusion needs masks")
-        paths = self.path(), self.path("segmentationMask")
+        paths = self.path(), self.path(MASK_KIND)
         chunks = [STORED if slabs and p.suffix == ".zarr" else None for p in paths]
         mask = open_volume(paths[1], chunks=chunks[1])
         if self.volume_stored:
