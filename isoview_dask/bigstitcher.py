@@ -184,13 +184,22 @@ def _zarr_grid(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, fl
 
 def exported_views(out: str | Path, *, corrected: bool = False) -> list[ExportedView]:
     """The volumes under ``out`` the export lists: every complete fused volume, and with ``corrected``
-    every complete corrected camera, sorted by (specimen, timepoint, cameras, channels)."""
+    every complete corrected camera, sorted by (specimen, timepoint, cameras, channels).
+
+    A volume whose record says its voxel size is unknown is left out, with a warning: its zarr
+    carries a placeholder scale, and BigStitcher would place it at the wrong size.
+    """
+    return _exported_views(out, corrected)[0]
+
+
+def _exported_views(out: str | Path, corrected: bool) -> tuple[list[ExportedView], int]:
+    """:func:`exported_views`, and how many volumes were refused for an unknown voxel size."""
     from .pipeline.common import scan_records
     out = Path(out)
     kinds = [("fusedStack.json", ".fusedStack.json", ".fusedStack.zarr")]
     if corrected:
         kinds.append(("correction.json", ".correction.json", ".zarr"))
-    views = []
+    views, refused = [], 0
     for suffix, record_suffix, volume_suffix in kinds:
         for (s, t, cams, ch), (record_path, record) in scan_records(out, suffix).items():
             path = record_path.with_name(record_path.name[:-len(record_suffix)] + volume_suffix)
@@ -200,10 +209,22 @@ def exported_views(out: str | Path, *, corrected: bool = False) -> list[Exported
                 continue
             if not path.is_dir():
                 continue  # another format (KLB, TIFF): not readable through the OME-Zarr loader
+            if "voxel_size_um_zyx" in record and not record["voxel_size_um_zyx"]:
+                # its zarr carries a placeholder scale of 1: exported, it would sit at the wrong size
+                log.warning("%s: not exported, its voxel size is unknown (%s); give the step along the stack "
+                            "direction and the pixel size in the recording's XML and process it again",
+                            path.name, _unknown_reason(record))
+                refused += 1
+                continue
             shape, voxel = _zarr_grid(path)
             channels = tuple(ch) if isinstance(ch, (tuple, list)) else (int(ch),)
             views.append(ExportedView(int(s), int(t), tuple(int(c) for c in cams), channels, path, shape, voxel))
-    return sorted(views, key=lambda v: (v.specimen, v.timepoint, v.cameras, v.channels))
+    return sorted(views, key=lambda v: (v.specimen, v.timepoint, v.cameras, v.channels)), refused
+
+
+def _unknown_reason(record: dict) -> str:
+    """Why a record's voxel size is unknown, as its raw view's description says (correction records)."""
+    return (record.get("view") or {}).get("voxel_size_unknown") or "the recording's XML gives none"
 
 
 def _text(parent, tag: str, text) -> ET.Element:
@@ -225,7 +246,10 @@ def bigstitcher_xml(out: str | Path, *, corrected: bool = False, base: str | Pat
     import os
     out = Path(out)
     base = Path(base) if base is not None else out
-    views = exported_views(out, corrected=corrected)
+    views, refused = _exported_views(out, corrected)
+    if not views and refused:
+        raise IsoviewError(f"{out}: none of the {refused} volume(s) can be exported: their voxel size is unknown "
+                           "(the recording's XML gives no step along the stack direction or no pixel size)")
     if not views:
         raise IsoviewError(f"{out}: no complete fused{' or corrected' if corrected else ''} OME-Zarr volumes to "
                            "export (run 'isoview-dask run' or 'fuse' first)")

@@ -20,6 +20,7 @@ never hides the rest of a recording.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ import numpy as np
 
 from .errors import DatasetError, InputNotFoundError, IsoviewError, MetadataError
 from .metadata import AcquisitionMetadata, read_push_config
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -56,7 +59,11 @@ class CameraView:
     shape : (Z, Y, X) or None
         Volume shape in planes and pixels; None when it could not be determined.
     voxel_size_um : (z, y, x) or None
-        Plane spacing and lateral pixel size, µm.
+        Plane spacing (the step along the stack direction) and lateral pixel
+        size, µm.
+    voxel_size_unknown : str or None
+        Why ``voxel_size_um`` is None (which XML attribute is missing); None
+        when the voxel size is known, or the view is unreadable anyway.
     metadata : AcquisitionMetadata or None
         The parsed XML of this view's channel.
     background_path : Path or None
@@ -78,6 +85,7 @@ class CameraView:
     background_path: Path | None = None
     error: IsoviewError | None = None
     allow_truncated: bool = False
+    voxel_size_unknown: str | None = None
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -129,7 +137,8 @@ class CameraView:
         return cls(**{k: int(values[k]) for k in ("specimen", "timepoint", "angle", "camera", "channel", "phase")},
                    path=Path(values["path"]), shape=tuple(shape) if shape else None,
                    voxel_size_um=tuple(voxel) if voxel else None,
-                   background_path=Path(background) if background else None, allow_truncated=allow_truncated)
+                   background_path=Path(background) if background else None, allow_truncated=allow_truncated,
+                   voxel_size_unknown=values.get("voxel_size_unknown"))
 
     def to_dict(self) -> dict:
         return {
@@ -138,6 +147,7 @@ class CameraView:
             "path": str(self.path), "format": self.format,
             "shape_zyx": list(self.shape) if self.shape else None,
             "voxel_size_um_zyx": list(self.voxel_size_um) if self.voxel_size_um else None,
+            "voxel_size_unknown": self.voxel_size_unknown,
             "background": str(self.background_path) if self.background_path else None,
             "xml": str(self.metadata.path) if self.metadata else None,
             "error": str(self.error) if self.error else None,
@@ -265,7 +275,26 @@ def _make_view(match: re.Match, path: Path, xml_folder: Path, backgrounds: dict[
             view, xml_folder, cameras_of_channel, xml_cache)
     except IsoviewError as exc:
         view.error = exc
+    if view.error is None and view.voxel_size_um is None:
+        view.voxel_size_unknown = _unknown_voxel_size(view)
     return view
+
+
+def _unknown_voxel_size(view: CameraView) -> str:
+    """Why a readable view has no voxel size: the XML attribute(s) that would give it."""
+    meta = view.metadata
+    if meta is None:
+        return "no metadata XML for this channel"
+    cams = meta.camera_indices
+    position = cams.index(view.camera) if view.camera in cams else 0
+    missing = []
+    if not meta.plane_step_um(view.camera, position):
+        axis = meta.stack_axis(view.camera, position) or "z"
+        names = f"{axis}_step" + (" or z_step" if axis != "z" else "")
+        missing.append(f"no plane spacing ({names}) for a stack along {axis}")
+    if not meta.pixel_size_um:
+        missing.append("no pixel size (pixel_size_um, xy_step or a detection_objective magnification)")
+    return f"{meta.path.name}: " + "; ".join(missing)
 
 
 def _describe(view: CameraView, xml_folder: Path, cameras_of_channel, xml_cache):
@@ -300,8 +329,11 @@ def _describe(view: CameraView, xml_folder: Path, cameras_of_channel, xml_cache)
     else:
         shape = volume_shape(view.path)
     voxel = None
-    if meta is not None and meta.z_step_um and meta.pixel_size_um:
-        voxel = (meta.z_step_um, meta.pixel_size_um, meta.pixel_size_um)
+    if meta is not None and meta.pixel_size_um:
+        cams = cameras_of_channel[(view.specimen, view.timepoint, view.channel)]
+        step = meta.plane_step_um(view.camera, cams.index(view.camera) if view.camera in cams else 0)
+        if step:
+            voxel = (step, meta.pixel_size_um, meta.pixel_size_um)
     return meta, tuple(int(s) for s in shape), voxel
 
 
@@ -362,4 +394,8 @@ def open_dataset(path: str | Path, *, allow_truncated: bool = False) -> Dataset:
     views = [_make_view(m, p, xml_dir, bg, cameras_of_channel, xml_cache, allow_truncated)
              for m, p, xml_dir, bg in found]
     views.sort(key=lambda v: (v.specimen, v.timepoint, v.camera, v.channel, v.angle, v.phase))
+    unknown = [v for v in views if v.voxel_size_unknown]
+    if unknown:  # one warning for the recording, not one per view of a long time-lapse
+        log.warning("%s: %d view(s) have no voxel size (their outputs get none, and exports refuse them), "
+                    "e.g. %s: %s", root, len(unknown), unknown[0].path.name, unknown[0].voxel_size_unknown)
     return Dataset(root=root, layout=layout, views=views)

@@ -3,7 +3,8 @@
 Each channel of an IsoView recording comes with an XML file (``ch0.xml`` or
 ``ch0_spec00.xml``) holding a list of ``<info .../>`` elements whose
 attributes describe the acquisition: frame ``dimensions`` per camera
-(``W x H x D``, comma separated), ``z_step`` in µm, the ``detection_objective``
+(``W x H x D``, comma separated), the plane spacing in µm (``z_step``, or the
+``<axis>_step`` named by ``stack_direction``: ``y_step`` for a Y-scan), the ``detection_objective``
 (its magnification gives the lateral pixel size, 6.5 µm camera pixel /
 magnification), ``wavelength``, ``camera_index``, ``time_point`` and more.
 This module reads those files into :class:`AcquisitionMetadata` (tolerating
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -43,9 +44,14 @@ class AcquisitionMetadata:
     camera_indices : tuple of int
         Cameras named by ``camera_index`` (may be empty).
     z_step_um : float or None
-        Spacing of the planes along the detection axis, µm.
+        Spacing of the planes of the stack, µm: the step attribute named by
+        the (first) stack direction (``y_step`` for ``stack_direction="+y"``),
+        else ``z_step`` (see :meth:`plane_step_um`).
     pixel_size_um : float or None
         Lateral pixel size in the specimen, µm (camera pixel / magnification).
+    stack_axes : tuple of str
+        Axis letter (``'x'``, ``'y'`` or ``'z'``) of each ``stack_direction``
+        entry (one per camera, or one for all); empty when the XML has none.
     """
 
     path: Path
@@ -54,6 +60,51 @@ class AcquisitionMetadata:
     camera_indices: tuple[int, ...] = ()
     z_step_um: float | None = None
     pixel_size_um: float | None = None
+    stack_axes: tuple[str, ...] = ()
+
+    def stack_axis(self, camera: int | None = None, position: int = 0) -> str | None:
+        """The axis a camera's stack steps along (``stack_direction``), or None when the XML does not say.
+
+        Parameters
+        ----------
+        camera, position : int
+            As :meth:`frame_for_camera`: the camera number, and its place
+            among the cameras of this channel when the XML names none.
+        """
+        axes = self.stack_axes
+        if not axes:
+            return None
+        if len(axes) == 1:
+            return axes[0]
+        if camera is not None and self.camera_indices and len(self.camera_indices) == len(axes) \
+                and camera in self.camera_indices:
+            return axes[self.camera_indices.index(camera)]
+        return axes[position] if position < len(axes) else None
+
+    def plane_step_um(self, camera: int | None = None, position: int = 0) -> float | None:
+        """Spacing of a camera's planes, µm, read from the step attribute that matches its stack direction.
+
+        A stack along y (``stack_direction="+y"``) takes ``y_step``, one
+        along x ``x_step``, one along z (or of unknown direction) ``z_step``;
+        when the attribute of the stack's axis is missing, ``z_step`` (the
+        usual name whatever the direction) and then the only one of
+        ``x_step`` / ``y_step`` present are used.
+
+        Returns
+        -------
+        float or None
+            None when no step attribute gives it.
+        """
+        axis = self.stack_axis(camera, position)
+        attrs = self.attributes
+        candidates = [f"{axis}_step"] if axis else []
+        candidates.append("z_step")
+        for name in candidates:
+            value = _float_or_none(attrs.get(name))
+            if value:
+                return value
+        others = [v for v in (_float_or_none(attrs.get(n)) for n in ("x_step", "y_step")) if v]
+        return others[0] if len(others) == 1 else None
 
     @property
     def wavelength_nm(self) -> float | None:
@@ -99,6 +150,7 @@ class AcquisitionMetadata:
             "camera_indices": list(self.camera_indices),
             "z_step_um": self.z_step_um,
             "pixel_size_um": self.pixel_size_um,
+            "stack_axes": list(self.stack_axes),
             "attributes": dict(self.attributes),
         }
 
@@ -181,14 +233,27 @@ def read_push_config(path: str | Path) -> AcquisitionMetadata:
             cams = tuple(int(c) for c in re.split(r"[,\s]+", attrs["camera_index"].strip()) if c)
         except ValueError as exc:
             raise MetadataError(f"{path}: camera_index {attrs['camera_index']!r} is not a list of integers") from exc
-    return AcquisitionMetadata(
+    meta = AcquisitionMetadata(
         path=path,
         attributes=attrs,
         frame_dimensions=dims,
         camera_indices=cams,
-        z_step_um=_float_or_none(attrs.get("z_step")),
         pixel_size_um=_parse_pixel_size(attrs),
+        stack_axes=_parse_stack_axes(attrs.get("stack_direction")),
     )
+    return replace(meta, z_step_um=meta.plane_step_um())
+
+
+def _parse_stack_axes(text: str | None) -> tuple[str, ...]:
+    """``"+z"`` -> ``('z',)``, ``"+y,-y"`` -> ``('y', 'y')``; entries naming no axis are left out."""
+    if not text:
+        return ()
+    axes = []
+    for item in text.split(","):
+        m = re.search(r"[xyzXYZ]", item)
+        if m:
+            axes.append(m.group(0).lower())
+    return tuple(axes)
 
 
 def write_push_config(path: str | Path, attributes: Mapping[str, object]) -> Path:

@@ -114,3 +114,23 @@ def test_cli_and_errors(processed, tmp_path, capsys):
     (tmp_path / "bad.xml").write_text("<SpimData")
     with pytest.raises(IsoviewError, match="not a readable SpimData"):
         read_bigstitcher(tmp_path / "bad.xml")
+
+
+def test_a_view_of_unknown_voxel_size_is_refused_not_exported_at_1um(tmp_path, caplog):
+    """Cameras 2/3 scan along y, but their XML names no step at all: their corrected and fused outputs
+    record no voxel size, and the export leaves that view out with a warning instead of writing 1 µm."""
+    truth = generate_dataset(tmp_path / "syn", preset="tiny", seed=4, timepoints=1)
+    xml = next(truth.raw_dir.rglob("ch1.xml"))
+    xml.write_text(xml.read_text().replace('z_step="', 'z_step_unused="').replace('"+z"', '"+y"'))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        process_dataset(truth.raw_dir, out, progress=False, fusion_diagnostics=False)
+    assert any("no voxel size" in r.getMessage() and "y_step or z_step" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="isoview_dask.bigstitcher"):
+        content = read_bigstitcher(write_bigstitcher(out, corrected=True))
+    names = {s["name"] for s in content["setups"].values()}
+    assert names == {"SPM00_CM00_CM01_CHN00", "SPM00_CM00_CHN00", "SPM00_CM01_CHN00"}, names
+    assert all(s["voxel_size_xyz"] != [1.0, 1.0, 1.0] for s in content["setups"].values())
+    refused = [r.getMessage() for r in caplog.records if "not exported, its voxel size is unknown" in r.getMessage()]
+    assert len(refused) == 3 and any("y_step or z_step" in m for m in refused), refused

@@ -103,3 +103,39 @@ def test_push_config_parsing(tmp_path):
         read_push_config(tmp_path / "noinfo.xml")
     with pytest.raises(InputNotFoundError):
         read_push_config(tmp_path / "absent.xml")
+
+
+def _scan_xml(path, cameras, **steps):
+    dims = ",".join(f"{FRAMES[c][1]}x{FRAMES[c][0]}x{DEPTH}" for c in cameras)
+    write_push_config(path, {"dimensions": dims, "camera_index": ",".join(map(str, cameras)),
+                             "detection_objective": "Nikon 16x/0.8 W", **steps})
+
+
+def test_plane_spacing_comes_from_the_step_of_the_stack_direction(tmp_path):
+    """A Y-scan camera whose XML names its step y_step gets that step as its plane spacing."""
+    root = make_flat(tmp_path / "flat", timepoints=(0,))
+    _scan_xml(root / "ch0_spec00.xml", [0, 1], stack_direction="+y,+y", y_step=1.5)
+    view = open_dataset(root).view(timepoint=0, camera=1)
+    assert view.voxel_size_um == pytest.approx((1.5, 6.5 / 16, 6.5 / 16))
+    assert view.voxel_size_unknown is None and view.to_dict()["voxel_size_unknown"] is None
+    meta = read_push_config(root / "ch0_spec00.xml")
+    assert meta.stack_axes == ("y", "y") and meta.z_step_um == 1.5
+    # per camera: camera 0 scans z (z_step), camera 1 scans y (y_step)
+    _scan_xml(root / "ch0_spec00.xml", [0, 1], stack_direction="+z,-y", z_step=2.5, y_step=1.5)
+    ds = open_dataset(root)
+    assert ds.view(timepoint=0, camera=0).voxel_size_um[0] == 2.5
+    assert ds.view(timepoint=0, camera=1).voxel_size_um[0] == 1.5
+
+
+def test_an_unknown_voxel_size_is_a_warning_and_is_marked_in_the_record(tmp_path, caplog):
+    root = make_flat(tmp_path / "flat", timepoints=(0, 1))
+    _scan_xml(root / "ch0_spec00.xml", [0, 1], stack_direction="+y", z_step_of_nothing=1)
+    with caplog.at_level("WARNING", logger="isoview_dask.dataset"):
+        ds = open_dataset(root)
+    warnings = [r.getMessage() for r in caplog.records if "no voxel size" in r.getMessage()]
+    assert len(warnings) == 1 and "4 view(s)" in warnings[0] and "y_step or z_step" in warnings[0], warnings
+    view = ds.view(timepoint=1, camera=0)
+    assert view.ok and view.voxel_size_um is None
+    record = json.loads(json.dumps(view.to_dict()))
+    assert record["voxel_size_um_zyx"] is None and "y_step or z_step" in record["voxel_size_unknown"]
+    assert view.from_dict(record).voxel_size_unknown == record["voxel_size_unknown"]
