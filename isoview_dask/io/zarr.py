@@ -129,12 +129,12 @@ class _BlockSummary:
         flat = block.reshape(-1)
         if flat.size == 0:
             return cls(block.nbytes, np.empty(0), np.empty(0, np.float64), None, None, True)
-        low, high = flat.min(), flat.max()
-        if flat.dtype.kind in "ub" and flat.dtype.itemsize <= 2:
+        if flat.dtype.kind in "ub" and flat.dtype.itemsize <= 2:  # one pass: the extrema are in the histogram
             counts = np.bincount(flat.astype(np.intp, copy=False) if flat.dtype.kind == "b" else flat)
             values = np.flatnonzero(counts)
             return cls(block.nbytes, values.astype(np.float64), counts[values].astype(np.float64),
-                       float(low), float(high), True)
+                       float(values[0]), float(values[-1]), True)
+        low, high = flat.min(), flat.max()
         if flat.dtype.kind == "i" and flat.dtype.itemsize <= 2:
             counts = np.bincount((flat.astype(np.int32) - int(low)))
             values = np.flatnonzero(counts)
