@@ -26,6 +26,7 @@ _warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr
 _LAZY = {
     "ProcessingConfig": ("isoview_dask.config", "ProcessingConfig"),
     "process_dataset": ("isoview_dask.api", "process_dataset"),
+    "IsoviewProcessor": ("isoview_dask.api", "IsoviewProcessor"),
     "isotropic_dataset": ("isoview_dask.pipeline.isotropic", "isotropic_dataset"),
     "blend_views": ("isoview_dask.api", "blend_views"),
     "load_config": ("isoview_dask.api", "load_config"),

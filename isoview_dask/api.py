@@ -34,7 +34,8 @@ from .config import ProcessingConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FusionResult", "PairFusion", "blend_views", "fuse", "load_config", "process_dataset"]
+__all__ = ["FusionResult", "IsoviewProcessor", "PairFusion", "blend_views", "fuse", "load_config",
+           "process_dataset"]
 
 #: A fused pair: (specimen, timepoint, (reference camera, moving camera), channel). With
 #: ``fusion.channel_pairs``, a channel-fused output: (specimen, timepoint, (a, b) or (camera,),
@@ -110,6 +111,70 @@ def process_dataset(config=None, input=None, out=None, *, fusion: bool = False, 
         if two_pass:
             return process_timelapse(input, out, cfg, progress=progress)
         return run_dataset(input, out, cfg, fuse=fusion, progress=progress)
+
+
+class IsoviewProcessor:
+    """The original port's main processor class, over :func:`process_dataset`.
+
+    Scripts of the single-machine port build one from a configuration and
+    call :meth:`run`::
+
+        config = ProcessingConfig(input_dir="raw/", timepoints=[0, 1], cameras=[0, 1, 2, 3])
+        IsoviewProcessor(config).run()                    # corrected volumes in raw.corrected/
+
+    Here the work runs as dask graphs (on ``cluster``, the active client, or
+    dask's threaded scheduler), and the outputs, completion records and run
+    records are those of ``isoview-dask correct`` (``run`` with ``fusion``).
+
+    Parameters
+    ----------
+    config : ProcessingConfig, mapping, path or None
+        The configuration, with at least ``input_dir`` (the raw recording).
+        Without an ``output_dir``, the outputs go beside the recording into
+        ``<input_dir>.corrected`` (the original port's folder).
+    cluster : ClusterSpec, mapping, str or None
+        Where :meth:`run` computes (e.g. ``"local"``).
+    **flags
+        Flat options overriding ``config`` (``input_timepoints=[0]``,
+        ``fusion_type="average"``...).
+
+    Attributes
+    ----------
+    config : ProcessingConfig
+        The resolved configuration.
+    input_dir, output_dir : Path
+        The raw recording and the output root.
+    """
+
+    def __init__(self, config=None, *, cluster=None, **flags):
+        self.config = load_config(config, **flags)
+        if self.config.input_dir is None:
+            raise TypeError("IsoviewProcessor needs the raw recording: input_dir in the configuration")
+        self.input_dir = Path(self.config.input_dir)
+        self.output_dir = (Path(self.config.output_dir) if self.config.output_dir is not None
+                           else self.input_dir.with_name(self.input_dir.name + ".corrected"))
+        self.cluster = cluster
+
+    def run(self, *, fusion: bool = False, progress: bool = True) -> dict:
+        """Correct every selected camera view (and with ``fusion`` fuse the camera pairs); resumable.
+
+        Parameters
+        ----------
+        fusion : bool
+            Also fuse the opposing camera pairs (the original port's ``multi_fuse`` step).
+        progress : bool
+            Show the progress bar.
+
+        Returns
+        -------
+        dict of stage name -> StageSummary
+            As :func:`process_dataset` returns it.
+        """
+        return process_dataset(self.config, self.input_dir, self.output_dir, fusion=fusion,
+                               cluster=self.cluster, progress=progress)
+
+    def __repr__(self) -> str:
+        return f"IsoviewProcessor(input_dir={str(self.input_dir)!r}, output_dir={str(self.output_dir)!r})"
 
 
 # ------------------------------------------------------------------------------------------- fusion

@@ -170,3 +170,26 @@ def test_viz_figures(processed):
         viz.parameters_over_time(rows, pair=(2, 3))
     with pytest.raises(ValueError, match="axes"):
         viz.projections(np.zeros((2, 3, 4)), axes=("xy", "zz"))
+
+
+def test_isoview_processor_runs_as_the_original_port_documents(processed, tmp_path):
+    """``IsoviewProcessor(config).run()``: corrects input_dir into <input_dir>.corrected by default, the same
+    volumes as process_dataset wrote; a rerun skips them; run(fusion=True) fuses too."""
+    from isoview_dask import IsoviewProcessor
+    import shutil
+    truth, config_path, out = processed
+    raw = tmp_path / "recording"
+    shutil.copytree(truth.raw_dir, raw)
+    config = ProcessingConfig(input_dir=raw, cameras=[0, 1], fusion_camera_pairs=[(0, 1)],
+                              fusion_diagnostics=False)
+    processor = IsoviewProcessor(config)
+    assert processor.output_dir == tmp_path / "recording.corrected"
+    summaries = processor.run(progress=False)
+    assert list(summaries) == ["correct"] and len(summaries["correct"].written) == 2
+    ours = open_volume(output_path(processor.output_dir, 0, 0, 1, 0, "", "zarr")).compute()
+    reference = open_volume(output_path(out, 0, 0, 1, 0, "", "zarr")).compute()
+    np.testing.assert_array_equal(ours, reference)
+    again = processor.run(fusion=True, progress=False)
+    assert len(again["correct"].skipped) == 2 and len(again["fuse"].written) == 1
+    with pytest.raises(TypeError, match="input_dir"):
+        IsoviewProcessor(ProcessingConfig())
