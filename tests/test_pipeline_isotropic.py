@@ -498,3 +498,17 @@ def test_psf_measured_on_the_beads_of_the_isotropic_preset(tmp_path):
     assert lateral == pytest.approx(np.hypot(2.3548 * spec.psf_sigma_px * spec.pixel_size_um, bead), rel=0.1)
     assert axial == pytest.approx(np.hypot(spec.axial_psf_fwhm_um, bead), rel=0.1)
     assert record["psf"]["fwhm_um"] == pytest.approx([lateral, axial])
+
+
+def test_complete_isotropic_outputs_need_no_cluster(recording, tmp_path):
+    """The isotropic jobs carry a completion check: a rerun of a complete run has no work (no cluster starts);
+    a missing isotropic record is work again."""
+    from isoview_dask.pipeline.run import has_work
+
+    truth, out, _ = recording
+    config = ProcessingConfig.from_flags(**ISOTROPIC)
+    assert not has_work(truth.raw_dir, out, config)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    stem_path(copy, 1, fmt="json").unlink()
+    assert has_work(truth.raw_dir, copy, config)

@@ -516,12 +516,21 @@ def registration_job(target: IsotropicTarget, out: str | Path, config: Processin
 
     nbytes = _planned_bytes(target)
 
+    def up_to_date(previous) -> bool:
+        initial = None if previous is None else previous[1]["transform_vw00_to_vw90_um"]
+        return not config.output.overwrite and completed(Path(key), _registration_fingerprint(target, config,
+                                                                                                 initial))
+
+    def complete() -> bool:
+        try:
+            return up_to_date(previous_registration(out, target))
+        except job_errors():
+            return False
+
     def run() -> JobResult:
         try:
             previous = previous_registration(out, target)
-            initial = None if previous is None else previous[1]["transform_vw00_to_vw90_um"]
-            if not config.output.overwrite and completed(Path(key), _registration_fingerprint(target, config,
-                                                                                                 initial)):
+            if up_to_date(previous):
                 return JobResult("skipped", key)
             record = job_work(nbytes, register_target, target, out, config, previous,
                               label=f"isotropic registration {Path(key).name}")
@@ -529,7 +538,7 @@ def registration_job(target: IsotropicTarget, out: str | Path, config: Processin
             log.error("isotropic registration of %s failed: %s", target.label, exc)
             return JobResult("failed", key, message=str(exc))
         return JobResult("written", key, input_bytes=record["input_bytes"], warning=record["fallback"] or "")
-    return Job(key, REGISTRATION_STAGE, run, nbytes=nbytes)
+    return Job(key, REGISTRATION_STAGE, run, nbytes=nbytes, complete=complete)
 
 
 def _planned_bytes(target: IsotropicTarget) -> int:
@@ -923,20 +932,34 @@ def reconstruction_job(target: IsotropicTarget, out: str | Path, config: Process
     if target.missing:
         return _failed_job(key, STAGE, target.missing)
     nbytes = _planned_bytes(target)
+    record_path = target.path(out, REGISTRATION_KIND, "json")
+
+    def used(registration: dict):
+        """The transform, intensity factor and their source this reconstruction uses."""
+        if fixed is not None:
+            return fixed["transform"], fixed["scale90"], fixed["source"]
+        return (registration["transform_vw00_to_vw90_um"], registration.get("scale90", 1.0),
+                registration.get("transform_source", "registered"))
+
+    def complete() -> bool:
+        registration = read_registration(record_path)
+        if registration is None or config.output.overwrite:
+            return False
+        transform, scale90, _ = used(registration)
+        try:
+            return completed(target.path(out, KIND, "json"),
+                             _reconstruction_fingerprint(target, config, transform, scale90))
+        except job_errors():
+            return False
 
     def run() -> JobResult:
-        record_path = target.path(out, REGISTRATION_KIND, "json")
         registration = read_registration(record_path)
         if registration is None:
             why = (f"{record_path}: no isotropic registration record (its registration failed, see above, or was "
                    "not run)")
             log.error("%s", why)
             return JobResult("failed", key, message=why)
-        if fixed is not None:
-            transform, scale90, source = fixed["transform"], fixed["scale90"], fixed["source"]
-        else:
-            transform, scale90 = registration["transform_vw00_to_vw90_um"], registration.get("scale90", 1.0)
-            source = registration.get("transform_source", "registered")
+        transform, scale90, source = used(registration)
         try:
             fp = _reconstruction_fingerprint(target, config, transform, scale90)
             if not config.output.overwrite and completed(target.path(out, KIND, "json"), fp):
@@ -951,7 +974,7 @@ def reconstruction_job(target: IsotropicTarget, out: str | Path, config: Process
             warning = "; ".join(w for w in (warning, f"{100 * params['clipped_fraction']:.3g} % clipped in uint16")
                                 if w)
         return JobResult("written", key, input_bytes=params["input_bytes"], warning=warning)
-    return Job(key, STAGE, run, nbytes=nbytes)
+    return Job(key, STAGE, run, nbytes=nbytes, complete=complete)
 
 
 # ------------------------------------------------------------------------------------------ planning

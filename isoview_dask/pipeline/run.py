@@ -85,8 +85,8 @@ def has_work(source: str | Path | Dataset, out: str | Path, config: ProcessingCo
 
     Plans the run and checks each job's completion record (corrections,
     then each timepoint's fusions) without computing anything, stopping at
-    the first output that is missing, out of date or has no cheap check (the
-    isotropic steps). The command line uses it to start no cluster for a
+    the first output that is missing, out of date or has no cheap check
+    (the isotropic registrations and reconstructions have one too). The command line uses it to start no cluster for a
     rerun over a complete output folder.
 
     Parameters
