@@ -65,3 +65,15 @@ def test_unknown_fit_is_refused():
     truth = fourview(FourViewSpec(seed=6, shape=(31, 32, 32), nuclei=20, beads=0))
     with pytest.raises(ValueError, match="unknown isotropic registration fit"):
         register_views(truth.vw00, truth.voxel00, truth.vw90, truth.voxel90, fit="elastic")
+
+
+def test_a_long_volume_is_fitted_level_by_level_on_crops():
+    """With levels of at most 64 voxels, the 96^3 truth is fitted whole at 0.6 µm, then on a 64^3 crop at the
+    pixel, and keeps the accuracy bounds."""
+    truth = fourview(FourViewSpec(seed=1))
+    result = register_views(truth.vw00, truth.voxel00, truth.vw90, truth.voxel90, fine_size=64)
+    assert [round(level["voxel_um"], 3) for level in result.levels] == [0.603, 0.406]
+    crop = result.levels[1]["crop_zyx"]
+    assert all(crop[axis][1] - crop[axis][0] < truth.vw00.shape[axis] for axis in (1, 2))
+    rms, angle = _errors(result, truth)
+    assert rms <= 0.3 and angle <= 0.1
