@@ -172,3 +172,16 @@ def test_the_reader_does_not_import_napari(out):
             "print(sorted(m for m in sys.modules if m == 'napari' or m.startswith(('napari.', 'qtpy', 'PyQt'))))")
     result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_npe2_manifest_is_valid_and_names_the_reader():
+    npe2 = pytest.importorskip("npe2", reason="npe2 (napari's plugin engine, the [napari] extra) is not installed")
+    from importlib.resources import files
+    manifest = npe2.PluginManifest.from_file(str(files("isoview_dask.napari") / "napari.yaml"))
+    assert manifest.name == "isoview-dask"
+    (reader,) = manifest.contributions.readers
+    assert reader.accepts_directories
+    (command,) = [c for c in manifest.contributions.commands if c.id == reader.command]
+    module, _, function = command.python_name.partition(":")
+    import importlib
+    assert getattr(importlib.import_module(module), function) is get_reader
