@@ -474,7 +474,7 @@ def test_command_line(recording, tmp_path, capsys):
     # complete outputs: everything skipped, through the command
     assert main(["isotropic", str(out), "--no-cluster", "--isotropic-iterations", "3"]) == 0
     text = capsys.readouterr().out
-    assert "isotropic: 0 written, 2 skipped, 0 failed" in text
+    assert "isotropic: 0 written, 2 skipped (complete), 0 failed" in text
     for command in ("run", "timelapse", "isotropic"):
         with pytest.raises(SystemExit):
             main([command, "--help"])

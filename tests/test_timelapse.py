@@ -172,7 +172,7 @@ def test_rerun_recomputes_nothing(recording, capsys):
         assert main([*command, "--no-cluster"]) == 0
         text = capsys.readouterr().out
         for stage, n in (("correct", 2 * T), ("estimate", T), ("smooth", 1), ("fuse", T)):
-            assert f"{stage}: 0 written, {n} skipped, 0 failed" in text, text
+            assert f"{stage}: 0 written, {n} skipped (complete), 0 failed" in text, text
     assert _snapshot(out) == before  # no file rewritten, none added
 
 

@@ -90,6 +90,9 @@ BLOCK_VOXELS = 64 * 128 * 128
 #: Memory budget of one reconstruction task (bytes) without a cluster; on a cluster at most a quarter of a
 #: worker thread's share of its memory limit.
 TASK_MEMORY_BYTES = 1 << 30
+#: Dask blocks (Z, Y, X) the fused views are read in (zarr): about 2 MB of float32, so that a block's source
+#: window costs about its own size, not whole shards.
+READ_CHUNKS = (8, 256, 256)
 #: Bead measurements: at most this many beads, profiles of this half-length (output voxels).
 MAX_BEADS = 20
 BEAD_HALF_WIDTH = 12
@@ -128,10 +131,14 @@ class FusedView:
 
     def open(self):
         """The fused volume as a lazy dask array (Z, Y, X)."""
-        from ..io import open_volume
+        from ..io import open_volume, volume_format
         if not self.path.exists():
             raise MissingFusedViewError(f"{self.path}: fused volume missing (its record {self.record_path.name} "
                                         "exists); run 'isoview-dask fuse' again")
+        if volume_format(self.path) == "zarr":
+            # small dask blocks: a reconstruction block reads a window of a few planes, and a getitem loads
+            # whole dask blocks (whole shards would be up to 32 x 1024 x 1024 voxels per window read)
+            return open_volume(self.path, chunks=READ_CHUNKS)
         return open_volume(self.path)
 
     def identity(self) -> dict:
