@@ -151,3 +151,9 @@ def test_cli_demo_end_to_end(tmp_path, capsys):
     corrected = list((tmp_path / "demo" / "corrected").rglob("*.correction.json"))
     converted = list((tmp_path / "demo" / "converted").rglob("*.zarr"))
     assert len(corrected) == 4 and len(converted) == 4
+    # the demo shows that it worked: the pair registrations against the truth, and how to look at the result
+    for pair in ("CM00+CM01", "CM02+CM03"):
+        line = next(row for row in text.splitlines() if f"TM000000 {pair}: offset error" in row)
+        error_px = float(line.split("offset error ")[1].split(" px")[0])
+        assert error_px < 0.5, line
+    assert f"napari --plugin isoview-dask {tmp_path / 'demo' / 'corrected'}" in text
