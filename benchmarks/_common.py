@@ -566,3 +566,24 @@ def publish(path: str | os.PathLike, title: str, table: str, notes: Sequence[str
     write_markdown(path, title, table, notes)
     print(table)
     return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark so far, MB.
+
+    Read from ``VmHWM`` in ``/proc/self/status``, which starts afresh at
+    ``exec``. (``ru_maxrss`` does not: a child started by ``subprocess``
+    inherits the high-water mark of the process that forked it, so a small
+    child of a large parent would report the parent's peak.) Elsewhere than
+    Linux, ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)

@@ -55,12 +55,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_rss_mb  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TOOL_OURS, TOOL_MVS, TOOL_BASELINE = "isoview-dask", "multiview-stitcher", "baseline"
@@ -73,25 +75,6 @@ QUICK = {"shape": "56,56,56", "beads": 4, "iterations": "5", "threads": "1", "mv
 # --------------------------------------------------------------------------
 # The child process (our side): one step, timed, with the process's peak RSS
 # --------------------------------------------------------------------------
-
-
-def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark so far, MB.
-
-    Read from ``VmHWM`` in ``/proc/self/status``, which starts afresh at
-    ``exec``. (``ru_maxrss`` does not: a child started by ``subprocess``
-    inherits the high-water mark of the process that forked it, so a small
-    child of a large parent would report the parent's peak.) Elsewhere than
-    Linux, ``ru_maxrss``.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)
 
 
 class Steps:

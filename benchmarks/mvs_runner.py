@@ -57,11 +57,14 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import sys
+from pathlib import Path
 import time
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_rss_mb  # noqa: E402
 
 SPATIAL_DIMS = ("z", "y", "x")
 #: The one channel every view has (multiview-stitcher always adds a channel axis).
@@ -69,25 +72,6 @@ CHANNEL = "signal"
 #: Distributions whose versions the result records.
 VERSIONED = ("multiview-stitcher", "itk-elastix", "itk", "numpy", "scipy", "dask", "dask-image", "xarray",
              "scikit-image", "zarr")
-
-
-def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark so far, MB.
-
-    Read from ``VmHWM`` in ``/proc/self/status``, which starts afresh at
-    ``exec``. (``ru_maxrss`` does not: a child started by ``subprocess``
-    inherits the high-water mark of the process that forked it, so a small
-    child of a large parent would report the parent's peak.) Elsewhere than
-    Linux, ``ru_maxrss``.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)
 
 
 class Steps:
