@@ -64,7 +64,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mb  # noqa: E402
+from _common import package_versions, peak_rss_mb  # noqa: E402
 
 SPATIAL_DIMS = ("z", "y", "x")
 #: The one channel every view has (multiview-stitcher always adds a channel axis).
@@ -92,13 +92,8 @@ class Steps:
 
 
 def versions() -> dict[str, str | None]:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    """Installed versions of the distributions the result records."""
+    return package_versions(VERSIONED)
 
 
 def parse_binning(text: str | None) -> dict[str, int] | None:

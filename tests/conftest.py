@@ -84,3 +84,19 @@ def fourview_case(request):
     registration = register_views(truth.vw00, truth.voxel00, truth.vw90, truth.voxel90,
                                   psf_fwhm_um=truth.spec.psf_fwhm_um)
     return kind, truth, registration
+
+
+def run_benchmark_script(name: str, argv: list[str]) -> None:
+    """Import ``benchmarks/<name>.py`` as a module and run its ``main(argv)`` in this process (sys.path restored)."""
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", script)
+    module = importlib.util.module_from_spec(spec)
+    saved_path = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+        assert module.main(argv) == 0
+    finally:
+        sys.path[:] = saved_path

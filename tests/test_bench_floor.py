@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "floor.py"
 
 COMPONENTS = ("read_readinto", "read_memmap_copy", "elementwise_uint16", "elementwise_float32", "reduction",
               "blend", "compress", "decompress")
@@ -21,14 +18,7 @@ def record(tmp_path_factory):
     pytest.importorskip("psutil")
     pytest.importorskip("numcodecs")
     out = tmp_path_factory.mktemp("bench-floor")
-    spec = importlib.util.spec_from_file_location("bench_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    saved_path = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-        assert module.main(["--quick", "--size-mb", "16", "--workdir", str(out / "work"), "--results", str(out)]) == 0
-    finally:
-        sys.path[:] = saved_path
+    run_benchmark_script("floor", ["--quick", "--size-mb", "16", "--workdir", str(out / "work"), "--results", str(out)])
     assert (out / "floor-quick.md").is_file()
     return json.loads((out / "floor-quick.json").read_text())
 

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "isotropic.py"
 
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
     pytest.importorskip("psutil")
     out = tmp_path_factory.mktemp("bench-isotropic")
-    spec = importlib.util.spec_from_file_location("bench_isotropic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    saved_path = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-        assert module.main(["--quick", "--no-mvs", "--workdir", str(out / "work"), "--results", str(out)]) == 0
-    finally:
-        sys.path[:] = saved_path
+    run_benchmark_script("isotropic", ["--quick", "--no-mvs", "--workdir", str(out / "work"), "--results", str(out)])
     assert (out / "isotropic-quick.md").is_file()
     return json.loads((out / "isotropic-quick.json").read_text())
 
