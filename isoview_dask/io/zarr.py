@@ -29,6 +29,7 @@ from ..errors import InputNotFoundError
 from .atomic import commit_temporary, remove_path, reserve_temporary
 from .chunking import fit_chunks, write_chunks
 from .codecs import CodecSpec
+from .histogram import COUNTABLE, value_counts
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +130,12 @@ class _BlockSummary:
         flat = block.reshape(-1)
         if flat.size == 0:
             return cls(block.nbytes, np.empty(0), np.empty(0, np.float64), None, None, True)
-        if flat.dtype.kind in "ub" and flat.dtype.itemsize <= 2:  # one pass: the extrema are in the histogram
-            counts = np.bincount(flat.astype(np.intp, copy=False) if flat.dtype.kind == "b" else flat)
-            values = np.flatnonzero(counts)
-            return cls(block.nbytes, values.astype(np.float64), counts[values].astype(np.float64),
-                       float(values[0]), float(values[-1]), True)
-        low, high = flat.min(), flat.max()
-        if flat.dtype.kind == "i" and flat.dtype.itemsize <= 2:
-            counts = np.bincount((flat.astype(np.int32) - int(low)))
+        if flat.dtype in COUNTABLE:  # one pass, exact: the extrema are in the histogram
+            counts, low = value_counts(flat)
             values = np.flatnonzero(counts)
             return cls(block.nbytes, values.astype(np.float64) + float(low), counts[values].astype(np.float64),
-                       float(low), float(high), True)
+                       float(values[0] + low), float(values[-1] + low), True)
+        low, high = flat.min(), flat.max()
         finite = np.isfinite(low) and np.isfinite(high)
         if flat.size > _SAMPLE_PER_BLOCK:
             picks = np.random.default_rng(seed).integers(0, flat.size, _SAMPLE_PER_BLOCK)
