@@ -48,6 +48,7 @@ from skimage.registration import phase_cross_correlation
 from ..correct.arrays import as_dask
 from .planefilters import dilate_plane, gaussian_plane
 from .surface import coordinate_depths, fitted_surface, surface_image
+from .splines import affine_bspline_plane
 from .transforms import affine_plane, cubic_plane, inplane_matrix
 
 METHOD = "phase-correlation translation + normalised-correlation rotation search on the transition surface"
@@ -414,8 +415,7 @@ class _Matcher:
         shift = self.centre + np.asarray(offset, float) - rotation @ self.centre
         warped = cubic_plane(self.moving, rotation, shift, self.shape) if search and self.binned else None
         if warped is None:
-            warped = ndimage.affine_transform(self.coefficients, rotation, offset=shift, order=3, mode="mirror",
-                                              prefilter=False, output=np.float32)
+            warped = affine_bspline_plane(self.coefficients, rotation, shift, self.shape)
         weight = affine_plane(self.mov_weight, rotation, shift, self.shape, order=1, cval=0.0)
         self.evaluations += 1
         return warped, weight * self.ref_weight
