@@ -151,10 +151,13 @@ def test_workers_get_the_allocator_settings(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with client_context(n_workers=1, threads_per_worker=1, memory_limit="2GiB", quiet=True) as client:
         assert list(client.run(environ).values()) == [{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}]
+        # a worker forked from the fork server applies them with mallopt (its allocator started there)
+        assert list(client.run(_applied_malloc).values()) == [WORKER_MALLOC_ENV]
     for name in WORKER_MALLOC_ENV:
         monkeypatch.delenv(name, raising=False)
     with client_context(n_workers=1, threads_per_worker=1, memory_limit="512MiB", quiet=True) as client:
         assert list(client.run(environ).values()) == [{"MALLOC_TRIM_THRESHOLD_": "65536"}]  # distributed's
+        assert list(client.run(_applied_malloc).values()) == [{"MALLOC_TRIM_THRESHOLD_": 65536}]
     # (the in-process nanny exported them into this process too: monkeypatch puts the environment back)
     assert worker_environ_config(ClusterSpec(malloc_trim=True)) == {}
     assert worker_environ_config(ClusterSpec())["distributed.nanny.pre-spawn-environ"]["OMP_NUM_THREADS"] == 1
@@ -168,6 +171,38 @@ def test_workers_get_the_allocator_settings(monkeypatch):
     # 4 worker processes per 4 GiB job: 1 GiB each, too small
     small = jobqueue_options(ClusterSpec(cluster="slurm", cores=4, memory="4GiB", job_processes=4))
     assert not any("PRE_SPAWN_ENVIRON" in p for p in small.get("job_script_prologue", []))
+
+
+def _applied_malloc():
+    from isoview_dask import preload
+    return dict(preload.applied_malloc)
+
+
+def _parent_pid():
+    import os
+    return os.getppid()
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_local_workers_are_forked_from_one_server_that_imported_the_pipeline(method):
+    """By default local workers are forks of one server process that imported the pipeline once
+    (isoview_dask.preload.FORKSERVER_MODULES), not new interpreters importing it each; the config
+    key isoview-dask.worker-start = spawn gives distributed's spawned workers back."""
+    import os
+
+    import dask
+
+    from isoview_dask.cluster import WORKER_START_CONFIG_KEY
+
+    with dask.config.set({WORKER_START_CONFIG_KEY: method}), \
+            client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True) as client:
+        parents = set(client.run(_parent_pid).values())
+        started = dict(client.run(lambda dask_worker: dask_worker.local_directory is not None))
+    assert len(started) == 2
+    if method == "forkserver":
+        assert len(parents) == 1 and parents != {os.getpid()}
+    else:
+        assert parents == {os.getpid()}
 
 
 def _imported(names):
