@@ -309,13 +309,45 @@ def correct_dead_pixels(volume, mask, *, dark: np.ndarray | None = None) -> da.A
             f"mask shape {tuple(mask.shape)} does not match the frame shape {volume.shape[1:]} (Y, X)"
         )
     mask = np.asarray(mask.compute() if isinstance(mask, da.Array) else mask).astype(bool)
-    rows, cols = np.nonzero(mask)
     if dark is not None and (dark.shape != mask.shape or dark.dtype != volume.dtype
                              or not np.issubdtype(dark.dtype, np.unsignedinteger)):
         raise ValueError(f"dark must be a {mask.shape} frame of the volume's unsigned dtype {volume.dtype}, "
                          f"got {dark.shape} {dark.dtype}")
-    if rows.size == 0:
+    plan = repair_plan(volume, mask)
+    if plan is None:
         return volume if dark is None else subtract_background(volume, dark)
+    arguments = [volume, "zyx", *plan.arguments]
+    if dark is not None:
+        arguments += [da.from_array(dark, chunks=volume.chunks[1:]), "yx"]
+    return da.blockwise(_repair_chunk, "zyx", *arguments, concatenate=True, **plan.keywords,
+                        dtype=volume.dtype, meta=np.empty((0, 0, 0), dtype=volume.dtype))
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    """What each block of a volume needs to repair its dead pixels (see :func:`repair_plan`).
+
+    ``arguments`` follow the volume's ``"zyx"`` in a ``dask.array.blockwise``
+    call (border pixels' repaired values, the block's mask tile, its y and x
+    indices); ``keywords`` go to the block function, which passes them all to
+    :func:`chunk_repairs`.
+    """
+
+    arguments: list
+    keywords: dict
+
+
+def repair_plan(volume: da.Array, mask: np.ndarray) -> RepairPlan | None:
+    """The blockwise inputs of the dead-pixel repair of ``volume`` (Z, Y, X) with its chunks; None
+    when ``mask`` (Y, X) flags no pixel.
+
+    The repair of a pixel whose 3 x 3 neighbourhood crosses a chunk border is
+    computed from its own small window, a task of its own; the others are
+    repaired inside their block (:func:`chunk_repairs`).
+    """
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
     height, width = mask.shape
     y_start = np.cumsum((0,) + volume.chunks[1])
     x_start = np.cumsum((0,) + volume.chunks[2])
@@ -342,11 +374,8 @@ def correct_dead_pixels(volume, mask, *, dark: np.ndarray | None = None) -> da.A
     y_index = da.arange(height, chunks=(volume.chunks[1],))
     x_index = da.arange(width, chunks=(volume.chunks[2],))
     tiles = da.from_array(mask, chunks=volume.chunks[1:])  # each task gets its own tile of the mask
-    arguments = [volume, "zyx", edge_values, "zk", tiles, "yx", y_index, "y", x_index, "x"]
-    if dark is not None:
-        arguments += [da.from_array(dark, chunks=volume.chunks[1:]), "yx"]
-    return da.blockwise(_repair_chunk, "zyx", *arguments, concatenate=True, edge_rows=edge_rows,
-                        edge_cols=edge_cols, dtype=volume.dtype, meta=np.empty((0, 0, 0), dtype=volume.dtype))
+    return RepairPlan([edge_values, "zk", tiles, "yx", y_index, "y", x_index, "x"],
+                      {"edge_rows": edge_rows, "edge_cols": edge_cols})
 
 
 def _repair_window(window: np.ndarray, mask_window: np.ndarray, centre) -> np.ndarray:
@@ -359,10 +388,29 @@ def _repair_chunk(block, edge_values, local, y_index, x_index, dark=None, *, edg
     """Repair one chunk: its interior dead pixels from the chunk itself, the border ones from ``edge_values``
     (``local`` is the chunk's tile of the dead-pixel mask); with ``dark`` (the chunk's tile of the dark
     frame), subtract it too, in the same output array."""
-    y0, x0 = int(y_index[0]), int(x_index[0])
     if dark is None and not local.any():
         return block
-    # the repaired values (from the raw chunk), then written into one output array
+    rows, cols, values = chunk_repairs(block, edge_values, local, y_index, x_index,
+                                       edge_rows=edge_rows, edge_cols=edge_cols)
+    if dark is None:
+        out = block.copy()
+        out[:, rows, cols] = values
+    else:
+        out = subtract_clipped(block, dark)
+        out[:, rows, cols] = subtract_clipped(values, dark[rows, cols])
+    return out
+
+
+def chunk_repairs(block, edge_values, local, y_index, x_index, *, edge_rows, edge_cols
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns (in the chunk) and repaired values (Z, n) of the dead pixels of one chunk.
+
+    The arguments are the block's share of a :class:`RepairPlan`: its
+    interior dead pixels are repaired from ``block`` itself, those whose
+    neighbourhood crosses the chunk's border take their values from
+    ``edge_values``. Each pixel appears once.
+    """
+    y0, x0 = int(y_index[0]), int(x_index[0])
     rows, cols, values = _repaired_values(block, local)
     inside = ((edge_rows >= y0) & (edge_rows < y0 + block.shape[1])
               & (edge_cols >= x0) & (edge_cols < x0 + block.shape[2]))
@@ -373,13 +421,7 @@ def _repair_chunk(block, edge_values, local, y_index, x_index, dark=None, *, edg
         keep = ~is_edge[rows, cols]  # each pixel written once (repeated fancy indices have no set order)
         rows, cols = np.concatenate([rows[keep], edge_y]), np.concatenate([cols[keep], edge_x])
         values = np.concatenate([values[:, keep], edge_values[:, inside]], axis=1)
-    if dark is None:
-        out = block.copy()
-        out[:, rows, cols] = values
-    else:
-        out = subtract_clipped(block, dark)
-        out[:, rows, cols] = subtract_clipped(values, dark[rows, cols])
-    return out
+    return rows, cols, values
 
 
 def _repair_block(block: np.ndarray, mask_block: np.ndarray) -> np.ndarray:
