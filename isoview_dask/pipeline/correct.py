@@ -28,6 +28,7 @@ from ..correct import (correct_dead_pixels, coordinate_masks, dead_pixel_mask, d
                        subtract_background, threshold_from_histogram, upsample_lateral)
 from ..correct.background import exact_dark_frame
 from ..correct.orient import orient
+from ..correct.singlepass import corrected_parts
 from ..dataset import CameraView, Dataset, open_dataset
 from ..errors import IsoviewError
 from ..io import write_volume
@@ -196,11 +197,14 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     ratio = voxel[0] / voxel[1] if voxel else 1.0
     factor = cc.segment_downsample
 
-    def segmentation_input(volume):
-        """Smoothed, laterally reduced copy of a background-free volume (cheap to recompute)."""
-        reduced = downsample_lateral(volume, factor)
+    def smooth_reduced(reduced):
+        """The segmentation's smoothing of a laterally reduced, background-free volume."""
         return smooth(reduced, cc.segment_sigma_lateral / factor, cc.segment_sigma_axial, spacing_ratio=ratio / factor,
                       precise=cc.precise_gauss)
+
+    def segmentation_input(volume):
+        """Smoothed, laterally reduced copy of a background-free volume (cheap to recompute)."""
+        return smooth_reduced(downsample_lateral(volume, factor))
 
     # Pass 1: per-pixel z statistics (dead pixels) and the histogram of the smoothed volume
     # (segmentation level), in one read. The few dead pixels do not move the histogram.
@@ -233,7 +237,12 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     else:
         dead_mask = np.zeros(raw.shape[1:], bool)
         record["dead_pixels"] = {"count": 0, "disabled": True}
-    corrected = corrected_volume(raw, dead_mask if cc.dead_pixel_correction else None, background)
+    # One pass per raw block gives the corrected block, its projections and the block means the
+    # segmentation starts from (correct.singlepass); None where it does not apply.
+    parts = corrected_parts(raw, dead_mask if cc.dead_pixel_correction else None, background,
+                            factor if cc.segment else 0)
+    corrected = parts.corrected if parts is not None else \
+        corrected_volume(raw, dead_mask if cc.dead_pixel_correction else None, background)
     timings["statistics_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -247,7 +256,9 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
                                   "threshold_fraction": cc.segment_threshold, "lateral_reduction": factor,
                                   "sigma_lateral_px": cc.segment_sigma_lateral,
                                   "sigma_axial_px": cc.segment_sigma_axial or cc.segment_sigma_lateral / ratio}
-        small_mask = foreground_mask(segmentation_input(corrected), threshold.level)
+        smoothed_input = segmentation_input(corrected) if parts is None or parts.means is None else \
+            smooth_reduced(parts.means)
+        small_mask = foreground_mask(smoothed_input, threshold.level)
         # Expanded as uint8 (the written dtype): the full-resolution mask is then allocated once.
         mask = upsample_lateral(small_mask.astype(np.uint8), factor, raw.shape[1:]).rechunk(corrected.chunks)
         # The full mask repeats each reduced pixel factor x factor times, so its coordinate
@@ -269,8 +280,8 @@ def correct_view(view: CameraView, out: str | Path, config: ProcessingConfig | N
     overwrite = True  # the completion record, not file existence, decides what is done
     if oc.projections:
         for kind, axis in PROJECTION_AXES.items():
-            lazy[f"{kind}Projection"] = corrected.max(axis=axis)
-            lazy[f"{kind}ProjectionRaw"] = raw.max(axis=axis)
+            lazy[f"{kind}Projection"] = corrected.max(axis=axis) if parts is None else parts.projections["corrected"][axis]
+            lazy[f"{kind}ProjectionRaw"] = raw.max(axis=axis) if parts is None else parts.projections["raw"][axis]
     zarr_options = dict(codec=CodecSpec.parse(oc.codec, oc.level, oc.shuffle), chunks=oc.chunks,
                         shards=oc.shards or (), voxel_size_zyx=voxel, overwrite=overwrite,
                         pyramid_levels=oc.pyramid_levels)
