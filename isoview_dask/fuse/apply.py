@@ -20,23 +20,30 @@ results by one count on a .5). One chunking always gives the same bits.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import dask.array as da
 import numpy as np
 
 from ..correct.arrays import as_dask
-from .blending import (blend_gains, blend_numpy, cast_to, check_pair, check_ramp, front_weight, output_dtype,
-                       resolve_transition)
+from .blending import blend_gains, blend_numpy, check_pair, check_ramp, output_dtype, resolve_transition
+from .kernels import (MODE_FRONT, MODE_RAMP, PROFILE_CODES, SIGMOID, blend_plane, blend_plane_numpy, cast_parameters,
+                      kernel_supports, plane_limits, plane_mode, work_dtype)
 from .transforms import (INTERPOLATION_MARGIN, SPLINE_MARGIN, affine_offset, affine_plane, apply_inplane_transform_numpy,
                          check_transform, inplane_matrix, max_displacement_px, merge_small_chunks)
 
 
 def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, frame, offset, rotation_deg, order,
                 halo, blending_range, profile, gains, out_dtype):
-    """Fuse one output block; ``window`` is the moving camera's block plus its halo."""
-    wide = np.float64 in (reference.dtype, window.dtype, np.dtype(out_dtype))
-    work = np.float64 if wide else np.float32
+    """Fuse one output block; ``window`` is the moving camera's block plus its halo.
+
+    Plane by plane: the moving camera's plane is resampled into one
+    preallocated buffer (OpenCV), then :func:`~isoview_dask.fuse.kernels.blend_plane`
+    weighs, mixes and casts in one pass into the output plane. Planes in
+    front of the transition everywhere skip the resampling.
+    """
+    work = work_dtype(reference.dtype, window.dtype, out_dtype)
     out = np.empty(reference.shape, dtype=out_dtype)
     origin_out = np.array([y_index[0], x_index[0]], dtype=float)
     origin_win = np.array([max(0, y_index[0] - halo[0]), max(0, x_index[0] - halo[1])], dtype=float)
@@ -44,47 +51,47 @@ def _fuse_block(reference, window, z_index, y_index, x_index, transition, *, fra
     # Output pixel u is global q = u + origin_out; its source R(q - c) + c + t lies at
     # v = R u + shift in the window.
     shift = affine_offset(frame, offset, rotation, origin_out) + origin_out - origin_win
-    front_only_below, back_only_above = -math.inf, math.inf
-    if transition is not None:
-        # Weight exactly 1 wherever index - transition <= -range/2, exactly 0 wherever it is
-        # >= range/2 (> 0 for a hard switch); see front_weight.
-        half = blending_range / 2
-        front_only_below = float(np.min(transition)) - half
-        back_only_above = float(np.max(transition)) + half
-        if blending_range == 0:
-            back_only_above = math.nextafter(back_only_above, math.inf)
+    front_only_below, back_only_above = plane_limits(transition, blending_range)
     plane_shape = reference.shape[1:]
-    g_front, g_back = work(gains[0]), work(gains[1])
     aligned = np.empty(plane_shape, dtype=work)
+
+    def warp(i):
+        return affine_plane(window[i].astype(work, copy=False), rotation, shift, plane_shape, order=order,
+                            cval=np.nan, output=aligned)
+
+    if not kernel_supports(reference.dtype, out_dtype):
+        for i in range(reference.shape[0]):
+            out[i] = blend_plane_numpy(reference[i], functools.partial(warp, i), transition, z_index[i],
+                                       blending_range=blending_range, profile=profile, gains=gains, work=work,
+                                       out_dtype=out_dtype, front_only_below=front_only_below,
+                                       back_only_above=back_only_above)
+        return out
+    has_transition = transition is not None
+    tile, tile_ready = np.zeros((1, 1)), False  # the transition is read only for planes across it
+    integer_out, clip_low, clip_high, nan_value = cast_parameters(work, out_dtype)
+    code, g_front, g_back = PROFILE_CODES[profile], work(gains[0]), work(gains[1])
+    check_front = reference.dtype.kind == "f"
+    contiguous_plane = None
     for i in range(reference.shape[0]):
-        front = reference[i].astype(work) * g_front
-        has_front = np.isfinite(front) if front.dtype.kind == "f" and reference.dtype.kind == "f" else None
-        if transition is not None and z_index[i] <= front_only_below and (has_front is None or has_front.all()):
-            out[i] = cast_to(front, out_dtype)
+        z = float(z_index[i])
+        mode = plane_mode(has_transition, z, front_only_below, back_only_above)
+        plane = reference[i]
+        if not plane.flags.c_contiguous:  # a view into a larger array: the kernel vectorises only C order
+            if contiguous_plane is None:
+                contiguous_plane = np.empty(plane_shape, reference.dtype)
+            np.copyto(contiguous_plane, plane)
+            plane = contiguous_plane
+        if mode == MODE_FRONT and blend_plane(plane, aligned, tile, z, blending_range, code, SIGMOID, mode, g_front,
+                                              g_back, check_front, clip_low, clip_high, nan_value, integer_out,
+                                              out[i]):
             continue
-        affine_plane(window[i].astype(work, copy=False), rotation, shift, plane_shape, order=order, cval=np.nan,
-                     output=aligned)
-        back = aligned * g_back
-        if transition is None:
-            weight = work(0.5)
-        elif z_index[i] >= back_only_above:
-            weight = work(0.0)
-        else:
-            weight = front_weight(z_index[i] - transition, blending_range, profile).astype(work)
-        has_back = np.isfinite(back)
-        if has_front is None:
-            has_front_all = True
-        else:
-            has_front_all = bool(has_front.all())
-        if not (has_back.all() and has_front_all):
-            hf = has_front if has_front is not None else np.ones(plane_shape, bool)
-            weight = np.where(hf & has_back, weight, np.where(hf, work(1), work(0)))
-            front = np.where(hf, front, work(0))
-            back = np.where(has_back, back, work(0))
-        elif np.ndim(weight) == 0 and weight == 0:  # behind the transition everywhere: 0 * front + 1 * back
-            out[i] = cast_to(back, out_dtype)
-            continue
-        out[i] = cast_to(weight * front + (work(1) - weight) * back, out_dtype)
+        if mode in (MODE_FRONT, MODE_RAMP):
+            mode = MODE_RAMP
+            if not tile_ready:
+                tile, tile_ready = np.ascontiguousarray(transition, dtype=np.float64), True
+        warp(i)
+        blend_plane(plane, aligned, tile, z, blending_range, code, SIGMOID, mode, g_front, g_back, check_front,
+                    clip_low, clip_high, nan_value, integer_out, out[i])
     return out
 
 
