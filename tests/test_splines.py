@@ -44,3 +44,15 @@ def test_interpolates_the_samples_at_integer_positions():
     coefficients = ndimage.spline_filter(image, order=3, mode="mirror")
     shifted = affine_bspline_plane(coefficients, np.eye(2), (2.0, 3.0), output=np.empty((18, 27)))
     np.testing.assert_allclose(shifted, image[2:, 3:], atol=1e-9)
+
+
+def test_where_skips_pixels_and_keeps_the_others_bit_for_bit():
+    coefficients = ndimage.spline_filter(_image((48, 64), 3), order=3, mode="mirror")
+    matrix = np.array([[0.999, -0.04], [0.04, 0.999]])
+    where = np.random.default_rng(4).random((48, 64)) > 0.6
+    full = affine_bspline_plane(coefficients, matrix, (1.5, -2.25))
+    sparse = affine_bspline_plane(coefficients, matrix, (1.5, -2.25), where=where)
+    np.testing.assert_array_equal(sparse[where], full[where])
+    assert np.all(sparse[~where] == 0) and np.any(full[~where] != 0)
+    with pytest.raises(ValueError, match="where has shape"):
+        affine_bspline_plane(coefficients, matrix, (0, 0), where=where[:, :10])

@@ -397,6 +397,9 @@ class _Matcher:
         self.mov_weight = mov_weight
         self.shape = reference.shape
         self.coefficients = ndimage.spline_filter(moving, order=3, mode="mirror")  # float64: no slower
+        # Pixels where the reference's weight is 0 have common weight 0 whatever the moving image is
+        # there: the resampling skips them (about half of a frame around a specimen).
+        self.support = ref_weight > 0
         self.centre = (np.asarray(self.shape, dtype=float) - 1.0) / 2.0
         self.evaluations = 0
 
@@ -415,7 +418,7 @@ class _Matcher:
         shift = self.centre + np.asarray(offset, float) - rotation @ self.centre
         warped = cubic_plane(self.moving, rotation, shift, self.shape) if search and self.binned else None
         if warped is None:
-            warped = affine_bspline_plane(self.coefficients, rotation, shift, self.shape)
+            warped = affine_bspline_plane(self.coefficients, rotation, shift, self.shape, where=self.support)
         weight = affine_plane(self.mov_weight, rotation, shift, self.shape, order=1, cval=0.0)
         self.evaluations += 1
         return warped, weight * self.ref_weight

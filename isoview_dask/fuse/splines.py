@@ -39,7 +39,7 @@ def _weights(t, w):
 
 
 @numba.njit(cache=True, nogil=True)
-def _resample(coefficients, m00, m01, m10, m11, s0, s1, out):
+def _resample(coefficients, m00, m01, m10, m11, s0, s1, out, where, masked):
     ny, nx = coefficients.shape
     wy = np.empty(4)
     wx = np.empty(4)
@@ -47,6 +47,9 @@ def _resample(coefficients, m00, m01, m10, m11, s0, s1, out):
     ix = np.empty(4, np.int64)
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
+            if masked and not where[i, j]:
+                out[i, j] = 0.0
+                continue
             y = m00 * i + m01 * j + s0
             x = m10 * i + m11 * j + s1
             fy = math.floor(y)
@@ -75,7 +78,8 @@ def _resample(coefficients, m00, m01, m10, m11, s0, s1, out):
             out[i, j] = total
 
 
-def affine_bspline_plane(coefficients: np.ndarray, matrix, shift, shape=None, *, output=None) -> np.ndarray:
+def affine_bspline_plane(coefficients: np.ndarray, matrix, shift, shape=None, *, output=None,
+                         where: np.ndarray | None = None) -> np.ndarray:
     """Sample a plane's cubic B-spline at ``matrix @ (y, x) + shift`` for every output pixel.
 
     Parameters
@@ -92,6 +96,9 @@ def affine_bspline_plane(coefficients: np.ndarray, matrix, shift, shape=None, *,
         Output (Y, X); default the input's, or ``output``'s.
     output : numpy.ndarray, optional
         Preallocated float32 or float64 (Y, X) array to fill.
+    where : numpy.ndarray of bool, shape (Y, X), optional
+        Output pixels to compute; the others are set to 0 without touching
+        the spline (a registration's pixels of zero weight).
 
     Returns
     -------
@@ -106,5 +113,11 @@ def affine_bspline_plane(coefficients: np.ndarray, matrix, shift, shape=None, *,
     s = np.asarray(shift, dtype=np.float64).reshape(2)
     if output is None:
         output = np.empty(tuple(shape) if shape is not None else coefficients.shape, dtype=np.float32)
-    _resample(coefficients, m[0, 0], m[0, 1], m[1, 0], m[1, 1], s[0], s[1], output)
+    if where is None:
+        mask, masked = np.ones((1, 1), np.bool_), False
+    else:
+        mask, masked = np.ascontiguousarray(where, dtype=np.bool_), True
+        if mask.shape != output.shape:
+            raise ValueError(f"where has shape {mask.shape}, the output {output.shape}")
+    _resample(coefficients, m[0, 0], m[0, 1], m[1, 0], m[1, 1], s[0], s[1], output, mask, masked)
     return output
