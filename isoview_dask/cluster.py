@@ -516,6 +516,8 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
 #: has it: forked from one server that imported the pipeline once) or distributed's own setting
 #: ("spawn": each worker a new interpreter importing everything).
 WORKER_START_CONFIG_KEY = "isoview-dask.worker-start"
+#: The pre-spawn environment this process's fork server started with (None: not started here).
+_forkserver_environ: dict | None = None
 
 
 def _start_method_config(spec: "ClusterSpec") -> dict:
@@ -538,11 +540,31 @@ def _start_method_config(spec: "ClusterSpec") -> dict:
 
     from .preload import FORKSERVER_MODULES
 
+    global _forkserver_environ
+    # The server starts with the environment a spawned worker would get before its interpreter starts
+    # (distributed.nanny.pre-spawn-environ: one BLAS/OpenMP thread, the allocator settings): the
+    # libraries it imports size their thread pools and allocator then, and its forks inherit them.
+    environ = {str(k): str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}).items()}
+    if _forkserver_environ is not None and environ != _forkserver_environ:
+        # this process's server started for other settings (say, a cluster with larger workers before):
+        # its forks would inherit those; new interpreters get these
+        log.info("worker settings differ from those the fork server started with: spawning workers")
+        return {}
     key = "distributed.worker.multiprocessing-method"
     with dask.config.set({key: "forkserver"}):
         context = get_mp_context()  # distributed sets its own preload list on first use: ours replaces it
     context.set_forkserver_preload(list(FORKSERVER_MODULES))
-    forkserver.ensure_running()  # a server already running (an earlier cluster) is reused as it is
+    previous = {name: os.environ.get(name) for name in environ}
+    os.environ.update(environ)
+    try:
+        forkserver.ensure_running()  # a server already running (an earlier cluster) is reused as it is
+        _forkserver_environ = environ
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return {key: "forkserver"}
 
 

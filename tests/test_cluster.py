@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -183,26 +184,50 @@ def _parent_pid():
     return os.getppid()
 
 
-@pytest.mark.parametrize("method", ["forkserver", "spawn"])
-def test_local_workers_are_forked_from_one_server_that_imported_the_pipeline(method):
-    """By default local workers are forks of one server process that imported the pipeline once
-    (isoview_dask.preload.FORKSERVER_MODULES), not new interpreters importing it each; the config
-    key isoview-dask.worker-start = spawn gives distributed's spawned workers back."""
+_FORK_PROBE = """
+import json, os, sys
+
+def probe():
     import os
+    server = f"/proc/{os.getppid()}/environ"
+    environ = open(server, "rb").read() if os.path.exists(server) else b""
+    return [os.getppid(), b"OMP_NUM_THREADS=1\\0" in environ, os.environ.get("MALLOC_MMAP_THRESHOLD_")]
 
+if __name__ == "__main__":
     import dask
+    from isoview_dask.cluster import WORKER_START_CONFIG_KEY, client_context
+    runs = []
+    for method, limit in [(sys.argv[1], "2GiB"), (sys.argv[1], "512MiB")]:
+        with dask.config.set({WORKER_START_CONFIG_KEY: method}), \\
+                client_context(n_workers=2, threads_per_worker=1, memory_limit=limit, quiet=True) as client:
+            runs.append(list(client.run(probe).values()))
+    print(json.dumps({"pid": os.getpid(), "runs": runs}))
+"""
 
-    from isoview_dask.cluster import WORKER_START_CONFIG_KEY
 
-    with dask.config.set({WORKER_START_CONFIG_KEY: method}), \
-            client_context(n_workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True) as client:
-        parents = set(client.run(_parent_pid).values())
-        started = dict(client.run(lambda dask_worker: dask_worker.local_directory is not None))
-    assert len(started) == 2
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_local_workers_are_forked_from_one_server_that_imported_the_pipeline(method, tmp_path):
+    """By default local workers are forks of one server process that imported the pipeline once
+    (isoview_dask.preload.FORKSERVER_MODULES), started with the environment spawned workers get first
+    (one BLAS/OpenMP thread: a fork's own environment comes after numpy sized its thread pool). A later
+    cluster of the same process that wants other allocator settings (small workers) gets spawned
+    workers, which do not inherit the server's. isoview-dask.worker-start = spawn gives distributed's
+    spawned workers back. Run in a fresh interpreter: the fork server lives as long as its process."""
+    script = tmp_path / "probe.py"
+    script.write_text(_FORK_PROBE)
+    done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (large, small), pid = result["runs"], result["pid"]
+    large_parents = {parent for parent, _, _ in large}
     if method == "forkserver":
-        assert len(parents) == 1 and parents != {os.getpid()}
+        assert len(large_parents) == 1 and large_parents != {pid}
+        if Path("/proc").exists():
+            assert all(one_thread for _, one_thread, _ in large)
+        assert [mmap for _, _, mmap in large] == ["33554432"] * 2
     else:
-        assert parents == {os.getpid()}
+        assert large_parents == {pid}
+    assert {parent for parent, _, _ in small} == {pid}  # spawned: other settings than the server's
 
 
 def _imported(names):
