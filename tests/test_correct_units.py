@@ -189,3 +189,18 @@ def test_integer_dark_frame_path_equals_float_path():
     np.testing.assert_array_equal(fast, np.clip(volume.astype(np.int64) - dark.astype(np.int64), 0, None))
     slow = subtract_background(da.from_array(volume, chunks=(2, 7, 30)), dark + 0.25).compute()
     np.testing.assert_array_equal(slow, np.clip(np.rint(volume - (dark + 0.25)), 0, None).astype(np.uint16))
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (2, 2), (3, 17)])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_neighbour_ranks_equal_the_sorted_neighbours(shape, kernel):
+    """The compiled 3 x 3 sorting network (and the numpy path of other kernels) give rows 1, n // 2 and
+    -2 of the fully sorted neighbour stack, bit for bit, ties and mirrored edges included."""
+    from isoview_dask.correct.deadpixels import _sorted_neighbours, neighbour_ranks
+    if kernel // 2 >= min(shape):
+        pytest.skip("frame smaller than the kernel's reach")
+    image = np.log(np.random.default_rng(8).integers(1, 20, shape).astype(np.float32))
+    ranked = _sorted_neighbours(image, kernel)
+    for got, want in zip(neighbour_ranks(image, kernel), (ranked[1], ranked[ranked.shape[0] // 2], ranked[-2])):
+        assert got.dtype == image.dtype
+        np.testing.assert_array_equal(got, want)
