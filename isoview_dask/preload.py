@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MODULES = ("isoview_dask.pipeline",)
 OPTIONAL_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 #: What the fork server of a local cluster imports once for all its workers.
-FORKSERVER_MODULES = ("distributed", "isoview_dask.preload", *MODULES, *OPTIONAL_MODULES)
+FORKSERVER_MODULES = ("distributed", "isoview_dask.preload", *MODULES, *OPTIONAL_MODULES, "isoview_dask.warmup")
 #: glibc ``mallopt`` parameters set from the environment variables of the same meaning (malloc.h).
 MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_TOP_PAD_": -2, "MALLOC_MMAP_THRESHOLD_": -3,
                       "MALLOC_MMAP_MAX_": -4, "MALLOC_ARENA_MAX": -8}
@@ -85,3 +85,28 @@ def dask_setup(worker) -> None:
     """distributed's preload hook, called once in each worker process as it starts."""
     applied_malloc.update(apply_malloc_environment())
     import_modules()
+
+
+def warm_up() -> None:
+    """Do once what every worker's first job would otherwise pay for: numba's start-up and the loading
+    of the compiled kernels (about 0.25 CPU-s), and matplotlib's font loading (a first text drawn).
+
+    Called in the fork server of a local cluster (:mod:`isoview_dask.warmup`), so its forks start warm.
+    """
+    import numpy as np
+
+    from .correct.singlepass import correct_block
+    from .io.histogram import value_counts
+
+    value_counts(np.zeros(4, np.uint16))
+    value_counts(np.zeros(4, np.uint8))
+    correct_block(np.zeros((1, 4, 4), np.uint16), 0, factor=4)
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # the optional ``plot`` extra
+        return
+    figure = Figure(figsize=(1, 1), dpi=10)
+    canvas = FigureCanvasAgg(figure)
+    figure.text(0.5, 0.5, "warm")
+    canvas.draw()

@@ -1,0 +1,7 @@
+"""Imported by the fork server of a local cluster (:data:`isoview_dask.preload.FORKSERVER_MODULES`):
+importing it runs :func:`isoview_dask.preload.warm_up` once, so the workers forked from the server
+start with numba's compiled kernels loaded and matplotlib's fonts read. Nothing else imports it."""
+
+from .preload import warm_up
+
+warm_up()
