@@ -356,38 +356,52 @@ def remove(path: str | os.PathLike) -> None:
         path.unlink()
 
 
-def adopt_orphans() -> bool:
+def adopt_orphans() -> set[int]:
     """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``).
 
     A command's descendants that outlive their parent (a local cluster's fork
-    server and the workers forked from it) are then reparented here instead
-    of to init, and :func:`reap_orphans` waits for them, so their CPU time
-    joins ``RUSAGE_CHILDREN`` like a directly waited-for child's. Returns
-    False where the platform has no such call (the CPU figures may then miss
-    those processes).
+    server) are then reparented here instead of to init, and
+    :func:`reap_orphans` waits for them, so their CPU time joins
+    ``RUSAGE_CHILDREN`` like a directly waited-for child's. Returns this
+    process's children now (they are not the command's); where the platform
+    has no such call the CPU figures may miss those processes.
     """
     import ctypes
 
+    import psutil
+
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
-        return False
+        pass
+    return {child.pid for child in psutil.Process().children()}
 
 
-def reap_orphans(timeout: float = 30.0) -> int:
-    """Wait (up to ``timeout`` s) for every child left to this process; returns how many were reaped."""
+def reap_orphans(before: set[int], timeout: float = 30.0) -> int:
+    """Wait (up to ``timeout`` s) for the children this process gained since :func:`adopt_orphans`
+    returned ``before`` (a finished command's orphans), then stop adopting orphans, so a test runner
+    that ran a benchmark in-process collects no other command's; returns how many were reaped."""
+    import ctypes
+
+    import psutil
+
     reaped = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
+        orphans = [child.pid for child in psutil.Process().children() if child.pid not in before]
+        if not orphans:
             break
-        if pid == 0:
-            time.sleep(0.05)
-            continue
-        reaped += 1
+        for pid in orphans:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            reaped += bool(done)
+        time.sleep(0.05)
+    try:
+        ctypes.CDLL(None).prctl(36, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
     return reaped
 
 

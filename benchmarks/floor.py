@@ -211,13 +211,13 @@ def floor_sums(f: dict[str, Any]) -> dict[str, float]:
 
 def timed_command(command: list[str], log: Path) -> dict[str, Any]:
     """Run ``command`` to completion; wall seconds and CPU seconds (user, system) of its whole process tree."""
-    _common.adopt_orphans()  # a local cluster's fork server outlives the command: its CPU counts too
+    before = _common.adopt_orphans()  # a local cluster's fork server outlives the command: its CPU counts too
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
-    _common.reap_orphans()
+    _common.reap_orphans(before)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed (exit {proc.returncode}); see {log}")

@@ -129,7 +129,7 @@ def _tree_rss(proc) -> int:
 
 def timed_command(command: list[str], log: Path, interval: float = 0.2) -> dict:
     """Run ``command`` to completion: wall seconds, CPU seconds and peak summed RSS of its process tree."""
-    _common.adopt_orphans()  # a local cluster's fork server outlives the command: its CPU counts too
+    before = _common.adopt_orphans()  # a local cluster's fork server outlives the command: its CPU counts too
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak = 0
     t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def timed_command(command: list[str], log: Path, interval: float = 0.2) -> dict:
             peak = max(peak, _tree_rss(proc))
             time.sleep(interval)
     wall = time.perf_counter() - t0
-    _common.reap_orphans()
+    _common.reap_orphans(before)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed (exit {proc.returncode}); see {log}")

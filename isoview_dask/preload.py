@@ -21,7 +21,6 @@ that cheap:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib
 import logging
 import os
@@ -68,7 +67,7 @@ def apply_malloc_environment(environ=None) -> dict[str, int]:
     if not wanted:
         return {}
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's soname; find_library would run ldconfig
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl): the variables did what they could
         return {}
@@ -93,6 +92,13 @@ def warm_up() -> None:
 
     Called in the fork server of a local cluster (:mod:`isoview_dask.warmup`), so its forks start warm.
     """
+    try:
+        _warm_up()
+    except Exception as error:  # a warm-up is an optimisation: the workers still start without it
+        log.warning("warm-up of the worker processes failed (%s); continuing without it", error)
+
+
+def _warm_up() -> None:
     import numpy as np
 
     from .correct.singlepass import correct_block
