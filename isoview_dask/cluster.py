@@ -490,6 +490,7 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
             cluster = LocalCluster(n_workers=0, threads_per_worker=threads, memory_limit=spec.memory_limit,
                                    processes=spec.processes, preload=[WORKER_PRELOAD],
                                    dashboard_address=dashboard)
+            client = None
             try:
                 cluster.scale(n_workers)
                 from .preload import import_modules
@@ -497,6 +498,10 @@ def start_client(spec: ClusterSpec | None = None, *, quiet: bool = False, **kwar
                 client = Client(cluster)
                 _await_local_workers(client, cluster, n_workers)
             except BaseException:
+                # the client first: left open, it would stay distributed's default client, and every
+                # later dask.compute of this process would wait on this closed cluster forever
+                if client is not None:
+                    client.close()
                 cluster.close()
                 raise
         detail = f"local: {n_workers} worker(s) x {threads} thread(s)"

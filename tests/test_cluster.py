@@ -265,6 +265,11 @@ def test_a_local_worker_that_cannot_start_fails_the_start_at_once(monkeypatch):
     with pytest.raises(ClusterError, match="failed to start"):
         start_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB", quiet=True)
     assert time.monotonic() - t0 < 60 < cluster_module.LOCAL_START_TIMEOUT_S
+    # no client of the failed start is left as distributed's default: a later dask.compute in this
+    # process would hang on it (the intermittent hang of test_executor's concurrent run, 2026-12-07)
+    from distributed import default_client
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()
 
 
 def test_worker_memory_limit():

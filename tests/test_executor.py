@@ -48,10 +48,19 @@ class Recorder:
         return Job(key, "s", run, nbytes=nbytes, deps=tuple(deps))
 
 
+#: An in-process worker measures the whole test process's memory against its limit: after the suite's
+#: earlier files the pytest process can hold more than the 80 % of 1 GiB at which the worker pauses, and
+#: every task sent to it (the module's dataset generation included) would then wait forever. The limit
+#: stays (the job budget is computed from it); the worker's own memory management is off.
+IN_PROCESS_MEMORY = {f"distributed.worker.memory.{key}": False for key in ("target", "spill", "pause", "terminate")}
+
+
 @pytest.fixture(scope="module")
 def threads_client():
-    with client_context(n_workers=1, threads_per_worker=2, processes=False, memory_limit="1GiB",
-                        quiet=True) as client:
+    import dask
+    with dask.config.set(IN_PROCESS_MEMORY), \
+            client_context(n_workers=1, threads_per_worker=2, processes=False, memory_limit="1GiB",
+                           quiet=True) as client:
         yield client
 
 
@@ -166,12 +175,6 @@ def serial_run(recording, tmp_path_factory):
     return out
 
 
-# Intermittent: 2 of 5 clean-clone CI runs on 2026-12-07 hung here with one of the two worker processes gone
-# (see the closing note of that session). Bounded and non-strict until the cause is found, so that a hang costs
-# 3 minutes and shows as XFAIL instead of failing the whole suite; a pass still checks the bytes.
-@pytest.mark.timeout(180)
-@pytest.mark.xfail(reason="intermittent worker loss/hang on a 2-process local cluster, under investigation",
-                   strict=False)
 @pytest.mark.parametrize("whole_job_bytes", [None, 0], ids=["small-jobs-whole", "graphs-only"])
 def test_concurrent_run_equals_the_serial_run(recording, serial_run, tmp_path, whole_job_bytes):
     """Both ways a job runs on a cluster write the serial run's bytes: whole, as one task per view or
