@@ -5,3 +5,10 @@ start with numba's compiled kernels loaded and matplotlib's fonts read. Nothing 
 from .preload import warm_up
 
 warm_up()
+
+# Objects created so far (the imported modules, the loaded kernels) move to the collector's permanent
+# generation: its passes in the forked workers then never write to the pages they share with this
+# server, which would copy each such page into every worker.
+import gc  # noqa: E402
+
+gc.freeze()
