@@ -10,6 +10,7 @@ from isoview_dask.fuse.blending import front_weight
 from isoview_dask.fuse.kernels import (MODE_BACK, MODE_FRONT, MODE_HALF, MODE_RAMP, PROFILE_CODES, SIGMOID,
                                        blend_plane, blend_plane_numpy, cast_parameters, front_weight_value,
                                        kernel_supports, plane_limits, plane_mode, work_dtype)
+from test_fuse_apply import assert_equal_to_rounding  # the same tolerance as fuse_views' own tests
 
 PLANE = (37, 53)
 GAINS = (0.83, 1.21)
@@ -240,16 +241,6 @@ def volumes():
     transition = 9.5 + 4.0 * np.sin(y[0] / 11.0) * np.cos(x[0] / 13.0)
     return reference.astype(np.uint16), moving.astype(np.uint16), transition
 
-
-def assert_equal_to_rounding(got, expected):
-    """As tests/test_fuse_apply.py: OpenCV computes a block's source coordinates from its own origin in
-    single precision, so float32 results may differ in the last bits, integers by one count on a .5."""
-    assert got.dtype == expected.dtype and got.shape == expected.shape
-    if got.dtype.kind == "f":
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True)
-    else:
-        difference = np.abs(got.astype(np.int64) - expected.astype(np.int64))
-        assert difference.max() <= 1 and np.count_nonzero(difference) <= 1e-4 * difference.size
 
 
 @pytest.mark.parametrize("chunks", CHUNKINGS, ids=["whole", "cubes", "uneven"])
