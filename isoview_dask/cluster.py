@@ -525,6 +525,11 @@ WORKER_START_CONFIG_KEY = "isoview-dask.worker-start"
 _forkserver_environ: dict | None = None
 
 
+def _beyond_malloc(environ: dict) -> dict:
+    """``environ`` less the allocator variables a worker sets for itself (``MALLOC_*``)."""
+    return {name: value for name, value in environ.items() if not name.startswith("MALLOC_")}
+
+
 def _start_method_config(spec: "ClusterSpec") -> dict:
     """dask config starting a local cluster's worker processes from a fork server, which is started here.
 
@@ -550,9 +555,10 @@ def _start_method_config(spec: "ClusterSpec") -> dict:
     # (distributed.nanny.pre-spawn-environ: one BLAS/OpenMP thread, the allocator settings): the
     # libraries it imports size their thread pools and allocator then, and its forks inherit them.
     environ = {str(k): str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}).items()}
-    if _forkserver_environ is not None and environ != _forkserver_environ:
-        # this process's server started for other settings (say, a cluster with larger workers before):
-        # its forks would inherit those; new interpreters get these
+    if _forkserver_environ is not None and _beyond_malloc(environ) != _beyond_malloc(_forkserver_environ):
+        # this process's server started with other thread settings: its forks would inherit those;
+        # new interpreters get these. (Allocator settings differ harmlessly: each worker sets its own,
+        # isoview_dask.preload.settle_malloc_environment.)
         log.info("worker settings differ from those the fork server started with: spawning workers")
         return {}
     key = "distributed.worker.multiprocessing-method"

@@ -80,9 +80,38 @@ def apply_malloc_environment(environ=None) -> dict[str, int]:
     return applied
 
 
+#: glibc's own values of the parameters :func:`settle_malloc_environment` resets (bytes).
+GLIBC_DEFAULTS = {"MALLOC_TRIM_THRESHOLD_": 128 * 1024, "MALLOC_MMAP_THRESHOLD_": 128 * 1024}
+
+
+def settle_malloc_environment(intended: dict) -> dict[str, int]:
+    """Make this worker's allocator what its nanny asked for (``intended``: the pre-spawn environment).
+
+    A worker forked from a fork server started for other settings (a
+    process's earlier cluster with larger workers) inherited that server's
+    ``MALLOC_*`` variables and allocator: those the nanny did not ask for go
+    back to glibc's defaults, and those it asked for are set.
+
+    Returns
+    -------
+    dict
+        The values applied with ``mallopt`` (name: value).
+    """
+    intended = {str(k): str(v) for k, v in (intended or {}).items()}
+    reset = {}
+    for name in MALLOPT_PARAMETERS:
+        if name in intended:
+            os.environ[name] = intended[name]
+        elif os.environ.pop(name, None) is not None and name in GLIBC_DEFAULTS:
+            reset[name] = str(GLIBC_DEFAULTS[name])
+    return apply_malloc_environment({**reset, **{k: v for k, v in os.environ.items() if k in MALLOPT_PARAMETERS}})
+
+
 def dask_setup(worker) -> None:
     """distributed's preload hook, called once in each worker process as it starts."""
-    applied_malloc.update(apply_malloc_environment())
+    import dask
+
+    applied_malloc.update(settle_malloc_environment(dask.config.get("distributed.nanny.pre-spawn-environ", {})))
     import_modules()
 
 

@@ -158,7 +158,11 @@ def test_workers_get_the_allocator_settings(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with client_context(n_workers=1, threads_per_worker=1, memory_limit="512MiB", quiet=True) as client:
         assert list(client.run(environ).values()) == [{"MALLOC_TRIM_THRESHOLD_": "65536"}]  # distributed's
-        assert list(client.run(_applied_malloc).values()) == [{"MALLOC_TRIM_THRESHOLD_": 65536}]
+        applied = list(client.run(_applied_malloc).values())[0]
+        # distributed's trim threshold; a worker forked from a server started for the 2 GiB cluster above
+        # also puts the mmap threshold it inherited back to glibc's default
+        assert applied["MALLOC_TRIM_THRESHOLD_"] == 65536
+        assert applied.get("MALLOC_MMAP_THRESHOLD_", 131072) == 131072
     # (the in-process nanny exported them into this process too: monkeypatch puts the environment back)
     assert worker_environ_config(ClusterSpec(malloc_trim=True)) == {}
     assert worker_environ_config(ClusterSpec())["distributed.nanny.pre-spawn-environ"]["OMP_NUM_THREADS"] == 1
@@ -210,9 +214,9 @@ def test_local_workers_are_forked_from_one_server_that_imported_the_pipeline(met
     """By default local workers are forks of one server process that imported the pipeline once
     (isoview_dask.preload.FORKSERVER_MODULES), started with the environment spawned workers get first
     (one BLAS/OpenMP thread: a fork's own environment comes after numpy sized its thread pool). A later
-    cluster of the same process that wants other allocator settings (small workers) gets spawned
-    workers, which do not inherit the server's. isoview-dask.worker-start = spawn gives distributed's
-    spawned workers back. Run in a fresh interpreter: the fork server lives as long as its process."""
+    cluster of the same process that wants other allocator settings (small workers) is forked from the
+    same server, and its workers drop the allocator variables they inherited but were not given.
+    isoview-dask.worker-start = spawn gives distributed's spawned workers back. Run in a fresh interpreter: the fork server lives as long as its process."""
     script = tmp_path / "probe.py"
     script.write_text(_FORK_PROBE)
     done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=240)
@@ -220,14 +224,17 @@ def test_local_workers_are_forked_from_one_server_that_imported_the_pipeline(met
     result = json.loads(done.stdout.strip().splitlines()[-1])
     (large, small), pid = result["runs"], result["pid"]
     large_parents = {parent for parent, _, _ in large}
+    small_parents = {parent for parent, _, _ in small}
+    assert [mmap for _, _, mmap in large] == ["33554432"] * 2
     if method == "forkserver":
         assert len(large_parents) == 1 and large_parents != {pid}
         if Path("/proc").exists():
-            assert all(one_thread for _, one_thread, _ in large)
-        assert [mmap for _, _, mmap in large] == ["33554432"] * 2
+            assert all(one_thread for _, one_thread, _ in large + small)
+        # the same server serves the small workers: each puts its own allocator settings in place
+        assert small_parents == large_parents
+        assert [mmap for _, _, mmap in small] == [None, None]
     else:
-        assert large_parents == {pid}
-    assert {parent for parent, _, _ in small} == {pid}  # spawned: other settings than the server's
+        assert large_parents == small_parents == {pid}
 
 
 def _imported(names):
