@@ -278,3 +278,17 @@ def test_masks_of_the_older_layout_still_read(synth, corrected, tmp_path):
                                   expected.astype(bool))
     # the current layout reads the same
     assert find_corrected(corrected)[(0, 0, 1, 0)].path("segmentationMask").parent.name == "labels"
+
+
+def test_slab_estimates_open_the_label_mask_in_inner_chunk_deep_blocks(synth, corrected):
+    """The fusion's slab estimates read the mask behind a flip and a cast: opened shard-deep, a
+    two-plane slab would decode the whole mask. The label image inside the volume's store (no
+    ``.zarr`` suffix of its own) is opened one inner chunk deep, as the volume is."""
+    from isoview_dask.pipeline.fuse import find_corrected
+    view = find_corrected(corrected)[(0, 0, 1, 0)]
+    volume, mask = view.open_arrays(slabs=True)
+    assert view.path("segmentationMask").parent.name == "labels"
+    assert set(volume.chunks[0]) == {8} and set(mask.chunks[0]) == {8}  # output_chunks (8, 32, 32)
+    whole_volume, whole_mask = view.open_arrays()
+    assert max(whole_mask.chunks[0]) > 8  # the default: whole shards
+    np.testing.assert_array_equal(mask.compute(), whole_mask.compute())

@@ -52,7 +52,7 @@ from ..fuse import (IntensityResult, SheetRegistration, apply_inplane_transform,
                     channel_intensity_factor, fuse_views, geometric_transition, intensity_factor, registration_task,
                     sheet_registration_task, transition_plane_map, view_transform)
 from ..fuse.transforms import inverse_transform
-from ..io import open_volume
+from ..io import open_volume, volume_format
 from ..io.zarr import STORED, CodecSpec, prepare_zarr
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
 from .common import (MASK_KIND, StageSummary, completed, fingerprint, output_path, relative_outputs,
@@ -131,7 +131,8 @@ class CorrectedView:
         if not self.record.get("segmented", True):
             raise MissingInputError(f"{self.record_path}: was corrected without segmentation; fusion needs masks")
         paths = self.path(), self.path(MASK_KIND)
-        chunks = [STORED if slabs and p.suffix == ".zarr" else None for p in paths]
+        # (the mask of a zarr image is a label image inside it: ``<image>.zarr/labels/<name>``, no suffix)
+        chunks = [STORED if slabs and volume_format(p) == "zarr" else None for p in paths]
         mask = open_volume(paths[1], chunks=chunks[1])
         if self.volume_stored:
             volume = open_volume(paths[0], chunks=chunks[0])
