@@ -332,8 +332,9 @@ class FusionConfig(Section):
                                    "CPU per output)",
                                    choices=("registration", "transitionPlane", "blendingWeights", "projections",
                                             "channelTransition"))
-    figures_every: int = opt(1, "draw the diagnostic PNGs of every Nth timepoint only (timepoints 0, N, 2N, ...; "
-                             "1: every timepoint); on small frames the figures are a sixth of a run's CPU", lo=1)
+    figures_every: int = opt(10, "draw the diagnostic PNGs of every Nth timepoint only (timepoints 0, N, 2N, ...; "
+                             "1: every timepoint); on small frames the figures of every timepoint would be a "
+                             "sixth of a run's CPU", lo=1)
     # -- time-lapse (two-pass) fusion: isoview_dask.pipeline.timelapse, isoview_dask.temporal --
     temporal_smoothing: bool = opt(True, "two-pass fusion: smooth per-timepoint parameters over time with "
                                    "robust local quadratic regression (MATLAB smooth(..., 'rloess'))",

@@ -389,3 +389,28 @@ def test_figures_are_chosen_one_by_one(fused, tmp_path):
         "SPM00_TM000000_CM00_CM01_CHN00.fusedStack.transitionPlane.png"]
     with pytest.raises(Exception, match="fusion.figures"):
         fuse_dataset(out, tmp_path / "bad", progress=False, fusion_figures=["histogram"])
+
+
+def test_figures_every_changes_only_the_fingerprints_of_timepoints_whose_figures_change():
+    """fusion.figures_every never changes a fused volume: a timepoint drawn either way keeps its fingerprint
+    (outputs made with every timepoint's figures stay complete); one that loses its figures does not."""
+    from isoview_dask.config import ProcessingConfig
+    from isoview_dask.pipeline.fuse import _fingerprint, figures_drawn
+
+    class View:
+        def __init__(self, timepoint):
+            self.timepoint = timepoint
+
+        def fingerprint_inputs(self):
+            return [{"record": f"TM{self.timepoint}", "fingerprint": "x"}]
+
+    every = {n: ProcessingConfig.from_flags(None, fusion_figures_every=n) for n in (1, 2, 10)}
+    assert ProcessingConfig().fusion.figures_every == 10  # the default: timepoints 0, 10, 20, ...
+    for t in (0, 10):
+        assert len({_fingerprint(View(t), View(t), c) for c in every.values()}) == 1
+    assert not figures_drawn(every[10].fusion, 3) and figures_drawn(every[1].fusion, 3)
+    assert _fingerprint(View(3), View(3), every[1]) != _fingerprint(View(3), View(3), every[10])
+    assert _fingerprint(View(3), View(3), every[2]) == _fingerprint(View(3), View(3), every[10])  # neither draws
+    quiet = ProcessingConfig.from_flags(None, fusion_diagnostics=False)
+    assert _fingerprint(View(3), View(3), quiet) == _fingerprint(
+        View(3), View(3), ProcessingConfig.from_flags(None, fusion_diagnostics=False, fusion_figures_every=1))

@@ -916,8 +916,11 @@ def _fingerprint(ref, mov, config: ProcessingConfig, fixed: dict | None = None) 
     fusion = {k: v for k, v in config.fusion.to_dict().items() if k not in TEMPORAL_FIELDS}
     if not fusion.get("channel_pairs"):
         fusion.pop("channel_pairs", None)  # off: the fingerprints of earlier outputs stay valid
-    if fusion.get("figures_every", 1) == 1:
-        fusion.pop("figures_every", None)  # the default: likewise
+    # The figures never change a fused volume; only whether this timepoint's are drawn (its outputs) counts.
+    # (Left out where they are: the fingerprints of outputs with every timepoint's figures stay valid.)
+    fusion.pop("figures_every", None)
+    if fusion.get("diagnostics") and not figures_drawn(config.fusion, ref.timepoint):
+        fusion["figures_drawn"] = False
     # Whether the corrected volumes were stored changes nothing in a fused volume (bit-identical).
     output = {k: v for k, v in config.output.to_dict().items() if k not in ("overwrite", "store_corrected")}
     parameters = {"fusion": fusion,

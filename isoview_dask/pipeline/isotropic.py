@@ -663,11 +663,18 @@ def _uint16_scale(vw00, vw90, scale90: float, method: str) -> tuple[float, float
     return (65535.0 / (UINT16_HEADROOM[method] * peak) if peak > 0 else 1.0), peak
 
 
+def _figures_drawn(config: ProcessingConfig, timepoint: int) -> bool:
+    """Whether the reconstruction of ``timepoint`` draws its figures (``isotropic.figures`` and
+    ``fusion.figures_every``: timepoints 0, N, 2N, ...)."""
+    return bool(config.isotropic.figures) and int(timepoint) % int(config.fusion.figures_every) == 0
+
+
 def _reconstruction_fingerprint(target: IsotropicTarget, config: ProcessingConfig, transform, scale90) -> str:
     inputs = [target.vw00.identity(), target.vw90.identity()]
     isotropic = {k: v for k, v in config.isotropic.to_dict().items() if k != "enable"}
     output = {k: v for k, v in config.output.to_dict().items() if k not in ("overwrite", "store_corrected")}
-    figures = {"figures_every": config.fusion.figures_every} if config.isotropic.figures else {}
+    # the figures change no volume: only whether this timepoint's are drawn (its outputs) counts
+    figures = {"figures_drawn": _figures_drawn(config, target.timepoint)} if config.isotropic.figures else {}
     return fingerprint(inputs, {"isotropic": isotropic, "output": output, **figures,
                                 "transform": np.round(np.asarray(transform, float), 9).tolist(),
                                 "scale90": round(float(scale90), 9)})
@@ -805,7 +812,7 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
     fmt = oc.format
     target_path = target.path(out, KIND, fmt)
     record_path = target.path(out, KIND, "json")
-    draw = bool(ic.figures) and int(target.timepoint) % int(config.fusion.figures_every) == 0
+    draw = _figures_drawn(config, target.timepoint)
     want_beads = draw and "beads" in ic.figures
     voxel = grid.voxel_zyx
     reductions = {}
