@@ -639,3 +639,23 @@ def test_local_dashboard_listens_on_loopback_without_the_wildcard_warning(addres
         bokeh.removeHandler(records)
     wildcard = [m for m in records.messages + [str(w.message) for w in caught] if "wildcard" in m.lower()]
     assert bool(wildcard) is loud, wildcard
+
+
+def _profile_interval(dask_worker):
+    return dask_worker.periodic_callbacks["profile"].callback_time
+
+
+def test_local_workers_sample_their_profile_every_100_ms_unless_configured():
+    """distributed's workers sample their task thread every 10 ms for the dashboard's profile page (4 % of
+    a small run's CPU); ours every 100 ms, and a user's own setting wins."""
+    import dask
+
+    from isoview_dask.cluster import WORKER_PROFILE_INTERVAL, client_context, worker_profile_config
+
+    assert WORKER_PROFILE_INTERVAL == "100ms"
+    with client_context(n_workers=1, threads_per_worker=1, memory_limit="2GiB", quiet=True) as client:
+        assert list(client.run(_profile_interval).values()) == [100]
+    with dask.config.set({"distributed.worker.profile.interval": "20ms"}):
+        assert worker_profile_config() == {}
+        with client_context(n_workers=1, threads_per_worker=1, memory_limit="2GiB", quiet=True) as client:
+            assert list(client.run(_profile_interval).values()) == [20]
