@@ -26,3 +26,14 @@ def test_value_counts_refuses_wide_types():
         value_counts(np.zeros(4, np.float32))
     with pytest.raises(TypeError, match="8- and 16-bit"):
         value_counts(np.zeros(4, np.uint32))
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 5, 7, 4097])
+def test_value_counts_of_any_length_and_of_runs_of_one_value(size):
+    """The four count tables take every element, the last ones of a length not divisible by four too,
+    and runs of one value (a camera's background) are counted once each."""
+    rng = np.random.default_rng(size)
+    block = np.repeat(rng.integers(0, 65536, size).astype(np.uint16), 3)[:size]
+    counts, low = value_counts(block)
+    np.testing.assert_array_equal(counts, np.bincount(block.astype(np.int64), minlength=65536))
+    assert counts.sum() == size and low == 0
