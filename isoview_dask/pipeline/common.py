@@ -243,12 +243,17 @@ def _conversion_record(record_path: Path, expected: str, view, target: Path) -> 
                              "outputs": relative_outputs(record_path, [target])})
 
 
-def write_json(path: str | Path, payload: dict, overwrite: bool = True) -> Path:
-    """Write a small JSON record atomically."""
+def write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:
+    """Write a small text file (a record, a table) atomically: under a temporary name, then renamed."""
     from ..io.atomic import atomic_output
     with atomic_output(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.write_text(text)
     return Path(path)
+
+
+def write_json(path: str | Path, payload: dict, overwrite: bool = True) -> Path:
+    """Write a small JSON record atomically."""
+    return write_text(path, json.dumps(payload, indent=2, default=str), overwrite)
 
 
 def file_fingerprint(*paths: str | Path | None) -> list[dict]:

@@ -761,11 +761,11 @@ def fuse_pair(ref: CorrectedView, mov: CorrectedView, out: str | Path, config: P
     outputs = [target]
     if draw:
         from .diagnostics import channel_figures, fusion_figures
-        outputs += _draw(fusion_figures, target.with_suffix(""), images, transition, n_planes, blending_range,
+        outputs += draw_figures(fusion_figures, target.with_suffix(""), images, transition, n_planes, blending_range,
                          fc.blending_profile, params, fc.figures)
         channel_views = [v for v in (ref, mov) if isinstance(v, ChannelFusedView)]
         if channel_views:
-            outputs += _draw(channel_figures, target.with_suffix(""), [(v.camera, v.estimate) for v in channel_views],
+            outputs += draw_figures(channel_figures, target.with_suffix(""), [(v.camera, v.estimate) for v in channel_views],
                              reference.shape[2], fc.blending_range[0], fc.blending_profile, fc.type, None,
                              fc.figures)
     params["outputs"] = relative_outputs(target.with_suffix(".json"), outputs)
@@ -780,7 +780,7 @@ def figures_drawn(fc, timepoint: int) -> bool:
     return bool(fc.diagnostics) and int(timepoint) % int(fc.figures_every) == 0
 
 
-def _draw(function, *args) -> list[Path]:
+def draw_figures(function, *args) -> list[Path]:
     """Run a figure-drawing function of :mod:`.diagnostics` as one cluster task (here without a client).
 
     Drawing is CPU-bound Python: on the client it would hold the GIL that the
@@ -882,7 +882,7 @@ def fuse_channels(view: ChannelFusedView, out: str | Path, config: ProcessingCon
     outputs = [target]
     if figures_drawn(fc, view.timepoint):
         from .diagnostics import channel_figures
-        outputs += _draw(channel_figures, target.with_suffix(""), [(view.camera, view.estimate)], fused.shape[2],
+        outputs += draw_figures(channel_figures, target.with_suffix(""), [(view.camera, view.estimate)], fused.shape[2],
                          fc.blending_range[0], fc.blending_profile, fc.type, images, fc.figures)
     params = {
         "package_version": __version__,

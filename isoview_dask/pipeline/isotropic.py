@@ -55,7 +55,7 @@ from .. import __version__
 from ..config import ConfigError, ProcessingConfig
 from ..errors import InputNotFoundError, IsoviewError
 from .common import (StageSummary, channel_label, completed, fingerprint, output_path, relative_outputs,
-                     scan_records, timepoint_dir, volume_stem, write_json)
+                     scan_records, timepoint_dir, volume_stem, write_json, write_text)
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
 
 log = logging.getLogger(__name__)
@@ -914,8 +914,8 @@ def reconstruct_target(target: IsotropicTarget, out: str | Path, config: Process
                                    reduced["z_index"], view_patches, grid.voxel_um, fwhm[0], value_scale)
             params["beads"] = {"found": len(beads), "beads": beads}
         from .diagnostics import isotropic_figures
-        from .fuse import _draw
-        outputs += _draw(isotropic_figures, target_path.with_suffix(""), slices, grid.voxel_um, centre, params,
+        from .fuse import draw_figures
+        outputs += draw_figures(isotropic_figures, target_path.with_suffix(""), slices, grid.voxel_um, centre, params,
                          beads, tuple(ic.figures))
         params.setdefault("timings", {})["figures_s"] = time.perf_counter() - t_fig
     params["timings"] = {"registration_s": (registration.get("timings") or {}).get("registration_s"),
@@ -1272,7 +1272,6 @@ def smooth_registrations(out: str | Path, config: ProcessingConfig, lut_summary:
         ``fixed(target)``: ``{"transform", "scale90", "source"}`` for :func:`reconstruction_job`, or None
         where the target's timepoint has no registration (it is then reconstructed with its own).
     """
-    from .timelapse import _write_text
     out = Path(out)
     start = time.perf_counter()
     series: dict[tuple, list[dict]] = {}
@@ -1293,7 +1292,7 @@ def smooth_registrations(out: str | Path, config: ProcessingConfig, lut_summary:
             continue
         outputs = []
         if config.fusion.generate_lookup_table:
-            outputs.append(_write_text(lut_path(out, specimen, cameras, channels, "csv"), _lut_csv(smoothed)))
+            outputs.append(write_text(lut_path(out, specimen, cameras, channels, "csv"), _lut_csv(smoothed)))
         write_json(record_path, {
             "package_version": __version__, "specimen": specimen, "cameras": list(cameras),
             "channels": list(channels), "orientation": smoothed["orientation"],

@@ -54,7 +54,7 @@ from ..config import TEMPORAL_FIELDS, ProcessingConfig
 from ..dataset import Dataset, open_dataset
 from ..temporal import rloess, smooth_series
 from .common import (StageSummary, as_channel, channel_label, completed, fingerprint, output_path, record_outputs,
-                     relative_outputs, scan_records, write_json)
+                     relative_outputs, scan_records, write_json, write_text)
 from .correct import selected_views
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
 from .fuse import (ChannelFusedView, CorrectedView, channel_fields, estimate_pair, find_corrected, fusion_jobs,
@@ -460,13 +460,6 @@ def _lut_csv(params: SmoothedParameters) -> str:
     return buf.getvalue()
 
 
-def _write_text(path: Path, text: str) -> Path:
-    from ..io.atomic import atomic_output
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(text)
-    return path
-
-
 def plot_parameters(params: SmoothedParameters, path: str | Path) -> Path | None:
     """PNG of every parameter over time: estimates (dots), used values (line), outliers (red)."""
     try:
@@ -648,7 +641,7 @@ def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSumm
             continue
         outputs = []
         if fc.generate_lookup_table:
-            outputs.append(_write_text(lookup_table_path(out, specimen, pair, channel, "lookUpTable.csv"),
+            outputs.append(write_text(lookup_table_path(out, specimen, pair, channel, "lookUpTable.csv"),
                                        _lut_csv(params)))
             png = plot_parameters(params, lookup_table_path(out, specimen, pair, channel, "parameters.png"))
             if png is not None:
