@@ -162,7 +162,7 @@ def run_ours(task: str, source: Path, workdir: Path, name: str, threads: int, it
     command = [sys.executable, str(Path(__file__).resolve()), "child", task, str(source), str(prefix),
                "--threads", str(threads), "--iterations", str(iterations)]
     log = workdir / f"{name}.log"
-    with mvs._child_environment(threads):
+    with mvs.child_environment(threads):
         try:
             child = original.timed_command(command, log)
         except SystemExit as exc:

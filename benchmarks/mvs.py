@@ -21,7 +21,6 @@ answer.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -104,20 +103,10 @@ def _freeze(interpreter: Path, path: Path) -> None:
     path.write_text(frozen.stdout)
 
 
-@contextlib.contextmanager
-def _child_environment(threads: int):
+def child_environment(threads: int):
     """Thread-count variables for the child (``original.timed_command`` passes this process's environment on)."""
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    try:
-        for name in THREAD_VARIABLES:
-            os.environ[name] = str(threads)
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    from isoview_dask.cluster import environment
+    return environment({name: str(threads) for name in THREAD_VARIABLES})
 
 
 def runner_arguments(options: dict[str, Any]) -> list[str]:
@@ -181,7 +170,7 @@ def run_mvs(inputs: dict[str, Any], workdir: str | os.PathLike, threads: int = 1
         _common.remove(path)
     command = [str(python), str(RUNNER), str(source), str(prefix), "--threads", str(threads),
                *runner_arguments(options)]
-    with _child_environment(threads):
+    with child_environment(threads):
         try:
             child = original.timed_command(command, log)
         except SystemExit as exc:  # timed_command's way of reporting a failed command

@@ -583,18 +583,26 @@ def _start_method_config(spec: "ClusterSpec") -> dict:
     with dask.config.set({key: "forkserver"}):
         context = get_mp_context()  # distributed sets its own preload list on first use: ours replaces it
     context.set_forkserver_preload(list(FORKSERVER_MODULES))
-    previous = {name: os.environ.get(name) for name in environ}
-    os.environ.update(environ)
-    try:
+    with environment(environ):
         forkserver.ensure_running()  # a server already running (an earlier cluster) is reused as it is
         _forkserver_environ = environ
+    return {key: "forkserver"}
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Inside, this process's environment has ``values`` set (for the processes started there);
+    afterwards every variable is as before (unset again where it was unset)."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: str(value) for name, value in values.items()})
+    try:
+        yield
     finally:
         for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    return {key: "forkserver"}
 
 
 def _await_local_workers(client, cluster, n_workers: int) -> None:

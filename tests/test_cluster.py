@@ -659,3 +659,20 @@ def test_local_workers_sample_their_profile_every_100_ms_unless_configured():
         assert worker_profile_config() == {}
         with client_context(n_workers=1, threads_per_worker=1, memory_limit="2GiB", quiet=True) as client:
             assert list(client.run(_profile_interval).values()) == [20]
+
+
+def test_environment_sets_variables_inside_and_restores_them(monkeypatch):
+    import os
+
+    from isoview_dask.cluster import environment
+    monkeypatch.setenv("ISOVIEW_TEST_SET", "before")
+    monkeypatch.delenv("ISOVIEW_TEST_UNSET", raising=False)
+    with environment({"ISOVIEW_TEST_SET": "inside", "ISOVIEW_TEST_UNSET": 3}):
+        assert os.environ["ISOVIEW_TEST_SET"] == "inside" and os.environ["ISOVIEW_TEST_UNSET"] == "3"
+    assert os.environ["ISOVIEW_TEST_SET"] == "before" and "ISOVIEW_TEST_UNSET" not in os.environ
+    try:
+        with environment({"ISOVIEW_TEST_UNSET": "x"}):
+            raise RuntimeError("inside")
+    except RuntimeError:
+        pass
+    assert "ISOVIEW_TEST_UNSET" not in os.environ
