@@ -755,31 +755,74 @@ def job_priority(priority: int) -> Iterator[None]:
         _job.priority = previous
 
 
-#: Jobs reading at most this many raw bytes run whole as one task (:func:`run_as_task`) when
-#: :func:`whole_job_limit` allows it (dask config ``isoview-dask.whole-job-bytes``; 0 never).
-WHOLE_JOB_BYTES = 256 * 2**20
+#: Jobs reading at most this many raw bytes may run whole as one task (:func:`run_as_task`) when
+#: their memory fits (:func:`whole_job_limits`; dask config ``isoview-dask.whole-job-bytes``; 0 never).
+#: A 2048 x 2048 x 256 camera view (2 GiB) runs whole: four views' corrections, one task on each of
+#: two 4 GiB workers at a time, took 72-84 CPU-s and 40-47 s instead of 88-92 CPU-s and 47-49 s as
+#: graphs of chunk tasks spread over both (no chunk travels between workers).
+WHOLE_JOB_BYTES = 4 * 2**30
 WHOLE_JOB_CONFIG_KEY = "isoview-dask.whole-job-bytes"
-#: A whole-job task needs a worker limit this many times its raw input (measured: a 134 MB view's
-#: correction peaked at 3.4 times its input above the worker's baseline; float32 intermediates,
-#: the written copy, masks).
+#: A whole-job task whose memory is not otherwise known needs a worker thread's share of the
+#: memory limit this many times its raw input (measured: a 134 MB view's correction peaked at
+#: 3.4 times its input above the worker's baseline; float32 intermediates, the written copy, masks).
 WHOLE_JOB_MEMORY_FACTOR = 8
+#: A job whose graph streams plane slabs (correction, fusion) holds, run whole with the synchronous
+#: scheduler, about as much as this many planes of its inputs, however deep the volume (measured
+#: above the process's baseline, 2048 x 2048 frames: correction 0.91 GB for 64 planes and 0.93 GB
+#: for 256; fusion of a pair 1.72 GB for 64 planes and 1.14 GB for 256).
+WHOLE_JOB_STREAM_PLANES = 64
+#: Bytes per streamed input byte, and fixed bytes, of such a job's estimate
+#: (:func:`whole_job_memory`): about twice the peaks measured (64 x 512 x 768 views: correction
+#: 0.25 GB, fusion of a pair 0.34 GB; 1024 x 256 x 256 views: 0.30 and 0.48 GB; full frames above).
+WHOLE_JOB_STREAM_FACTOR = 3
+WHOLE_JOB_BASE_BYTES = 256 * 2**20
 
 
-def whole_job_limit(client) -> int:
-    """Largest raw input (bytes) of a job that runs whole as one task on ``client``'s workers; 0 for none.
+def whole_job_memory(nbytes: int, plane_bytes: int | None = None) -> int:
+    """Estimated peak memory (bytes above a worker's baseline) of a job run whole as one task.
 
-    :data:`WHOLE_JOB_BYTES` (or dask config ``isoview-dask.whole-job-bytes``),
-    and at most 1/:data:`WHOLE_JOB_MEMORY_FACTOR` of the smallest worker
-    memory limit, so such a task fits a worker with room to spare.
+    Parameters
+    ----------
+    nbytes : int
+        Raw input bytes the job reads.
+    plane_bytes : int, optional
+        Bytes of one plane (Y x X) of all its input volumes together, for a
+        job whose graphs stream plane slabs (a correction or a fusion): it
+        holds about :data:`WHOLE_JOB_STREAM_PLANES` planes at a time, so the
+        estimate stops growing with the volume's depth.
+
+    Returns
+    -------
+    int
+        :data:`WHOLE_JOB_MEMORY_FACTOR` times ``nbytes``; for a streaming job,
+        at most :data:`WHOLE_JOB_BASE_BYTES` plus
+        :data:`WHOLE_JOB_STREAM_FACTOR` times the bytes of the planes it holds.
+    """
+    proportional = WHOLE_JOB_MEMORY_FACTOR * int(nbytes)
+    if plane_bytes is None or plane_bytes <= 0:
+        return proportional
+    streamed = min(int(nbytes), WHOLE_JOB_STREAM_PLANES * int(plane_bytes))
+    return min(proportional, WHOLE_JOB_BASE_BYTES + WHOLE_JOB_STREAM_FACTOR * streamed)
+
+
+def whole_job_limits(client) -> tuple[int, float]:
+    """Largest raw input (bytes) and estimated memory (bytes) of a job that runs whole on ``client``.
+
+    Returns ``(raw_bytes, memory_bytes)``: :data:`WHOLE_JOB_BYTES` (or dask
+    config ``isoview-dask.whole-job-bytes``; ``(0, 0)`` without a client or
+    with 0), and one worker thread's share of the smallest worker memory
+    limit (inf when unlimited), which :func:`whole_job_memory` must not
+    exceed: each thread of a worker may run such a task at once.
     """
     if client is None:
-        return 0
+        return 0, 0.0
     limit = int(dask.config.get(WHOLE_JOB_CONFIG_KEY, WHOLE_JOB_BYTES) or 0)
+    if limit <= 0:
+        return 0, 0.0
     workers = client.scheduler_info()["workers"].values()
-    memory = [int(w.get("memory_limit") or 0) for w in workers]
-    if memory and all(memory):
-        limit = min(limit, min(memory) // WHOLE_JOB_MEMORY_FACTOR)
-    return max(0, limit)
+    shares = [int(w.get("memory_limit") or 0) / max(1, int(w.get("nthreads") or 1)) for w in workers]
+    memory = min(shares) if shares and all(shares) else float("inf")
+    return limit, memory
 
 
 def _log_like_the_client(level: int) -> None:

@@ -259,6 +259,36 @@ def _inside_a_task(values):
     return compute(da.from_array(values, chunks=2).sum(), progress=False)[0]
 
 
+def test_corrections_and_fusions_tell_job_work_their_plane_bytes(recording, serial_run, tmp_path, monkeypatch):
+    """The whole-job memory estimate of a correction or a fusion follows one raw plane of its inputs:
+    each job hands job_work its raw bytes and the bytes of one plane of all its input volumes."""
+    import isoview_dask.pipeline.correct as correct_module
+    import isoview_dask.pipeline.fuse as fuse_module
+    from isoview_dask.config import ProcessingConfig
+    from isoview_dask.dataset import open_dataset
+    from isoview_dask.pipeline.correct import correction_jobs, selected_views
+    from isoview_dask.pipeline.fuse import find_corrected, fusion_jobs
+    seen = []
+
+    def recording_job_work(module):
+        original = module.job_work
+
+        def job_work(nbytes, function, *args, plane_bytes=None, **kwargs):
+            seen.append((module.__name__.rsplit(".", 1)[-1], nbytes, plane_bytes))
+            return original(nbytes, function, *args, plane_bytes=plane_bytes, **kwargs)
+        monkeypatch.setattr(module, "job_work", job_work)
+
+    recording_job_work(correct_module)
+    recording_job_work(fuse_module)
+    config = ProcessingConfig.from_flags(**FLAGS, output_overwrite=True)
+    views = [v for v in selected_views(open_dataset(recording.raw_dir), config) if v.timepoint == 0]
+    plane = 96 * 96 * 2  # the recording's frames, uint16
+    assert [job.run().status for job in correction_jobs(views[:1], tmp_path, config)] == ["written"]
+    corrected = find_corrected(serial_run, specimen=0, timepoint=0)
+    assert [job.run().status for job in fusion_jobs(corrected, tmp_path, config)] == ["written", "written"]
+    assert seen == [("correct", 32 * plane, plane), ("fuse", 64 * plane, 2 * plane), ("fuse", 64 * plane, 2 * plane)]
+
+
 def _sum_on_the_cluster(values):
     import dask.array as da
 
@@ -266,16 +296,34 @@ def _sum_on_the_cluster(values):
     return compute(da.from_array(values, chunks=2).sum(), progress=False)[0]
 
 
-def test_whole_job_limit_follows_the_config_and_the_workers_memory(threads_client):
+def test_whole_job_limits_follow_the_config_and_each_worker_threads_share_of_memory(threads_client):
     import dask
 
-    from isoview_dask.cluster import WHOLE_JOB_BYTES, WHOLE_JOB_MEMORY_FACTOR, whole_job_limit
-    assert whole_job_limit(None) == 0
-    assert whole_job_limit(threads_client) == min(WHOLE_JOB_BYTES, 2**30 // WHOLE_JOB_MEMORY_FACTOR)
+    from isoview_dask.cluster import WHOLE_JOB_BYTES, whole_job_limits
+    assert whole_job_limits(None) == (0, 0.0)
+    # one worker of 1 GiB with two threads: each thread's whole job gets half
+    assert whole_job_limits(threads_client) == (WHOLE_JOB_BYTES, 2**29)
     with dask.config.set({"isoview-dask.whole-job-bytes": 0}):
-        assert whole_job_limit(threads_client) == 0
-    with dask.config.set({"isoview-dask.whole-job-bytes": 2**40}):  # never above what a worker holds
-        assert whole_job_limit(threads_client) == 2**30 // WHOLE_JOB_MEMORY_FACTOR
+        assert whole_job_limits(threads_client) == (0, 0.0)
+    with dask.config.set({"isoview-dask.whole-job-bytes": 2**20}):
+        assert whole_job_limits(threads_client) == (2**20, 2**29)
+
+
+def test_whole_job_memory_of_a_streaming_job_stops_growing_with_the_depth():
+    from isoview_dask.cluster import (WHOLE_JOB_BASE_BYTES, WHOLE_JOB_MEMORY_FACTOR, WHOLE_JOB_STREAM_FACTOR,
+                                      WHOLE_JOB_STREAM_PLANES, whole_job_memory)
+    plane = 2048 * 2048 * 2  # one full frame of uint16
+    assert whole_job_memory(10 * 2**20) == WHOLE_JOB_MEMORY_FACTOR * 10 * 2**20  # unknown: proportional
+    assert whole_job_memory(10 * 2**20, 0) == whole_job_memory(10 * 2**20)
+    assert whole_job_memory(4 * plane, plane) == WHOLE_JOB_MEMORY_FACTOR * 4 * plane  # small: as before
+    shallow = whole_job_memory(16 * plane, plane)
+    assert shallow == WHOLE_JOB_BASE_BYTES + WHOLE_JOB_STREAM_FACTOR * 16 * plane
+    deep = whole_job_memory(WHOLE_JOB_STREAM_PLANES * plane, plane)
+    assert shallow < deep == whole_job_memory(4096 * plane, plane)  # 64 or 4096 planes: the same slabs
+    # a 2048 x 2048 x 256 view's correction and a pair's fusion fit a 4 GiB single-threaded worker
+    assert whole_job_memory(256 * plane, plane) <= 4 * 2**30
+    assert whole_job_memory(512 * plane, 2 * plane) <= 4 * 2**30
+    assert whole_job_memory(256 * plane) > 4 * 2**30  # which the proportional estimate would not allow
 
 
 def test_run_as_task_is_one_task_whose_graphs_run_inside_it(threads_client):
@@ -320,18 +368,23 @@ def test_large_jobs_run_whole_only_when_enough_jobs_keep_every_worker_busy(threa
     from isoview_dask.pipeline.executor import WHOLE_JOB_ALWAYS_BYTES, job_work
     seen = {}
 
-    def job(key, nbytes):
+    def job(key, nbytes, plane_bytes=2**20):
         def run():
-            seen[key] = job_work(nbytes, _where_it_ran)
+            seen[key] = job_work(nbytes, _where_it_ran, plane_bytes=plane_bytes)
             return JobResult("written", key)
         return Job(key, "s", run, nbytes=nbytes)
 
-    large = WHOLE_JOB_ALWAYS_BYTES + 2**20  # within the 1 GiB workers' whole-job limit (128 MiB)
+    # 65 MiB streamed in 1 MiB planes: estimated 448 MiB, within a thread's half of the 1 GiB worker
+    large = WHOLE_JOB_ALWAYS_BYTES + 2**20
     run_jobs([job("alone", large)], {"s": StageSummary("s")}, progress=False)
     run_jobs([job("small alone", 2**20)], {"s": StageSummary("s")}, progress=False)
     run_jobs([job(f"many{i}", large) for i in range(4)], {"s": StageSummary("s")}, progress=False, max_jobs=4)
+    run_jobs([job(f"unknown{i}", large, plane_bytes=None) for i in range(4)], {"s": StageSummary("s")},
+             progress=False, max_jobs=4)
     assert seen["alone"] == "graphs" and seen["small alone"] == "whole"
     assert seen["many0"] == seen["many1"] == "whole"  # 4 jobs for 2 worker threads
+    # without plane sizes the estimate is 8 x 65 MiB: more than a thread's 512 MiB
+    assert seen["unknown0"] == seen["unknown1"] == "graphs"
     assert job_work(2**20, _where_it_ran) == "graphs"  # outside a run: never whole
 
 

@@ -478,13 +478,20 @@ def correction_job(view: CameraView, out: str | Path, config: ProcessingConfig) 
             return JobResult("skipped", str(record_path))
         try:
             record = job_work(int(view.nbytes or 0), correct_view, view, out, config, progress=False,
-                              label=f"correction of {view.path.name}")
+                              label=f"correction of {view.path.name}", plane_bytes=_plane_bytes(view))
         except job_errors() as exc:
             log.error("correction of %s failed: %s", view.path, exc)
             return JobResult("failed", str(view.path), message=str(exc))
         return JobResult("written", str(record_path), input_bytes=record["input_bytes"])
 
     return Job(str(record_path), "correct", run, nbytes=int(view.nbytes or 0), complete=complete)
+
+
+def _plane_bytes(view: CameraView) -> int | None:
+    """Raw bytes of one plane of ``view`` (its graphs stream plane slabs), or None when its shape is unknown."""
+    if not view.shape or not view.nbytes or int(view.shape[0]) <= 0:
+        return None
+    return int(view.nbytes) // int(view.shape[0])
 
 
 def correction_jobs(views: Iterable[CameraView], out: str | Path, config: ProcessingConfig) -> Iterator[Job]:

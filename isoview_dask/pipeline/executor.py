@@ -14,11 +14,11 @@ shards, the statistics of views k+1, k+2... run in the gaps, and the
 scheduler always holds runnable tasks from several views. Fault tolerance
 (retries, a dead worker's tasks rerun) stays distributed's.
 
-A small job (a view of small frames: at most
-:func:`~isoview_dask.cluster.whole_job_limit` raw bytes) runs whole as one
-task (:func:`job_work`): a worker computes its graphs itself, so the scheduler
-and the client handle one task per view instead of dozens. Larger jobs
-submit their graphs, chunk by chunk.
+A job that fits a worker (its raw bytes and estimated memory within
+:func:`~isoview_dask.cluster.whole_job_limits`) runs whole as one task
+(:func:`job_work`): a worker computes its graphs itself, so the scheduler
+and the client handle one task per view instead of dozens, and no chunk
+moves between workers. Larger jobs submit their graphs, chunk by chunk.
 
 Admission: a job enters only when the raw bytes of the jobs in flight plus
 its own fit the memory budget (:data:`MEMORY_FRACTION` of the workers'
@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Iterator
 import dask
 
 from ..cluster import (current_client, job_priority, resume_computations, run_as_task, stop_computations,
-                       whole_job_limit)
+                       whole_job_limits, whole_job_memory)
 from .common import StageSummary
 
 log = logging.getLogger(__name__)
@@ -71,23 +71,27 @@ PRIORITY_STEP = 10
 _job = threading.local()
 
 
-def job_work(nbytes: int, function: Callable, *args, label: str | None = None, **kwargs):
-    """A job's work, ``function(*args, **kwargs)``: whole as one cluster task when its input is small.
+def job_work(nbytes: int, function: Callable, *args, label: str | None = None, plane_bytes: int | None = None,
+             **kwargs):
+    """A job's work, ``function(*args, **kwargs)``: whole as one cluster task when it fits a worker.
 
-    Inside :func:`run_jobs`, a job reading at most
-    :func:`~isoview_dask.cluster.whole_job_limit` raw bytes (``nbytes``; a
-    camera view of small frames) runs as one task
-    (:func:`~isoview_dask.cluster.run_as_task`): its dozens of small graph
-    tasks would cost the client and the scheduler more than the work.
+    Inside :func:`run_jobs`, a job reading at most the whole-job limit of raw
+    bytes (``nbytes``; :func:`~isoview_dask.cluster.whole_job_limits`) whose
+    estimated memory (:func:`~isoview_dask.cluster.whole_job_memory` of
+    ``nbytes`` and ``plane_bytes``, the bytes of one plane of all its inputs
+    when its graphs stream plane slabs) fits a worker thread's share of the
+    memory limit runs as one task (:func:`~isoview_dask.cluster.run_as_task`):
+    its graph's tasks would cost the client, the scheduler and the transfers
+    between workers more than the work.
     While fewer jobs wait or run than the cluster has worker threads, only
     jobs up to :data:`WHOLE_JOB_ALWAYS_BYTES` run whole, so that the chunks
     of a few larger views still spread over every worker. Larger jobs (and any job outside a run, or without a client) run here,
     submitting their graphs chunk by chunk. The outputs are the same bit for bit.
     """
-    limit = getattr(_job, "whole_limit", 0)
+    limit, memory = getattr(_job, "whole_limits", (0, 0.0))
     if getattr(_job, "few_jobs", False):
         limit = min(limit, WHOLE_JOB_ALWAYS_BYTES)
-    if 0 < nbytes <= limit:
+    if 0 < nbytes <= limit and whole_job_memory(nbytes, plane_bytes) <= memory:
         return run_as_task(function, *args, label=label, **kwargs)
     return function(*args, **kwargs)
 
@@ -292,7 +296,7 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
     client = current_client()
     resume_computations()
     limit, budget = _limits(client, max_jobs, memory_budget)
-    whole = whole_job_limit(client)
+    whole = whole_job_limits(client)
     threads = cluster_capacity(client)[0] if client is not None else 1
     start = time.perf_counter()
     bar = _Progress(progress, total, label, rate_stages)
@@ -369,12 +373,12 @@ def run_jobs(jobs: Iterable[Job], summaries: dict[str, StageSummary], *, progres
         return all(dep in finished or dep not in known for dep in slot.job.deps)
 
     def execute(slot: _Slot, few_jobs: bool) -> JobResult:
-        _job.whole_limit, _job.few_jobs = whole, few_jobs
+        _job.whole_limits, _job.few_jobs = whole, few_jobs
         try:
             with job_priority(-PRIORITY_STEP * slot.rank):
                 return slot.job.run()
         finally:
-            _job.whole_limit = 0
+            _job.whole_limits = (0, 0.0)
 
     def record(slot: _Slot, result: JobResult) -> None:
         finish(slot.job.key)

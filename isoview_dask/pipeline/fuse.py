@@ -995,20 +995,37 @@ def _channel_pair_jobs(views: dict, out: Path, config: ProcessingConfig, fixed_p
             yield _missing_job(target, job.missing)
             continue
         fused = job.views
-        nbytes = _raw_bytes(*[part for view in fused for part in (view.view_a, view.view_b)])
+        parts = [part for view in fused for part in (view.view_a, view.view_b)]
+        nbytes, plane_bytes = _raw_bytes(*parts), raw_plane_bytes(*parts)
         if len(fused) == 2:
             fixed = (fixed_parameters(job.specimen, job.timepoint, job.cameras, job.channels)
                      if fixed_parameters else None)
             yield fusion_job(target, _fingerprint(fused[0], fused[1], config, fixed), config,
-                             partial(fuse_pair, fused[0], fused[1], out, config, progress=False, fixed=fixed), nbytes)
+                             partial(fuse_pair, fused[0], fused[1], out, config, progress=False, fixed=fixed), nbytes,
+                             plane_bytes)
         else:
             yield fusion_job(target, _fingerprint(fused[0], None, config), config,
-                             partial(fuse_channels, fused[0], out, config, progress=False), nbytes)
+                             partial(fuse_channels, fused[0], out, config, progress=False), nbytes, plane_bytes)
 
 
 def _raw_bytes(*views: CorrectedView) -> int:
     """Raw input bytes behind corrected views (from their records), for admission and throughput."""
     return int(sum(int(v.record.get("input_bytes") or 0) for v in views))
+
+
+def raw_plane_bytes(*views: CorrectedView) -> int | None:
+    """Raw bytes of one plane of all ``views`` together (from their records), or None if a record lacks them.
+
+    A job reading these views streams plane slabs: its memory, run whole, follows this, not the
+    volumes' depth (:func:`~isoview_dask.cluster.whole_job_memory`).
+    """
+    total = 0
+    for view in views:
+        shape, nbytes = view.record.get("shape_zyx"), int(view.record.get("input_bytes") or 0)
+        if not shape or not nbytes or int(shape[0]) <= 0:
+            return None
+        total += nbytes // int(shape[0])
+    return total
 
 
 def _missing_job(target: Path, why: str) -> Job:
@@ -1018,11 +1035,14 @@ def _missing_job(target: Path, why: str) -> Job:
     return Job(str(target), "fuse", run)
 
 
-def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig, work, nbytes: int = 0) -> Job:
+def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig, work, nbytes: int = 0,
+               plane_bytes: int | None = None) -> Job:
     """The job writing fused volume ``target``: skipped if complete with this fingerprint, else ``work()``.
 
     ``work`` returns the parameters record; a failure becomes the job's
-    result, never an exception, so the others go on.
+    result, never an exception, so the others go on. ``nbytes`` and
+    ``plane_bytes`` (raw bytes of all inputs, and of one plane of them)
+    decide whether it runs whole (:func:`~isoview_dask.pipeline.executor.job_work`).
     """
     def complete() -> bool:
         return not config.output.overwrite and completed(target.with_suffix(".json"), expected_fingerprint)
@@ -1031,7 +1051,7 @@ def fusion_job(target: Path, expected_fingerprint: str, config: ProcessingConfig
         if complete():
             return JobResult("skipped", str(target))
         try:
-            params = job_work(nbytes, work, label=f"fusion {target.name}")
+            params = job_work(nbytes, work, label=f"fusion {target.name}", plane_bytes=plane_bytes)
         except job_errors() as exc:
             log.error("fusion of %s failed: %s", target, exc)
             return JobResult("failed", str(target), message=str(exc))
@@ -1078,7 +1098,7 @@ def fusion_jobs(views: dict, out: str | Path, config: ProcessingConfig, fixed_pa
             fixed = fixed_parameters(specimen, timepoint, (a, b), channel) if fixed_parameters else None
             yield fusion_job(target, _fingerprint(ref, mov, config, fixed), config,
                              partial(fuse_pair, ref, mov, out, config, progress=False, fixed=fixed),
-                             _raw_bytes(ref, mov))
+                             _raw_bytes(ref, mov), raw_plane_bytes(ref, mov))
 
 
 def fuse_dataset(corrected: str | Path, out: str | Path | None = None, config: ProcessingConfig | None = None,

@@ -58,7 +58,7 @@ from .common import (StageSummary, as_channel, channel_label, completed, fingerp
 from .correct import selected_views
 from .executor import Job, JobResult, job_errors, job_work, run_jobs
 from .fuse import (ChannelFusedView, CorrectedView, channel_fields, estimate_pair, find_corrected, fusion_jobs,
-                   single_channel_groups)
+                   raw_plane_bytes, single_channel_groups)
 from .run import plan_timepoints
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def estimation_jobs(views: dict, out: Path, config: ProcessingConfig) -> Iterato
         nbytes = int(sum(int(v.record.get("input_bytes") or 0) for v in parts))
         yield Job(str(record_path), "estimate",
                   partial(_estimate_one, specimen, timepoint, name_channel, (a, b), ref, mov, record_path, out,
-                          config, nbytes), nbytes=nbytes)
+                          config, nbytes, raw_plane_bytes(*parts)), nbytes=nbytes)
 
 
 def _prepared_estimate(ref, mov, config: ProcessingConfig):
@@ -171,14 +171,14 @@ def _prepared_estimate(ref, mov, config: ProcessingConfig):
 
 
 def _estimate_one(specimen, timepoint, name_channel, pair, ref, mov, record_path: Path, out: Path,
-                  config: ProcessingConfig, nbytes: int = 0) -> JobResult:
+                  config: ProcessingConfig, nbytes: int = 0, plane_bytes: int | None = None) -> JobResult:
     a, b = pair
     fp = _estimate_fingerprint(ref, mov, config)
     if not config.output.overwrite and completed(record_path, fp):
         return JobResult("skipped", str(record_path))
     try:
         ref, mov, estimate = job_work(nbytes, _prepared_estimate, ref, mov, config,
-                                      label=f"estimation {record_path.name}")
+                                      label=f"estimation {record_path.name}", plane_bytes=plane_bytes)
     except job_errors() as exc:
         log.error("estimation for %s failed: %s", record_path, exc)
         return JobResult("failed", str(record_path), message=str(exc))
