@@ -243,7 +243,8 @@ class OutputConfig(Section):
 
 #: Fusion options that only shape the time-lapse smoothing (its pass 2), never a per-timepoint estimate.
 TEMPORAL_FIELDS = ("temporal_smoothing", "smoothing_window", "static", "generate_lookup_table", "lut_averaging",
-                   "lut_averaging_method", "min_registration_confidence", "transition_median_window")
+                   "lut_averaging_method", "min_registration_confidence", "transition_median_window",
+                   "estimate_every")
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,10 @@ class FusionConfig(Section):
     transition_median_window: int = opt(0, "two-pass fusion: half-width (timepoints) of a median filter of "
                                         "the transition-plane maps over time (0: each timepoint's own map)",
                                         lo=0)
+    estimate_every: int = opt(1, "two-pass fusion: estimate every Nth timepoint of each specimen (and its "
+                              "last); the others are fused with the smoothed values interpolated linearly between "
+                              "the estimated timepoints around them and the nearest estimated transition map "
+                              "(1: every timepoint)", lo=1)
     # -- end of time-lapse fields --
 
     def validate(self):

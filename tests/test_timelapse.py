@@ -15,9 +15,9 @@ from isoview_dask.cli import main
 from isoview_dask.config import ProcessingConfig
 from isoview_dask.io import open_volume
 from isoview_dask.pipeline import correct_dataset, fuse_dataset, output_path
-from isoview_dask.pipeline.timelapse import (TABLE_COLUMNS, estimate_timepoints, load_estimates, lookup_table_path,
-                                             parameter_table, process_timelapse, smooth_and_fuse,
-                                             smooth_parameters)
+from isoview_dask.pipeline.timelapse import (TABLE_COLUMNS, estimate_timepoints, estimated_timepoints,
+                                             load_estimates, lookup_table_path, parameter_table, process_timelapse,
+                                             smooth_and_fuse, smooth_parameters)
 from isoview_dask.synthetic import generate_dataset
 from isoview_dask.temporal import static_value
 
@@ -280,3 +280,60 @@ def test_one_plan_on_a_cluster_equals_the_stages_one_after_the_other(tmp_path):
     counts = {name: (len(s.written), len(s.failed)) for name, s in summaries.items()}
     assert counts == {"correct": (8, 0), "estimate": (4, 0), "smooth": (1, 0), "fuse": (4, 0)}
     assert_same_outputs(one_plan, stages, ignore=("fingerprint",))
+
+
+def test_estimated_timepoints_take_every_nth_and_the_last():
+    assert estimated_timepoints(range(20), 4) == [0, 4, 8, 12, 16, 19]
+    assert estimated_timepoints(range(20), 5) == [0, 5, 10, 15, 19]
+    assert estimated_timepoints([9, 2, 5, 2], 2) == [2, 9]  # sorted, distinct; the last always
+    assert estimated_timepoints([3], 5) == [3]
+    assert estimated_timepoints([4, 1, 7], 1) == [1, 4, 7]
+    assert estimated_timepoints([], 3) == []
+
+
+def test_estimating_every_fourth_timepoint_interpolates_the_others(recording, tmp_path):
+    """fusion.estimate_every = 4: pass 1 estimates timepoints 0, 4, 8, 12, 16 and 19 only; every
+    timepoint is still fused, the others with the smoothed values linearly interpolated between their
+    estimated neighbours (exactly) and the nearest estimated transition map, which keeps them within
+    0.3 px of the true drift."""
+    from isoview_dask.pipeline.timelapse import _TransitionMaps
+    truth, corrected, _ = recording
+    config = ProcessingConfig(fusion={"estimate_every": 4})
+    estimated = [0, 4, 8, 12, 16, 19]
+    summary = estimate_timepoints(corrected, tmp_path, config, progress=False)
+    assert len(summary.written) == len(estimated) and not summary.failed
+    records = load_estimates(tmp_path)[(0, PAIR, 0)]
+    assert [r["timepoint"] for r in records] == estimated
+    _, fused = smooth_and_fuse(corrected, tmp_path, config, progress=False)
+    assert len(fused.written) == T and not fused.failed
+    params = smooth_parameters(records, config)
+    lut = {r["timepoint"]: r for r in _lut(tmp_path)["timepoints"]}
+    assert sorted(lut) == estimated
+    used = []
+    for t in range(T):
+        record = json.loads(output_path(tmp_path, 0, t, list(PAIR), 0, "fusedStack", "json").read_text())
+        used.append(record["sampling_offset_yx_px"])
+        if t in lut:
+            np.testing.assert_allclose(record["sampling_offset_yx_px"], lut[t]["sampling_offset_yx_px"])
+            continue
+        row = params.used_at(t)
+        assert row["interpolated"] and row["estimated"] == {}
+        before, after = max(e for e in estimated if e < t), min(e for e in estimated if e > t)
+        w = (t - before) / (after - before)
+        expected = (1 - w) * np.array(lut[before]["sampling_offset_yx_px"]) + w * np.array(
+            lut[after]["sampling_offset_yx_px"])
+        np.testing.assert_allclose(row["sampling_offset_yx_px"], expected, atol=1e-9)
+        np.testing.assert_allclose(record["sampling_offset_yx_px"], expected, atol=1e-9)
+        assert record["parameters_fixed"]  # fused with the fixed values, not estimated on its own
+        assert row["registration_confidence"] == min(lut[before]["registration_confidence"],
+                                                     lut[after]["registration_confidence"])
+    error = np.abs(np.array(used) - truth.offsets(PAIR)).max(axis=1)
+    print(f"estimate_every 4: max |used - true| offset {error.max():.3f} px (t={error.argmax()})")
+    assert error.max() <= 0.3
+    maps = _TransitionMaps(params, config)
+    own = {t: np.load(output_path(tmp_path, 0, t, list(PAIR), 0, "fusionEstimate.transitionPlane", "npy"))
+           for t in estimated}
+    np.testing.assert_array_equal(maps.at(5), own[4])
+    np.testing.assert_array_equal(maps.at(6), own[4])  # a tie goes to the earlier timepoint
+    np.testing.assert_array_equal(maps.at(7), own[8])
+    np.testing.assert_array_equal(maps.at(18), own[19])

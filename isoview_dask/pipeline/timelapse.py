@@ -1,6 +1,7 @@
 """Time-lapse fusion in two passes (the MATLAB time-fusion step, clusterTF-style), and the parameter table.
 
-Pass 1 (:func:`estimate_timepoints`) estimates, for every timepoint, camera
+Pass 1 (:func:`estimate_timepoints`) estimates, for every timepoint (or every
+Nth and the last, ``fusion.estimate_every``: :func:`estimated_timepoints`), camera
 pair and channel, what fusion needs (registration, intensity ratio,
 transition-plane map) with :func:`isoview_dask.pipeline.fuse.estimate_pair`,
 and persists it under the timepoint folder::
@@ -45,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ESTIMATE_KIND", "SmoothedParameters", "estimate_timepoints", "format_table", "load_estimates",
            "lookup_table_path", "parameter_table", "plan_timelapse", "process_timelapse", "smooth_and_fuse",
-           "smooth_estimates", "smooth_parameters"]
+           "smooth_estimates", "smooth_parameters", "estimated_timepoints"]
 
 ESTIMATE_KIND = "fusionEstimate"
 TRANSITION_KIND = "fusionEstimate.transitionPlane"
@@ -140,14 +141,43 @@ def _save_npy(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def estimation_jobs(views: dict, out: Path, config: ProcessingConfig) -> Iterator[Job]:
+def estimated_timepoints(timepoints: Iterable[int], every: int = 1) -> list[int]:
+    """The timepoints pass 1 estimates (``fusion.estimate_every``), ascending.
+
+    Every ``every``-th of the sorted, distinct ``timepoints``, starting with
+    the first, and always the last, so that every other timepoint lies
+    between two estimated ones. ``every`` 1: all of them.
+    """
+    ordered = sorted({int(t) for t in timepoints})
+    if every <= 1 or not ordered:
+        return ordered
+    chosen = ordered[::int(every)]
+    if chosen[-1] != ordered[-1]:
+        chosen.append(ordered[-1])
+    return chosen
+
+
+def _estimated_by_specimen(pairs: Iterable[tuple[int, int]], every: int) -> dict[int, set[int]]:
+    """{specimen: timepoints to estimate} from (specimen, timepoint) pairs."""
+    by_specimen: dict[int, set[int]] = {}
+    for specimen, timepoint in pairs:
+        by_specimen.setdefault(int(specimen), set()).add(int(timepoint))
+    return {specimen: set(estimated_timepoints(tps, every)) for specimen, tps in by_specimen.items()}
+
+
+def estimation_jobs(views: dict, out: Path, config: ProcessingConfig,
+                    estimate: dict[int, set[int]] | None = None) -> Iterator[Job]:
     """One pass-1 job per (specimen, timepoint, channel, camera pair) of complete corrected ``views``.
 
     Each job estimates the pair (:func:`~isoview_dask.pipeline.fuse.estimate_pair`)
     and writes its ``.fusionEstimate.json`` record and transition map, or is
     skipped when that record is complete with the same inputs and options.
+    ``estimate`` ({specimen: timepoints}, see :func:`estimated_timepoints`)
+    limits the jobs to those timepoints; None: every timepoint of ``views``.
     """
     for specimen, timepoint, channel, (a, b), ref, mov in pair_groups(views, config, channel_pairs=True):
+        if estimate is not None and timepoint not in estimate.get(specimen, ()):
+            continue
         name_channel = list(channel) if isinstance(channel, tuple) else channel
         record_path = output_path(out, specimen, timepoint, [a, b], name_channel, ESTIMATE_KIND, "json")
         if ref is None or mov is None:
@@ -217,8 +247,10 @@ def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
     out : path, optional
         Where the estimates go (default: beside the corrected volumes).
     config : ProcessingConfig, optional
-        ``fusion`` options shape the estimates; ``input`` selects; ``flags``
-        override (e.g. ``input_timepoints=[0, 1]``).
+        ``fusion`` options shape the estimates (``fusion.estimate_every``:
+        only every Nth timepoint of each specimen and its last, see
+        :func:`estimated_timepoints`); ``input`` selects; ``flags`` override
+        (e.g. ``input_timepoints=[0, 1]``).
 
     Returns
     -------
@@ -230,8 +262,11 @@ def estimate_timepoints(corrected: str | Path, out: str | Path | None = None,
     out = Path(out) if out is not None else Path(corrected)
     views = find_corrected(corrected)
     summary = StageSummary("estimate")
-    run_jobs(estimation_jobs(views, out, config), {"estimate": summary}, progress=progress, label="estimate",
-             total=len(views) // 2)  # about an estimate per two camera views; exact once planned
+    every = config.fusion.estimate_every
+    estimate = (_estimated_by_specimen(((s, t) for s, t, _ in single_channel_groups(views, config)), every)
+                if every > 1 else None)
+    run_jobs(estimation_jobs(views, out, config, estimate), {"estimate": summary}, progress=progress,
+             label="estimate", total=len(views) // (2 * every))  # about; exact once planned
     from ..provenance import record_run  # run record (isoview_dask.provenance)
     record_run("estimate", out, summary, config=config, source=corrected)
     return summary
@@ -286,25 +321,50 @@ class SmoothedParameters:
         return self.timepoints.index(timepoint)
 
     def used_at(self, timepoint: int) -> dict:
-        """Parameters used at one timepoint (the lookup-table row)."""
+        """Parameters used at one timepoint (the lookup-table row).
+
+        A timepoint pass 1 did not estimate (``fusion.estimate_every``) gets
+        every used value linearly interpolated in time between the estimated
+        timepoints around it (the nearest one's beyond either end), the lower
+        of their two registration confidences, and ``"interpolated": True``.
+        """
+        if timepoint not in self.timepoints:
+            return self._interpolated(timepoint)
         i = self.index(timepoint)
-        factor = float(self.used["intensity_factor_moving"][i])
+        values = {name: float(series[i]) for name, series in self.used.items()}
+        estimated = {name: _num(self.raw[name][i]) for name in (*SERIES, *SHEET_SERIES) if name in self.raw}
+        return self._row(timepoint, values, float(self.confidence[i]), bool(self.dropped[i]),
+                         bool(self.outlier[i]), estimated)
+
+    def _interpolated(self, timepoint: int) -> dict:
+        times = np.asarray(self.timepoints, dtype=np.float64)
+        values = {}
+        for name, series in self.used.items():
+            known = np.isfinite(series)
+            values[name] = float(np.interp(timepoint, times[known], series[known])) if known.any() else float("nan")
+        right = int(np.searchsorted(times, timepoint))
+        around = [k for k in (right - 1, right) if 0 <= k < len(times)]
+        row = self._row(timepoint, values, float(min(self.confidence[k] for k in around)), False, False, {})
+        row["interpolated"] = True
+        return row
+
+    def _row(self, timepoint: int, values: dict, confidence: float, dropped: bool, outlier: bool,
+             estimated: dict) -> dict:
+        factor = values["intensity_factor_moving"]
         ratio = 1.0 / factor if np.isfinite(factor) and factor > 0 else None
         row = {"timepoint": timepoint,
-               "sampling_offset_yx_px": [float(self.used["dy"][i]), float(self.used["dx"][i])],
-               "sampling_rotation_deg": float(self.used["rotation_deg"][i]),
+               "sampling_offset_yx_px": [values["dy"], values["dx"]],
+               "sampling_rotation_deg": values["rotation_deg"],
                "intensity_ratio_moving_over_reference": ratio,
                "intensity_factor": (None if ratio is None else (1.0 / ratio if ratio < 1 else ratio)),
                "intensity_scaled_camera": (None if ratio is None else (self.pair[1] if ratio < 1 else self.pair[0])),
-               "transition_plane": {k: float(self.used[f"transition_{k}"][i]) for k in ("min", "median", "max")},
-               "registration_confidence": float(self.confidence[i]),
-               "dropped": bool(self.dropped[i]), "outlier": bool(self.outlier[i]),
-               "estimated": {name: _num(self.raw[name][i]) for name in (*SERIES, *SHEET_SERIES)
-                             if name in self.raw}}
-        if "sheet_offset_ref" in self.used:
+               "transition_plane": {k: values[f"transition_{k}"] for k in ("min", "median", "max")},
+               "registration_confidence": confidence, "dropped": dropped, "outlier": outlier,
+               "estimated": estimated}
+        if "sheet_offset_ref" in values:
             row["channel_registration"] = {
-                str(camera): {"offset_z_planes": float(self.used[f"sheet_offset_{role}"][i]),
-                              "rotation_deg": float(self.used[f"sheet_rotation_{role}"][i])}
+                str(camera): {"offset_z_planes": values[f"sheet_offset_{role}"],
+                              "rotation_deg": values[f"sheet_rotation_{role}"]}
                 for role, camera in (("ref", self.pair[0]), ("mov", self.pair[1]))}
         return row
 
@@ -541,7 +601,11 @@ class _TransitionMaps:
         return maps[0] if len(maps) == 1 else np.nanmedian(np.stack(maps), axis=0)
 
     def at(self, timepoint: int) -> np.ndarray:
-        i = self.params.index(timepoint)
+        """The map fusion uses at ``timepoint``; one pass 1 did not estimate takes its nearest estimated
+        timepoint's (the earlier on a tie)."""
+        times = np.asarray(self.params.timepoints)
+        i = self.params.index(timepoint) if timepoint in self.params.timepoints else \
+            int(np.argmin(np.abs(times - timepoint)))
         n = len(self.paths)
         good = np.flatnonzero(self.valid)
         if good.size == 0:
@@ -660,7 +724,9 @@ def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSumm
     def fixed(specimen, timepoint, pair, channel):
         key = (specimen, tuple(pair), channel)
         params = plans.get(key)
-        if params is None or timepoint not in params.timepoints:
+        between = params is not None and fc.estimate_every > 1 and \
+            min(params.timepoints) <= timepoint <= max(params.timepoints)
+        if params is None or not (timepoint in params.timepoints or between):
             log.warning("no pass-1 estimate for SPM%02d TM%06d CM%02d+CM%02d %s: it is estimated on its own",
                         specimen, timepoint, pair[0], pair[1], channel_label(channel))
             return None
@@ -740,10 +806,12 @@ def plan_timelapse(views, out: Path, config: ProcessingConfig, lut_summary: Stag
     transforms (filling ``isotropic_summary``) and plans every reconstruction.
     """
     steps: list[str] = []
+    every = config.fusion.estimate_every
+    estimate = _estimated_by_specimen(((v.specimen, v.timepoint) for v in views), every) if every > 1 else None
 
     def estimates(specimen: int, timepoint: int) -> Job:
         step = Job(f"plan estimates of SPM{specimen:02d} TM{timepoint:06d}", "estimate",
-                   expand=partial(_timepoint_estimates, out, specimen, timepoint, config))
+                   expand=partial(_timepoint_estimates, out, specimen, timepoint, config, estimate))
         steps.append(step.key)
         return step
 
@@ -752,8 +820,9 @@ def plan_timelapse(views, out: Path, config: ProcessingConfig, lut_summary: Stag
               expand=partial(_smoothed_fusions, out, config, lut_summary, isotropic_summary))
 
 
-def _timepoint_estimates(out: Path, specimen: int, timepoint: int, config: ProcessingConfig) -> list[Job]:
-    return list(estimation_jobs(find_corrected(out, specimen=specimen, timepoint=timepoint), out, config))
+def _timepoint_estimates(out: Path, specimen: int, timepoint: int, config: ProcessingConfig,
+                         estimate: dict[int, set[int]] | None = None) -> list[Job]:
+    return list(estimation_jobs(find_corrected(out, specimen=specimen, timepoint=timepoint), out, config, estimate))
 
 
 def _smoothed_fusions(out: Path, config: ProcessingConfig, lut_summary: StageSummary,
