@@ -308,13 +308,17 @@ def test_estimating_every_fourth_timepoint_interpolates_the_others(recording, tm
     assert len(fused.written) == T and not fused.failed
     params = smooth_parameters(records, config)
     lut = {r["timepoint"]: r for r in _lut(tmp_path)["timepoints"]}
-    assert sorted(lut) == estimated
+    assert sorted(lut) == list(range(T))  # a row for every timepoint fused, the interpolated ones marked
+    assert [t for t in range(T) if not lut[t].get("interpolated")] == estimated
+    table = list(csv.DictReader(io.StringIO(lookup_table_path(tmp_path, 0, PAIR, 0, "lookUpTable.csv").read_text())))
+    assert [int(r["timepoint"]) for r in table] == list(range(T))
+    assert {t for t, r in enumerate(table) if r["estimated_sampling_dy"] == ""} == set(range(T)) - set(estimated)
     used = []
     for t in range(T):
         record = json.loads(output_path(tmp_path, 0, t, list(PAIR), 0, "fusedStack", "json").read_text())
         used.append(record["sampling_offset_yx_px"])
-        if t in lut:
-            np.testing.assert_allclose(record["sampling_offset_yx_px"], lut[t]["sampling_offset_yx_px"])
+        np.testing.assert_allclose(record["sampling_offset_yx_px"], lut[t]["sampling_offset_yx_px"], atol=1e-9)
+        if t in estimated:
             continue
         row = params.used_at(t)
         assert row["interpolated"] and row["estimated"] == {}
@@ -322,6 +326,7 @@ def test_estimating_every_fourth_timepoint_interpolates_the_others(recording, tm
         w = (t - before) / (after - before)
         expected = (1 - w) * np.array(lut[before]["sampling_offset_yx_px"]) + w * np.array(
             lut[after]["sampling_offset_yx_px"])
+        assert float(table[t]["sampling_dy"]) == pytest.approx(expected[0])
         np.testing.assert_allclose(row["sampling_offset_yx_px"], expected, atol=1e-9)
         np.testing.assert_allclose(record["sampling_offset_yx_px"], expected, atol=1e-9)
         assert record["parameters_fixed"]  # fused with the fixed values, not estimated on its own

@@ -497,7 +497,7 @@ LUT_CSV_COLUMNS = ("timepoint", "sampling_dy", "sampling_dx", "sampling_rotation
                    "estimated_intensity_factor", "estimated_transition_median")
 
 
-def _lut_csv(params: SmoothedParameters) -> str:
+def _lut_csv(params: SmoothedParameters, timepoints: list[int] | None = None) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     sheets = "sheet_offset_ref" in params.used
@@ -505,16 +505,18 @@ def _lut_csv(params: SmoothedParameters) -> str:
     sheet_columns = [f"{what}_{camera}" for camera in cameras for what in ("sheet_offset_z_planes",
                                                                         "sheet_rotation_deg")]
     writer.writerow(list(LUT_CSV_COLUMNS) + (sheet_columns if sheets else []))
-    for t in params.timepoints:
+    for t in params.timepoints if timepoints is None else timepoints:
         row = params.used_at(t)
-        f = float(params.used["intensity_factor_moving"][params.index(t)])
+        ratio = row["intensity_ratio_moving_over_reference"]
+        f = float(params.used["intensity_factor_moving"][params.index(t)]) if t in params.timepoints else \
+            (1.0 / ratio if ratio else float("nan"))
         # MATLAB's convention: flag 2 multiplies the moving (second) stack, flag 1 the reference
         factor, flag = (1.0 / f, 1) if f < 1 else (f, 2)
         est = row["estimated"]
         writer.writerow([t, *row["sampling_offset_yx_px"], row["sampling_rotation_deg"], factor, flag,
                          *row["transition_plane"].values(), row["registration_confidence"], int(row["dropped"]),
-                         int(row["outlier"]), est["dy"], est["dx"], est["rotation_deg"],
-                         est["intensity_factor_moving"], est["transition_median"],
+                         int(row["outlier"]), est.get("dy"), est.get("dx"), est.get("rotation_deg"),
+                         est.get("intensity_factor_moving"), est.get("transition_median"),
                          *([v for c in params.pair for v in row["channel_registration"][str(c)].values()]
                            if sheets else [])])
     return buf.getvalue()
@@ -624,8 +626,10 @@ class _TransitionMaps:
             width += 1
 
 
-def _lut_fingerprint(params: SmoothedParameters, config: ProcessingConfig) -> str:
+def _lut_fingerprint(params: SmoothedParameters, config: ProcessingConfig, interpolated: list[int] = ()) -> str:
     inputs = [{"timepoint": r["timepoint"], "fingerprint": r.get("fingerprint")} for r in params.records]
+    if interpolated:
+        inputs.append({"interpolated": list(interpolated)})
     return fingerprint(inputs, {"temporal": temporal_settings(config)})
 
 
@@ -649,9 +653,9 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
     config = ProcessingConfig.from_flags(config, **flags) if flags else (config or ProcessingConfig())
     out = Path(out) if out is not None else Path(corrected)
     lut_summary = StageSummary("smooth")
-    fixed = smooth_estimates(out, config, lut_summary)
-    fused = StageSummary("fuse")
     views = find_corrected(corrected)
+    fixed = smooth_estimates(out, config, lut_summary, timepoints=_timepoints_by_specimen(views))
+    fused = StageSummary("fuse")
     run_jobs(fusion_jobs(views, out, config, fixed), {"fuse": fused}, progress=progress, label="fuse",
              total=len(views) // 2)
     from ..provenance import record_run  # run record (isoview_dask.provenance)
@@ -659,7 +663,16 @@ def smooth_and_fuse(corrected: str | Path, out: str | Path | None = None, config
     return lut_summary, fused
 
 
-def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSummary):
+def _timepoints_by_specimen(views: dict) -> dict[int, set[int]]:
+    """{specimen: timepoints} of corrected views keyed (specimen, timepoint, camera, channel)."""
+    found: dict[int, set[int]] = {}
+    for specimen, timepoint, *_ in views:
+        found.setdefault(int(specimen), set()).add(int(timepoint))
+    return found
+
+
+def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSummary,
+                     timepoints: dict[int, set[int]] | None = None):
     """Smooth every pass-1 time series under ``out``; write lookup tables and plots (resumable).
 
     Parameters
@@ -671,6 +684,10 @@ def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSumm
         and channels (smoothing always sees every timepoint).
     lut_summary : StageSummary
         Filled in: lookup tables written or skipped, and the seconds taken.
+    timepoints : dict, optional
+        {specimen: timepoints to fuse}. With ``fusion.estimate_every`` above 1,
+        those between the first and last estimated timepoints that pass 1 did
+        not estimate get interpolated rows in the lookup table (JSON and CSV).
 
     Returns
     -------
@@ -699,14 +716,18 @@ def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSumm
         key = (specimen, pair, channel)
         plans[key], maps[key] = params, _TransitionMaps(params, config)
         record_path = lookup_table_path(out, specimen, pair, channel, "lookUpTable.json")
-        fp = _lut_fingerprint(params, config)
+        interpolated = sorted(t for t in (timepoints or {}).get(specimen, ())
+                              if fc.estimate_every > 1 and t not in params.timepoints
+                              and params.timepoints[0] <= t <= params.timepoints[-1])
+        rows = sorted([*params.timepoints, *interpolated])
+        fp = _lut_fingerprint(params, config, interpolated)
         if not config.output.overwrite and completed(record_path, fp):
             lut_summary.skipped.append(str(record_path))
             continue
         outputs = []
         if fc.generate_lookup_table:
             outputs.append(write_text(lookup_table_path(out, specimen, pair, channel, "lookUpTable.csv"),
-                                       _lut_csv(params)))
+                                       _lut_csv(params, rows)))
             png = plot_parameters(params, lookup_table_path(out, specimen, pair, channel, "parameters.png"))
             if png is not None:
                 outputs.append(png)
@@ -715,7 +736,7 @@ def smooth_estimates(out: Path, config: ProcessingConfig, lut_summary: StageSumm
                   "settings": params.settings,
                   "dropped_timepoints": [t for t, d in zip(params.timepoints, params.dropped) if d],
                   "outlier_timepoints": [t for t, o in zip(params.timepoints, params.outlier) if o],
-                  "timepoints": [params.used_at(t) for t in params.timepoints],
+                  "timepoints": [params.used_at(t) for t in rows],
                   "outputs": relative_outputs(record_path, outputs), "fingerprint": fp}
         write_json(record_path, record)
         lut_summary.written.append(str(record_path))
@@ -827,8 +848,9 @@ def _timepoint_estimates(out: Path, specimen: int, timepoint: int, config: Proce
 
 def _smoothed_fusions(out: Path, config: ProcessingConfig, lut_summary: StageSummary,
                       isotropic_summary: StageSummary | None = None) -> list[Job]:
-    fixed = smooth_estimates(out, config, lut_summary)
-    jobs = list(fusion_jobs(find_corrected(out), out, config, fixed))
+    views = find_corrected(out)
+    fixed = smooth_estimates(out, config, lut_summary, timepoints=_timepoints_by_specimen(views))
+    jobs = list(fusion_jobs(views, out, config, fixed))
     if isotropic_summary is None:
         return jobs
     # each timepoint's isotropic registration waits for that timepoint's fusions and the registration before it
